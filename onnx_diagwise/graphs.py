@@ -1,0 +1,141 @@
+"""Walk a model's graphs (main graph, nested subgraphs, functions) and resolve value names.
+
+ONNX value names are unique across a graph and all its subgraphs (SSA, enforced by
+the checker), so the main graph and its subgraphs share one namespace; each
+model-local function has a namespace of its own.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+
+from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto
+
+
+@dataclass(eq=False)
+class Scope:
+    """One graph or function body, with the scope it is nested in."""
+
+    body: GraphProto | FunctionProto
+    path: str  # e.g. "main", "main/cond_node.then_branch", "function mydomain.Block"
+    parent: Scope | None
+    namespace: str  # "main" or the function's path
+
+    @property
+    def is_function(self) -> bool:
+        return isinstance(self.body, FunctionProto)
+
+    def initializer(self, name: str) -> TensorProto | None:
+        if self.is_function:
+            return None
+        for tensor in self.body.initializer:
+            if tensor.name == name:
+                return tensor
+        return None
+
+    def producer(self, name: str) -> NodeProto | None:
+        for node in self.body.node:
+            if name in node.output:
+                return node
+        return None
+
+    def input_names(self) -> set[str]:
+        if self.is_function:
+            return set(self.body.input)
+        return {v.name for v in self.body.input}
+
+    def output_names(self) -> set[str]:
+        if self.is_function:
+            return set(self.body.output)
+        return {v.name for v in self.body.output}
+
+
+def node_label(node: NodeProto, index: int) -> str:
+    return node.name or f"<{node.op_type} #{index}>"
+
+
+def iter_scopes(model: ModelProto) -> Iterator[Scope]:
+    """The main graph, then every subgraph depth-first, then each function and its subgraphs."""
+    yield from _walk(Scope(model.graph, "main", None, "main"))
+    for function in model.functions:
+        path = f"function {function.domain}.{function.name}"
+        yield from _walk(Scope(function, path, None, path))
+
+
+def _walk(scope: Scope) -> Iterator[Scope]:
+    yield scope
+    for index, node in enumerate(scope.body.node):
+        for attr in node.attribute:
+            subgraphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+            for sub in subgraphs:
+                path = f"{scope.path}/{node_label(node, index)}.{attr.name}"
+                yield from _walk(Scope(sub, path, scope, scope.namespace))
+
+
+@dataclass
+class Definition:
+    """Where a value comes from, as seen from some scope."""
+
+    kind: str  # "initializer" | "node" | "input"
+    scope: Scope
+    tensor: TensorProto | None = None
+    node: NodeProto | None = None
+
+
+def resolve(scope: Scope, name: str) -> Definition | None:
+    """Find the definition of NAME visible from SCOPE (its own body, then outer scopes).
+
+    A name that is both an initializer and a graph input is reported as an input,
+    because a caller may override it."""
+    current: Scope | None = scope
+    while current is not None:
+        if name in current.input_names():
+            return Definition("input", current, tensor=current.initializer(name))
+        tensor = current.initializer(name)
+        if tensor is not None:
+            return Definition("initializer", current, tensor=tensor)
+        node = current.producer(name)
+        if node is not None:
+            return Definition("node", current, node=node)
+        current = current.parent
+    return None
+
+
+def use_counts(model: ModelProto) -> dict[str, Counter]:
+    """How often each value name is read, per namespace: node inputs in every graph
+    and subgraph, plus graph and function outputs (those are reads too)."""
+    counts: dict[str, Counter] = {}
+    for scope in iter_scopes(model):
+        counter = counts.setdefault(scope.namespace, Counter())
+        for node in scope.body.node:
+            counter.update(name for name in node.input if name)
+        counter.update(scope.output_names())
+    return counts
+
+
+def all_names(model: ModelProto) -> set[str]:
+    """Every value and node name in the model, to make new names that clash with none."""
+    names: set[str] = set()
+    for scope in iter_scopes(model):
+        body = scope.body
+        names.update(scope.input_names() | scope.output_names())
+        if not scope.is_function:
+            names.update(t.name for t in body.initializer)
+            names.update(v.name for v in body.value_info)
+        for node in body.node:
+            names.update(node.input)
+            names.update(node.output)
+            names.add(node.name)
+    names.discard("")
+    return names
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name

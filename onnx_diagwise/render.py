@@ -1,0 +1,90 @@
+"""Rich tables for people; the CLI prints these, the API returns the data behind them."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from .report import ModelStats, RewriteReport
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def count(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def _dims(values: list[int] | None) -> str:
+    return "x".join(map(str, values)) if values else "-"
+
+
+def nodes_table(report: RewriteReport, title: str) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column in ("node", "C", "M", "kernel", "stride", "dilation", "dtype", "weight", "G", "action", "reason"):
+        table.add_column(column, no_wrap=column not in ("reason", "node"),
+                         justify="right" if column in ("C", "M", "G") else "left")
+    for n in report.nodes:
+        style = "green" if n.action in ("rewrite", "rewritten") else "yellow"
+        node = n.name if n.graph == "main" else f"{n.name}\n[dim]{n.graph}[/dim]"
+        table.add_row(
+            node, str(n.channels or "-"), str(n.multiplier or "-"), _dims(n.kernel), _dims(n.strides),
+            _dims(n.dilations), n.dtype or "-", n.weight_source or "-", str(n.group_size or "-"),
+            f"[{style}]{n.action}[/{style}]", n.reason,
+        )
+    return table
+
+
+def summary_line(report: RewriteReport) -> str:
+    if not report.nodes:
+        return "no grouped Conv nodes found"
+    verb = "rewritten" if report.after is not None else "to rewrite"
+    line = (f"{len(report.nodes)} grouped Conv node(s): {len(report.rewritten)} {verb}, "
+            f"{len(report.skipped)} skipped")
+    known = [n for n in report.rewritten if n.flops_before is not None]
+    if known:
+        before = sum(n.flops_before for n in known)
+        after = sum(n.flops_after for n in known)
+        line += f"; FLOPs per sample of those layers {count(before)} -> {count(after)}"
+    return line
+
+
+def _row(table: Table, label: str, before: str, after: str, changed: bool) -> None:
+    table.add_row(label, before, f"[bold cyan]{after}[/bold cyan]" if changed else after)
+
+
+def compare_table(before: ModelStats, after: ModelStats, file_before: int | None,
+                  file_after: int | None, elapsed: float | None) -> Table:
+    """onnxsim-style before/after table."""
+    table = Table(title="onnx-diagwise rewrite", title_justify="left")
+    table.add_column("")
+    table.add_column("Original model", justify="right")
+    table.add_column("Rewritten model", justify="right")
+    rows = [
+        ("Depthwise Conv", before.depthwise_convs, after.depthwise_convs, str),
+        ("Grouped Conv", before.grouped_convs, after.grouped_convs, str),
+        ("Conv (all)", before.convs, after.convs, str),
+        ("Parameters", before.parameters, after.parameters, count),
+        ("Weights", before.weight_bytes, after.weight_bytes, size),
+        ("File size", file_before, file_after, size),
+    ]
+    for label, a, b, fmt in rows:
+        _row(table, label, fmt(a) if a is not None else "?", fmt(b) if b is not None else "?", a != b)
+    ops = sorted(set(before.op_counts) | set(after.op_counts))
+    for op in ops:
+        a, b = before.op_counts.get(op, 0), after.op_counts.get(op, 0)
+        _row(table, f"  {op}", str(a), str(b), a != b)
+    if elapsed is not None:
+        table.add_row("Elapsed", "", f"{elapsed:.2f} s")
+    return table

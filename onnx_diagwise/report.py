@@ -1,0 +1,131 @@
+"""Plain-data reports returned by the API and rendered by the CLI."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from onnx import ModelProto, helper
+
+from .detect import DEFAULT_DOMAINS
+from .graphs import iter_scopes
+from .model_io import iter_tensors, weight_bytes
+
+
+@dataclass
+class NodeDecision:
+    """What happens (or happened) to one grouped Conv node, and why."""
+
+    name: str
+    graph: str
+    action: str  # "rewrite" (planned, in inspect) | "rewritten" | "skipped"
+    reason: str
+    channels: int | None = None
+    multiplier: int | None = None
+    kernel: list[int] | None = None
+    strides: list[int] | None = None
+    dilations: list[int] | None = None
+    pads: list[int] | None = None
+    auto_pad: str | None = None
+    dtype: str | None = None
+    weight_source: str | None = None
+    group_size: int | None = None
+    groups_after: int | None = None
+    weight_bytes_before: int | None = None
+    weight_bytes_after: int | None = None
+    flops_before: int | None = None  # per sample (batch 1); None when the output shape is unknown
+    flops_after: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ModelStats:
+    """The before/after numbers of the onnxsim-style summary table."""
+
+    depthwise_convs: int
+    grouped_convs: int  # group > 1 but not depthwise
+    convs: int
+    parameters: int
+    weight_bytes: int
+    op_counts: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_stats(model: ModelProto) -> ModelStats:
+    ops: Counter = Counter()
+    depthwise = grouped = convs = 0
+    shapes = {}
+    for scope in iter_scopes(model):
+        if not scope.is_function:
+            shapes.update({t.name: list(t.dims) for t in scope.body.initializer})
+        for node in scope.body.node:
+            ops[node.op_type] += 1
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.HasField("t"):
+                        shapes[node.output[0]] = list(attr.t.dims)
+            if node.op_type == "Identity" and node.input[0] in shapes:
+                shapes[node.output[0]] = shapes[node.input[0]]
+            if node.op_type != "Conv" or node.domain not in DEFAULT_DOMAINS:
+                continue
+            convs += 1
+            group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+            if group > 1:
+                weight_shape = shapes.get(node.input[1]) if len(node.input) > 1 else None
+                if weight_shape is not None and len(weight_shape) > 1 and weight_shape[1] == 1:
+                    depthwise += 1
+                else:
+                    grouped += 1
+    parameters = 0
+    for tensor in iter_tensors(model):
+        count = 1
+        for d in tensor.dims:
+            count *= d
+        parameters += count
+    return ModelStats(depthwise, grouped, convs, parameters, weight_bytes(model), dict(sorted(ops.items())))
+
+
+@dataclass
+class RewriteReport:
+    """Every grouped Conv in the model with its decision, plus model-level numbers."""
+
+    group_size: str
+    nodes: list[NodeDecision]
+    before: ModelStats
+    after: ModelStats | None = None  # None for inspect
+    warnings: list[str] = field(default_factory=list)
+    elapsed_s: float | None = None
+
+    @property
+    def rewritten(self) -> list[NodeDecision]:
+        return [n for n in self.nodes if n.action in ("rewrite", "rewritten")]
+
+    @property
+    def skipped(self) -> list[NodeDecision]:
+        return [n for n in self.nodes if n.action == "skipped"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group_size": self.group_size,
+            "summary": {
+                "nodes": len(self.nodes),
+                "rewritten" if self.after else "planned": len(self.rewritten),
+                "skipped": len(self.skipped),
+            },
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict() if self.after else None,
+            "warnings": list(self.warnings),
+            "elapsed_s": self.elapsed_s,
+            "nodes": [n.to_dict() for n in self.nodes],
+        }
+
+
+@dataclass
+class RewriteResult:
+    model: ModelProto
+    report: RewriteReport
