@@ -12,7 +12,7 @@ from .detect import detect
 from .errors import DiagwiseError
 from .model_io import PROTOBUF_LIMIT, check_opsets, load_model
 from .plan import GroupSize, parse_group_size, plan
-from .report import NodeDecision, RewriteReport, RewriteResult, model_stats
+from .report import NodeDecision, RewriteReport, RewriteResult, human_bytes, model_stats
 from .rewrite import apply_plan
 from .shapes import infer_shapes
 
@@ -89,15 +89,11 @@ def _growth_warnings(before: int, after: int, warn_growth: float) -> list[str]:
     warnings = []
     if before and after / before > warn_growth:
         warnings.append(
-            f"weights grew {after / before:.1f}x ({_mib(before)} -> {_mib(after)}), "
+            f"weights grew {after / before:.1f}x ({human_bytes(before)} -> {human_bytes(after)}), "
             f"more than the {warn_growth:g}x threshold; a smaller --group-size grows less")
     if after > PROTOBUF_LIMIT >= before:
-        warnings.append(f"the model now passes 2 GiB ({_mib(after)}); it is saved with external data")
+        warnings.append(f"the model now passes 2 GiB ({human_bytes(after)}); it is saved with external data")
     return warnings
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
 
 
 __all__ = ["inspect", "rewrite", "NodeDecision", "RewriteReport", "RewriteResult"]

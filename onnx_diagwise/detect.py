@@ -35,7 +35,6 @@ class WeightSource:
     constant: NodeProto | None = None
     # (node, scope) of each Identity between the Conv and the tensor, nearest first
     identities: list[tuple[NodeProto, Scope]] = field(default_factory=list)
-    overridable: bool = False  # the initializer is also a graph input
 
 
 @dataclass
@@ -102,14 +101,16 @@ def find_weight(scope: Scope, name: str) -> WeightSource | str:
             return f"weight '{name}' is not defined in the graph"
         if definition.kind == "input" and definition.tensor is None:
             return f"weight '{names[-1]}' is a graph input (dynamic weight, not rewritten yet)"
+        if definition.kind == "input":
+            # Old exporters list initializers as inputs: a caller may feed another weight,
+            # which a rewritten constant would silently ignore.
+            return (f"weight '{names[-1]}' is an initializer that is also a graph input, so it can be "
+                    "overridden at run time; remove initializers from the graph inputs to rewrite it")
         prefix = "Identity(" if identities else ""
         suffix = ")" if identities else ""
-        if definition.tensor is not None:
-            # An initializer that is also a graph input (old exporters) keeps its
-            # declared interface: the rewrite gives the Conv a new initializer.
+        if definition.kind == "initializer":
             return WeightSource(f"{prefix}initializer{suffix}", definition.tensor, definition.scope,
-                                names, identities=identities,
-                                overridable=definition.kind == "input")
+                                names, identities=identities)
         node = definition.node
         if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
             value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from .report import ModelStats, RewriteReport
-
-
-def size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+from .report import ModelStats, RewriteReport, human_bytes as size
 
 
 def count(n: int | None) -> str:

@@ -13,6 +13,17 @@ from .graphs import iter_scopes
 from .model_io import iter_tensors, weight_bytes
 
 
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
 @dataclass
 class NodeDecision:
     """What happens (or happened) to one grouped Conv node, and why."""

@@ -2,8 +2,7 @@
 
 The caller owns MODEL (the API passes a copy).  A weight read only by the
 rewritten Conv is replaced under its own name; a weight read by anything else
-(another node, a graph output, a caller through a graph input) is left as it
-was and the Conv gets a new tensor.  Weights, Constants and Identities that end
+(another node, a graph output) is left as it was and the Conv gets a new tensor.  Weights, Constants and Identities that end
 up unread are removed.
 """
 
@@ -23,22 +22,28 @@ def apply_plan(model: ModelProto, planned: list[PlannedNode]) -> None:
     counts = use_counts(model)
     taken = all_names(model)
     scopes = list(iter_scopes(model))
+    # (namespace, weight name, G) -> name of the expanded copy, so Convs that share
+    # a weight also share its block-diagonal form.
+    expanded_names: dict[tuple[str, str, int], str] = {}
     for item in planned:
         if item.conv is None:
             continue
         conv, g = item.conv, item.decision.group_size
         source = conv.weight
-        weight = numpy_helper.to_array(source.tensor)
-        expanded = numpy_helper.from_array(expand_depthwise(weight, conv.channels, g))
         reads = counts[conv.scope.namespace]
-        if not source.overridable and all(reads[name] == 1 for name in source.names):
-            _replace_in_place(source, expanded, scopes, conv.scope.namespace)
-        else:
-            new_name = unique_name(f"{source.names[-1]}_diagwise_g{g}", taken)
-            _add_tensor(conv, expanded, new_name, taken)
-            conv.node.input[1] = new_name
-            reads[new_name] += 1
-            _release(source, reads)
+        key = (conv.scope.namespace, source.names[-1], g)
+        if key not in expanded_names:
+            expanded = numpy_helper.from_array(
+                expand_depthwise(numpy_helper.to_array(source.tensor), conv.channels, g))
+            if all(reads[name] == 1 for name in source.names):
+                _replace_in_place(source, expanded, scopes, conv.scope.namespace)
+                _set_group(conv, conv.channels // g)
+                continue
+            expanded_names[key] = unique_name(f"{source.names[-1]}_diagwise_g{g}", taken)
+            _add_tensor(source, expanded, expanded_names[key], taken)
+        conv.node.input[1] = expanded_names[key]
+        reads[expanded_names[key]] += 1
+        _release(source, reads)
         _set_group(conv, conv.channels // g)
 
 
@@ -60,16 +65,17 @@ def _replace_in_place(source: WeightSource, expanded: TensorProto, scopes: list[
                     shape.dim.add().dim_value = d
 
 
-def _add_tensor(conv: DepthwiseConv, tensor: TensorProto, name: str, taken: set[str]) -> None:
+def _add_tensor(source: WeightSource, tensor: TensorProto, name: str, taken: set[str]) -> None:
+    """Put TENSOR beside SOURCE, so every node that can see the original sees it too."""
     tensor.name = name
-    body = conv.scope.body
-    if not conv.scope.is_function:
+    body = source.scope.body
+    if not source.scope.is_function:
         body.initializer.append(tensor)
         return
-    # Functions have no initializers: a Constant node right before the Conv.
+    # Functions have no initializers: a Constant node right after the original one.
     constant = helper.make_node("Constant", [], [name], name=unique_name(name, taken), value=tensor)
-    index = next(i for i, node in enumerate(body.node) if node is conv.node or node == conv.node)
-    body.node.insert(index, constant)
+    index = next(i for i, node in enumerate(body.node) if node == source.constant)
+    body.node.insert(index + 1, constant)
 
 
 def _release(source: WeightSource, reads: Counter) -> None:
@@ -84,7 +90,7 @@ def _release(source: WeightSource, reads: Counter) -> None:
             continue  # the Identity read the next name in the chain
         if source.constant is not None:
             source.scope.body.node.remove(source.constant)
-        elif not source.overridable:
+        else:
             source.scope.body.initializer.remove(source.tensor)
 
 

@@ -1,0 +1,263 @@
+"""Structural checks of the rewrite pass: what changes, what must not."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from helpers import assert_same_outputs, attr, conv_nodes, depthwise_model, initializer, random_inputs, run
+from onnx_diagwise import DiagwiseError, inspect, rewrite
+from onnx_diagwise.weights import collapse_block_diagonal
+
+
+@pytest.mark.parametrize("source", ["initializer", "Constant", "Identity"])
+def test_weight_sources(source):
+    model = depthwise_model(channels=16, multiplier=2, weight_source=source)
+    result = rewrite(model, group_size=8)
+    [decision] = result.report.nodes
+    assert decision.action == "rewritten" and decision.group_size == 8
+    assert decision.weight_source == {"initializer": "initializer", "Constant": "Constant",
+                                      "Identity": "Identity(initializer)"}[source]
+    [conv] = conv_nodes(result.model)
+    assert attr(conv, "group") == 2
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_same_outputs(model, result.model)
+
+
+def test_input_model_is_not_modified():
+    model = depthwise_model(channels=8)
+    before = model.SerializeToString()
+    rewrite(model, group_size=4)
+    inspect(model, group_size=4)
+    assert model.SerializeToString() == before
+
+
+def test_model_properties_are_kept():
+    model = depthwise_model(channels=8)
+    model.ir_version = 9
+    model.producer_name, model.producer_version, model.doc_string = "exporter", "1.2", "doc"
+    onnx.helper.set_model_props(model, {"author": "me", "license": "MIT"})
+    model.graph.value_info.append(helper.make_tensor_value_info("unrelated", TensorProto.FLOAT, [1]))
+    result = rewrite(model, group_size=4).model
+    for field in ("ir_version", "producer_name", "producer_version", "doc_string"):
+        assert getattr(result, field) == getattr(model, field)
+    assert result.metadata_props == model.metadata_props
+    assert result.opset_import == model.opset_import
+    assert result.graph.input == model.graph.input
+    assert result.graph.output == model.graph.output
+    assert result.graph.value_info == model.graph.value_info
+    assert [n.name for n in result.graph.node] == [n.name for n in model.graph.node]
+    assert [n.op_type for n in result.graph.node] == [n.op_type for n in model.graph.node]
+
+
+def test_bias_strides_pads_dilations_unchanged():
+    model = depthwise_model(channels=12, kernel=(3, 5), spatial=(15, 17), strides=(2, 1),
+                            dilations=(1, 2), pads=(1, 4, 0, 3))
+    result = rewrite(model, group_size=4).model
+    [before], [after] = conv_nodes(model), conv_nodes(result)
+    for name in ("strides", "dilations", "pads", "kernel_shape"):
+        assert attr(after, name) == attr(before, name)
+    assert after.input[2] == before.input[2]
+    np.testing.assert_array_equal(initializer(result, "b"), initializer(model, "b"))
+
+
+def test_block_diagonal_layout_matches_formula():
+    model = depthwise_model(channels=6, multiplier=2, kernel=(3,), spatial=(9,))
+    w = initializer(model, "w")
+    result = rewrite(model, group_size=3).model
+    w2 = initializer(result, conv_nodes(result)[0].input[1])
+    assert w2.shape == (12, 3, 3)
+    for o in range(12):
+        for j in range(3):
+            expected = w[o, 0] if j == (o // 2) % 3 else np.zeros(3, np.float32)
+            np.testing.assert_array_equal(w2[o, j], expected)
+    np.testing.assert_array_equal(collapse_block_diagonal(w2, multiplier=2), w)
+
+
+def test_idempotent_and_already_rewritten_reported():
+    model = depthwise_model(channels=16)
+    once = rewrite(model, group_size=4)
+    twice = rewrite(once.model, group_size=4)
+    assert twice.model.SerializeToString() == once.model.SerializeToString()
+    [decision] = twice.report.nodes
+    assert decision.action == "skipped" and "already block-diagonal (G=4" in decision.reason
+
+
+def _two_consumer_model(other_op: str) -> onnx.ModelProto:
+    """A depthwise weight also read by another node (a depthwise Conv or a ReduceSum)."""
+    model = depthwise_model(channels=8, bias=False)
+    graph = model.graph
+    if other_op == "Conv":
+        graph.node.append(helper.make_node("Conv", ["y", "w"], ["z"], name="dw2", group=8,
+                                           kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    else:
+        graph.node.append(helper.make_node("ReduceSum", ["w"], ["z"], name="sum_w", keepdims=0))
+    del graph.output[:]
+    graph.output.extend([helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                         helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return model
+
+
+def test_weight_shared_with_other_node_is_copied_not_mutated():
+    model = _two_consumer_model("ReduceSum")
+    original_w = initializer(model, "w").copy()
+    result = rewrite(model, group_size=4).model
+    np.testing.assert_array_equal(initializer(result, "w"), original_w)  # ReduceSum still reads it
+    [conv] = conv_nodes(result)
+    assert conv.input[1] != "w" and initializer(result, conv.input[1]).shape == (8, 4, 3, 3)
+    assert_same_outputs(model, result)
+
+
+def test_weight_shared_by_two_depthwise_convs_is_expanded_once():
+    model = _two_consumer_model("Conv")
+    result = rewrite(model, group_size=4).model
+    names = {c.input[1] for c in conv_nodes(result)}
+    assert len(names) == 1
+    assert [t.name for t in result.graph.initializer] == list(names)  # original 'w' unused, removed
+    assert_same_outputs(model, result)
+
+
+def test_unused_identity_and_initializer_removed():
+    model = depthwise_model(channels=8, weight_source="Identity")
+    model.graph.node.append(helper.make_node("Conv", ["y", "w"], ["z"], name="dw2", group=8,
+                                             kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    model.graph.output[0].name = "z"
+    del model.graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    result = rewrite(model, group_size=8).model
+    assert "Identity" not in [n.op_type for n in result.graph.node]
+    assert sorted(t.name for t in result.graph.initializer) == ["b", "w_diagwise_g8"]
+    assert_same_outputs(model, result)
+
+
+def test_initializer_that_is_also_graph_input_is_skipped():
+    # A caller may feed another weight through the input; a rewritten constant would ignore it.
+    model = depthwise_model(channels=8)
+    w = model.graph.initializer[0]
+    model.graph.input.append(helper.make_tensor_value_info("w", w.data_type, list(w.dims)))
+    result = rewrite(model, group_size=4)
+    [decision] = result.report.nodes
+    assert decision.action == "skipped" and "also a graph input" in decision.reason
+    assert result.model.SerializeToString() == model.SerializeToString()
+
+
+def test_dynamic_weights_skipped_with_reason():
+    model = depthwise_model(channels=8, bias=False)
+    w = model.graph.initializer.pop()
+    model.graph.input.append(helper.make_tensor_value_info("w", w.data_type, list(w.dims)))
+    [decision] = inspect(model).nodes
+    assert decision.action == "skipped" and "graph input" in decision.reason
+
+    computed = depthwise_model(channels=8, bias=False)
+    computed.graph.node.insert(0, helper.make_node("Neg", ["w_raw"], ["w"], name="neg_w"))
+    computed.graph.initializer[0].name = "w_raw"
+    [decision] = inspect(computed).nodes
+    assert decision.action == "skipped" and "computed by Neg node 'neg_w'" in decision.reason
+
+
+def test_non_depthwise_group_conv_and_other_domains():
+    model = depthwise_model(channels=8, bias=False)
+    w = numpy_helper.from_array(np.ones((8, 2, 3, 3), np.float32), "wg")
+    model.graph.initializer.append(w)
+    model.graph.node.append(helper.make_node("Conv", ["y", "wg"], ["z"], name="grouped", group=4,
+                                             kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    model.graph.node.append(helper.make_node("Conv", ["z", "w"], ["q"], name="custom", domain="my.domain",
+                                             group=8))
+    model.opset_import.append(helper.make_opsetid("my.domain", 1))
+    report = inspect(model, group_size=4)
+    by_name = {n.name: n for n in report.nodes}
+    assert set(by_name) == {"dw", "grouped"}  # other domains are not ours to touch
+    assert "not depthwise" in by_name["grouped"].reason
+    result = rewrite(model, group_size=4).model
+    custom = [n for n in result.graph.node if n.name == "custom"][0]
+    assert custom.input[1] == "w" and attr(custom, "group") == 8
+
+
+def test_filters_include_exclude_min_channels():
+    model = onnx.load("sample_models/mobilenet_v1_025.onnx")
+    report = inspect(model, include=r"dw1\d")
+    assert sorted(n.name for n in report.rewritten) == ["dw10", "dw11", "dw12", "dw13"]
+    assert all("--include" in n.reason for n in report.skipped)
+    report = inspect(model, exclude=r"^dw1$")
+    assert [n.name for n in report.skipped] == ["dw1"]
+    report = inspect(model, min_channels=64)
+    assert {n.channels for n in report.skipped} == {8, 16, 32}
+    assert all(n.channels >= 64 for n in report.rewritten)
+
+
+def test_group_size_policies_and_pins():
+    model = depthwise_model(channels=24)
+    assert inspect(model, group_size="paper").nodes[0].group_size == 24  # largest divisor <= 32
+    assert inspect(model, group_size=16).nodes[0].group_size == 12
+    assert inspect(model, group_size="full").nodes[0].group_size == 24
+    assert inspect(model, group_size=5).nodes[0].group_size == 4
+    assert inspect(model, node_group_sizes={"dw": 6}).nodes[0].group_size == 6
+    odd = depthwise_model(channels=7)
+    [decision] = inspect(odd, group_size=4).nodes
+    assert decision.action == "skipped" and "G=1" in decision.reason
+    with pytest.raises(DiagwiseError, match="5 does not divide C=24"):
+        inspect(model, node_group_sizes={"dw": 5})
+    with pytest.raises(DiagwiseError, match="'nope'"):
+        inspect(model, node_group_sizes={"nope": 4})
+    for bad in (0, -3, "abc", "1.5", True):
+        with pytest.raises(DiagwiseError, match="group_size"):
+            inspect(model, group_size=bad)
+
+
+def test_report_bytes_flops_and_dict():
+    model = depthwise_model(channels=8, multiplier=2, kernel=(3, 3), spatial=(10, 10), pads=(1, 1, 1, 1))
+    result = rewrite(model, group_size=4)
+    [n] = result.report.nodes
+    assert n.weight_bytes_before == 16 * 9 * 4 and n.weight_bytes_after == 4 * n.weight_bytes_before
+    assert n.flops_before == 2 * 16 * 9 * 100 and n.flops_after == 4 * n.flops_before
+    data = result.report.to_dict()
+    assert data["summary"] == {"nodes": 1, "rewritten": 1, "skipped": 0}
+    assert data["before"]["depthwise_convs"] == 1 and data["after"]["grouped_convs"] == 1
+    assert data["nodes"][0]["reason"].startswith("G=4, group=2")
+    growth = (4 * 16 * 9 * 4 + 16 * 4) / (16 * 9 * 4 + 16 * 4)  # weight x4, bias unchanged
+    assert result.report.warnings == [
+        f"weights grew {growth:.1f}x (640 B -> 2.3 KiB), more than the 2x threshold; "
+        "a smaller --group-size grows less"]
+
+
+def _if_model():
+    return onnx.load("sample_models/if_branch.onnx")
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_subgraphs_rewritten(cond):
+    model = _if_model()
+    result = rewrite(model, group_size=8)
+    assert sorted(n.graph for n in result.report.rewritten) == ["main/branch.else_branch",
+                                                                 "main/branch.then_branch"]
+    onnx.checker.check_model(result.model, full_check=True)
+    feeds = random_inputs(model, cond=cond)
+    for e, a in zip(run(model, feeds), run(result.model, feeds)):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_function_bodies_rewritten():
+    inner = depthwise_model(channels=8, weight_source="Constant", bias=False)
+    function = helper.make_function("local", "DwBlock", ["x"], ["y"], list(inner.graph.node),
+                                    opset_imports=[helper.make_opsetid("", 17)])
+    graph = helper.make_graph([helper.make_node("DwBlock", ["x"], ["y"], domain="local", name="call")],
+                              "g", list(inner.graph.input), [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, functions=[function],
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    model = onnx.shape_inference.infer_shapes(model)
+    result = rewrite(model, group_size=4)
+    [decision] = result.report.rewritten
+    assert decision.graph == "function local.DwBlock"
+    body = result.model.functions[0].node
+    assert attr([n for n in body if n.op_type == "Conv"][0], "group") == 2
+    onnx.checker.check_model(result.model)
+    assert_same_outputs(model, result.model)
+
+
+def test_unsupported_opset_rejected():
+    model = depthwise_model(channels=4)
+    model.opset_import[0].version = 99
+    with pytest.raises(DiagwiseError, match="opset 99"):
+        rewrite(model)
