@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx import ModelProto, TensorProto
 
 from .errors import DiagwiseError
@@ -112,8 +112,9 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
     check_opsets(model, str(path))
     try:
-        # The checker parses the bytes we already hold, so the model is never re-serialized.
-        onnx.checker.check_model(data)
+        # Checking by path never re-serializes the model and finds external data files
+        # relative to the model, as runtimes do.
+        onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
         raise DiagwiseError(f"'{path}' is not a valid ONNX model: {first}") from None
@@ -201,9 +202,9 @@ def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool
         os.replace(tmp_model, output)
     except OSError as exc:
         raise DiagwiseError(f"cannot write '{output}': {exc.strerror or exc}") from None
-    except ValueError as exc:  # protobuf refuses messages over 2 GiB
+    except (ValueError, EncodeError):  # protobuf refuses messages over 2 GiB
         raise DiagwiseError(
-            f"cannot write '{output}': {exc}; save it with external data"
+            f"cannot write '{output}': the model passes protobuf's 2 GiB limit; save it with external data"
         ) from None
     finally:
         for leftover in (tmp_data, tmp_model):
@@ -242,5 +243,5 @@ def _write_with_external_data(model: ModelProto, model_path: Path, data_path: Pa
     finally:
         for tensor, raw in moved:
             tensor.raw_data = raw
-            tensor.data_location = TensorProto.DEFAULT
+            tensor.ClearField("data_location")
             del tensor.external_data[:]

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -140,3 +145,17 @@ def initializer(model: onnx.ModelProto, name: str) -> np.ndarray:
         if t.name == name:
             return numpy_helper.to_array(t)
     raise KeyError(name)
+
+
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_models"
+SAMPLE = SAMPLE_DIR / "mobilenetv2_block.onnx"
+
+
+def cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    """Run the real command line in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "onnx_diagwise", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env={"COLUMNS": "200", "PATH": ""})
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

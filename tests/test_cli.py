@@ -1,0 +1,158 @@
+"""The real command, run as a user runs it: exit codes, messages, files."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import onnx
+import pytest
+
+from helpers import SAMPLE, assert_same_outputs, cli, depthwise_model, digest
+
+def test_rewrite_sample(tmp_path):
+    out = tmp_path / "out.onnx"
+    before = digest(SAMPLE)
+    r = cli("rewrite", SAMPLE, out, "-v")
+    assert r.returncode == 0, r.stderr
+    assert "Depthwise Conv" in r.stdout and "rewritten" in r.stdout
+    assert "2 grouped Conv node(s): 2 rewritten, 0 skipped" in r.stdout
+    assert digest(SAMPLE) == before
+    assert_same_outputs(onnx.load(SAMPLE), onnx.load(out))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]  # no temporary files left
+
+
+def test_rewrite_json_and_quiet(tmp_path):
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    r = cli("rewrite", SAMPLE, out, "-g", "full", "-q", "--json", report)
+    assert r.returncode == 0 and r.stdout == ""
+    data = json.loads(report.read_text())
+    assert data["group_size"] == "full" and data["summary"]["rewritten"] == 2
+    assert data["before"]["depthwise_convs"] == 2 and data["after"]["depthwise_convs"] == 0
+    assert data["file_bytes_after"] == out.stat().st_size
+    assert {n["group_size"] for n in data["nodes"]} == {96, 144}
+
+
+def test_inspect_table_and_json_stdout():
+    r = cli("inspect", SAMPLE, "-g", "16")
+    assert r.returncode == 0
+    assert "2 grouped Conv node(s): 2 to rewrite, 0 skipped" in r.stdout
+    r = cli("inspect", SAMPLE, "--json", "-")
+    data = json.loads(r.stdout)
+    assert data["after"] is None and data["summary"]["planned"] == 2
+    assert [n["action"] for n in data["nodes"]] == ["rewrite", "rewrite"]
+
+
+def test_version_and_help():
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("onnx-diagwise 0.")
+    r = cli("rewrite", "--help")
+    assert r.returncode == 0 and "Example" in r.stdout and "--group-size" in r.stdout
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _invalid_model(tmp_path: Path) -> Path:
+    model = depthwise_model(channels=4)
+    model.graph.node[0].input[0] = "undefined_value"
+    return _write(tmp_path / "invalid.onnx", model.SerializeToString())
+
+
+def _opset_99(tmp_path: Path) -> Path:
+    model = depthwise_model(channels=4)
+    model.opset_import[0].version = 99
+    return _write(tmp_path / "opset99.onnx", model.SerializeToString())
+
+
+BAD_INPUTS = {
+    "missing": (lambda t: t / "nope.onnx", "does not exist"),
+    "directory": (lambda t: t, "is a directory"),
+    "empty": (lambda t: _write(t / "empty.onnx", b""), "is empty"),
+    "text": (lambda t: _write(t / "text.onnx", b"this is not a model\n" * 10), "is not an ONNX model"),
+    "truncated": (lambda t: _write(t / "cut.onnx", SAMPLE.read_bytes()[: SAMPLE.stat().st_size // 2]),
+                  "is not an ONNX model"),
+    "invalid": (_invalid_model, "is not a valid ONNX model"),
+    "opset": (_opset_99, "opset 99"),
+}
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, code: int, expected: str) -> None:
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("command", ["rewrite", "inspect"])
+def test_bad_input_files(tmp_path, case, command):
+    make, expected = BAD_INPUTS[case]
+    path = make(tmp_path)
+    out = tmp_path / "out.onnx"
+    r = cli(command, path, *([out] if command == "rewrite" else []))
+    assert_one_line_error(r, 2, expected)
+    assert not out.exists()
+
+
+BAD_FLAGS = {
+    "group-size word": (["-g", "big"], "--group-size must be a positive integer"),
+    "group-size zero": (["-g", "0"], "--group-size must be a positive integer"),
+    "regex": (["--include", "dw("], "--include 'dw(' is not a valid regular expression"),
+    "min-channels": (["--min-channels", "-1"], "--min-channels must be >= 0"),
+    "pin form": (["--node-group-size", "dw"], "--node-group-size expects NAME=G"),
+    "pin divisor": (["--node-group-size", "dwconv_5=5"], "5 does not divide C=96"),
+    "pin unknown": (["--node-group-size", "nothere=4"], "'nothere'"),
+    "typer int": (["--warn-growth", "lots"], "--warn-growth"),
+    "unknown flag": (["--frobnicate"], "No such option: --frobnicate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FLAGS))
+def test_bad_flags(tmp_path, case):
+    flags, expected = BAD_FLAGS[case]
+    out = tmp_path / "out.onnx"
+    r = cli("rewrite", SAMPLE, out, *flags)
+    assert_one_line_error(r, 2, expected)
+    assert not out.exists()
+
+
+def test_bad_output_paths(tmp_path):
+    a_file = _write(tmp_path / "file.txt", b"x")
+    cases = [
+        (tmp_path / "missing_dir" / "out.onnx", "output directory"),
+        (a_file / "out.onnx", "is not a directory"),
+        (tmp_path, "is a directory"),
+    ]
+    for out, expected in cases:
+        assert_one_line_error(cli("rewrite", SAMPLE, out), 2, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_output_equal_to_input_is_refused(tmp_path):
+    model = _write(tmp_path / "m.onnx", SAMPLE.read_bytes())
+    before = digest(model)
+    assert_one_line_error(cli("rewrite", model, model), 2, "is the input model")
+    (tmp_path / "sub").mkdir()
+    assert_one_line_error(cli("rewrite", "m.onnx", "sub/../m.onnx", cwd=tmp_path), 2, "is the input model")
+    assert digest(model) == before
+
+
+def test_existing_output_is_replaced_only_on_success(tmp_path):
+    out = _write(tmp_path / "out.onnx", b"previous content")
+    assert_one_line_error(cli("rewrite", SAMPLE, out, "-g", "nope"), 2, "--group-size")
+    assert out.read_bytes() == b"previous content"
+    assert cli("rewrite", SAMPLE, out).returncode == 0
+    onnx.checker.check_model(onnx.load(out))
+
+
+def test_external_data_output_would_overwrite_input_data(tmp_path):
+    model = onnx.load(SAMPLE)
+    onnx.save_model(model, tmp_path / "in.onnx", save_as_external_data=True,
+                    location="out.onnx.data", size_threshold=0)
+    before = digest(tmp_path / "out.onnx.data")
+    r = cli("rewrite", tmp_path / "in.onnx", tmp_path / "out.onnx")
+    assert_one_line_error(r, 2, "is the input's external data")
+    assert digest(tmp_path / "out.onnx.data") == before
+    assert not (tmp_path / "out.onnx").exists()
