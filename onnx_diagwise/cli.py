@@ -160,7 +160,7 @@ def rewrite(
     report = result.report
     if external_data is None and loaded.has_external_data:
         external_data = True
-    used_external = save_model(result.model, output, external_data)
+    used_external = save_model(result.model, output, external_data, keep_model=False)
     file_after = output.stat().st_size + (
         external_data_path(output).stat().st_size if used_external else 0)
 

@@ -6,13 +6,13 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import ModelProto, TensorProto
 
 from .errors import DiagwiseError
+from .tensors import iter_tensors, skeleton, tensor_nbytes, weight_bytes
 
 # onnxruntime has no kernels below opset 7; above what the installed onnx knows
 # we cannot check the model.
@@ -37,46 +37,6 @@ class LoadedModel:
         return bool(self.external_files)
 
 
-def iter_tensors(model: ModelProto) -> Iterator[TensorProto]:
-    """Every TensorProto that can hold weights: initializers and tensor attributes,
-    in the main graph, all subgraphs and all functions."""
-
-    def from_graph(graph) -> Iterator[TensorProto]:
-        yield from getattr(graph, "initializer", ())
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t
-                yield from attr.tensors
-                if attr.HasField("g"):
-                    yield from from_graph(attr.g)
-                for sub in attr.graphs:
-                    yield from from_graph(sub)
-
-    yield from from_graph(model.graph)
-    for function in model.functions:
-        yield from from_graph(function)
-
-
-def tensor_nbytes(tensor: TensorProto) -> int:
-    """Bytes of a tensor's data, whichever field holds it."""
-    if tensor.data_location == TensorProto.EXTERNAL:
-        for entry in tensor.external_data:
-            if entry.key == "length":
-                return int(entry.value)
-    if tensor.HasField("raw_data"):
-        return len(tensor.raw_data)
-    count = 1
-    for d in tensor.dims:
-        count *= d
-    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    return count * itemsize
-
-
-def weight_bytes(model: ModelProto) -> int:
-    return sum(tensor_nbytes(t) for t in iter_tensors(model))
-
-
 def _external_location(tensor: TensorProto) -> str:
     for entry in tensor.external_data:
         if entry.key == "location":
@@ -93,16 +53,15 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise DiagwiseError(f"input model '{path}' does not exist")
     if path.is_dir():
         raise DiagwiseError(f"input model '{path}' is a directory, not a file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DiagwiseError(f"cannot read '{path}': {exc.strerror}") from None
-    if not data:
-        raise DiagwiseError(f"'{path}' is empty, not an ONNX model")
-
     model = ModelProto()
     try:
+        data = path.read_bytes()
+        if not data:
+            raise DiagwiseError(f"'{path}' is empty, not an ONNX model")
         model.ParseFromString(data)
+        del data  # the parsed model holds its own copy
+    except OSError as exc:
+        raise DiagwiseError(f"cannot read '{path}': {exc.strerror}") from None
     except (DecodeError, RuntimeError, ValueError):
         raise DiagwiseError(
             f"'{path}' is not an ONNX model (protobuf parse failed: truncated or another format)"
@@ -112,13 +71,12 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
     check_opsets(model, str(path))
     try:
-        # Checking by path never re-serializes the model and finds external data files
-        # relative to the model, as runtimes do.
-        onnx.checker.check_model(str(path))
+        # The checker serializes what it checks: give it the model without weight bytes.
+        # Weights that get rewritten are checked against their shape when read.
+        onnx.checker.check_model(skeleton(model, keep_dims=False))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
         raise DiagwiseError(f"'{path}' is not a valid ONNX model: {first}") from None
-    del data
 
     external_files: list[Path] = []
     base_dir = path.parent
@@ -128,11 +86,14 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         location = base_dir / _external_location(tensor)
         if location not in external_files:
             external_files.append(location)
+        if not location.is_file():
+            raise DiagwiseError(f"external data file '{location}' of tensor '{tensor.name}' is missing")
         try:
             onnx.external_data_helper.load_external_data_for_tensor(tensor, str(base_dir))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DiagwiseError(
-                f"cannot load external data of tensor '{tensor.name}' from '{location}': {exc}"
+                f"cannot load external data of tensor '{tensor.name}' from '{location}': {first}"
             ) from None
     file_bytes = path.stat().st_size + sum(f.stat().st_size for f in external_files)
     return LoadedModel(model, path, file_bytes, external_files)
@@ -175,14 +136,16 @@ def external_data_path(output: Path) -> Path:
     return output.with_name(output.name + ".data")
 
 
-def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool | None = None) -> bool:
+def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool | None = None,
+               keep_model: bool = True) -> bool:
     """Write MODEL to OUTPUT atomically; return whether external data was used.
 
     external_data=None chooses it when the model would pass protobuf's 2 GiB limit.
     Weights go to '<OUTPUT>.data' beside the model. Both files are written under
     temporary names in the output directory and renamed into place only once
-    complete, so a failure never leaves a partial or clobbered file. MODEL is left
-    as it was (tensors moved out for serialization are put back)."""
+    complete, so a failure never leaves a partial or clobbered file.  MODEL is left
+    as it was; with keep_model=False the tensors written to the data file are not
+    put back, which saves a copy of every weight when MODEL is not needed again."""
     output = Path(output)
     if external_data is None:
         external_data = weight_bytes(model) > PROTOBUF_LIMIT - 64 * 2**20
@@ -192,11 +155,11 @@ def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool
     tmp_data = external_data_path(tmp_model)
     try:
         if external_data:
-            _write_with_external_data(model, tmp_model, tmp_data)
+            _write_with_external_data(model, tmp_model, tmp_data, keep_model)
             os.replace(tmp_data, external_data_path(output))
         else:
             with open(tmp_model, "wb") as f:
-                f.write(model.SerializeToString())
+                _write_proto(model, f)
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp_model, output)
@@ -213,27 +176,28 @@ def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool
     return external_data
 
 
-def _write_with_external_data(model: ModelProto, model_path: Path, data_path: Path) -> None:
-    """Move every large tensor's bytes to DATA_PATH, serialize, then restore the tensors."""
+def _write_with_external_data(model: ModelProto, model_path: Path, data_path: Path, restore: bool) -> None:
+    """Move every large tensor's bytes to DATA_PATH, serialize, then (if RESTORE) put them back."""
     moved: list[tuple[TensorProto, bytes]] = []
     offset = 0
     try:
         with open(data_path, "wb") as data_file:
             for tensor in iter_tensors(model):
-                if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_THRESHOLD:
+                if not tensor.HasField("raw_data") or tensor_nbytes(tensor) < EXTERNAL_THRESHOLD:
                     continue
-                raw = tensor.raw_data
+                raw = tensor.raw_data  # a copy: upb hands out bytes, not views
                 # Align like onnx does so runtimes can memory-map the file.
                 padding = -offset % 4096
                 data_file.write(b"\0" * padding)
                 offset += padding
                 data_file.write(raw)
-                moved.append((tensor, raw))
                 onnx.external_data_helper.set_external_data(
-                    tensor, data_path.name, offset=offset, length=len(raw)
-                )
+                    tensor, data_path.name, offset=offset, length=len(raw))
                 tensor.ClearField("raw_data")
                 offset += len(raw)
+                if restore:
+                    moved.append((tensor, raw))
+                del raw
             data_file.flush()
             os.fsync(data_file.fileno())
         with open(model_path, "wb") as f:
@@ -245,3 +209,51 @@ def _write_with_external_data(model: ModelProto, model_path: Path, data_path: Pa
             tensor.raw_data = raw
             tensor.ClearField("data_location")
             del tensor.external_data[:]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _without(message, skip: str):
+    """A copy of MESSAGE without the field named SKIP (no copy of that field's bytes)."""
+    copy = type(message)()
+    for descriptor, value in message.ListFields():
+        if descriptor.name == skip:
+            continue
+        repeated = (descriptor.is_repeated if hasattr(descriptor, "is_repeated")
+                    else descriptor.label == descriptor.LABEL_REPEATED)
+        if repeated:
+            getattr(copy, descriptor.name).extend(value)
+        elif descriptor.type == descriptor.TYPE_MESSAGE:
+            getattr(copy, descriptor.name).CopyFrom(value)
+        else:
+            setattr(copy, descriptor.name, value)
+    return copy
+
+
+def _write_proto(model: ModelProto, f) -> None:
+    """Write MODEL's wire format piece by piece, one initializer at a time.
+
+    SerializeToString of the whole model would hold two extra copies of every
+    weight at once.  Protobuf fields may come in any order and repeated fields
+    concatenate, so the parsed result is the same model."""
+    graph_tag, initializer_tag = b"\x3a", b"\x2a"  # field 7 / field 5, length-delimited
+    f.write(_without(model, "graph").SerializeToString())
+    if not model.HasField("graph"):
+        return
+    # graph.ByteSize() would encode the whole graph at once (upb computes sizes by
+    # encoding); sizes add up field by field, so measure one initializer at a time.
+    rest = _without(model.graph, "initializer").SerializeToString()
+    sizes = [tensor.ByteSize() for tensor in model.graph.initializer]
+    graph_size = len(rest) + sum(1 + len(_varint(n)) + n for n in sizes)
+    f.write(graph_tag + _varint(graph_size))
+    f.write(rest)
+    for tensor, size in zip(model.graph.initializer, sizes):
+        f.write(initializer_tag + _varint(size))
+        f.write(tensor.SerializeToString())

@@ -15,7 +15,7 @@ from typing import Mapping
 
 from .detect import DepthwiseConv, Detection
 from .errors import DiagwiseError
-from .model_io import tensor_nbytes
+from .tensors import tensor_nbytes
 from .report import NodeDecision
 
 PAPER_GROUP_SIZE = 32

@@ -10,7 +10,7 @@ from onnx import ModelProto, helper
 
 from .detect import DEFAULT_DOMAINS
 from .graphs import iter_scopes
-from .model_io import iter_tensors, weight_bytes
+from .tensors import iter_tensors, weight_bytes
 
 
 def human_bytes(n: int | None) -> str:

@@ -108,3 +108,11 @@ def test_model_over_2gb(tmp_path):
     assert initializer(loaded, conv.input[1]).shape == (8, 4, 3, 3)
     for name in ("big_a", "big_b"):
         np.testing.assert_array_equal(initializer(loaded, name)[:5], [1, 2, 3, 4, 0])
+
+
+@pytest.mark.parametrize("name", ["if_branch", "mobilenet_v1_025", "conformer_conv1d"])
+def test_streamed_write_parses_to_the_same_model(tmp_path, name):
+    model = onnx.load(SAMPLE.parent / f"{name}.onnx")
+    onnx.helper.set_model_props(model, {"k": "v"})
+    save_model(model, tmp_path / "m.onnx", external_data=False)
+    assert onnx.load(tmp_path / "m.onnx") == model

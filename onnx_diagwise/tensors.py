@@ -1,0 +1,115 @@
+"""Find, size and strip a model's tensors without copying their bytes.
+
+Reading TensorProto.raw_data copies it (protobuf hands out bytes, not views), so
+sizes come from dims, and the checker and shape inference run on a skeleton of
+the model whose large tensors carry no data.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import onnx
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
+
+# Tensors below this size keep their data in a skeleton: shape-carrying constants
+# (Reshape targets, pads, Split sizes) are tiny.
+SKELETON_KEEP_BYTES = 4096
+
+
+def iter_tensors(model: ModelProto) -> Iterator[TensorProto]:
+    """Every TensorProto that can hold weights: initializers and tensor attributes,
+    in the main graph, all subgraphs and all functions."""
+
+    def from_graph(graph) -> Iterator[TensorProto]:
+        yield from getattr(graph, "initializer", ())
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    yield from from_graph(attr.g)
+                for sub in attr.graphs:
+                    yield from from_graph(sub)
+
+    yield from from_graph(model.graph)
+    for function in model.functions:
+        yield from from_graph(function)
+
+
+def tensor_nbytes(tensor: TensorProto) -> int:
+    """Bytes of a tensor's data, from its dims."""
+    if tensor.data_location == TensorProto.EXTERNAL:
+        for entry in tensor.external_data:
+            if entry.key == "length":
+                return int(entry.value)
+    if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+        return tensor.ByteSize()
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def weight_bytes(model: ModelProto) -> int:
+    return sum(tensor_nbytes(t) for t in iter_tensors(model))
+
+
+def skeleton(model: ModelProto, keep_dims: bool = True) -> ModelProto:
+    """MODEL with every large or external tensor reduced to name and type.
+
+    keep_dims=True keeps their dims (for shape inference); False sets dims to [0],
+    an empty tensor the checker accepts, so it checks everything but weight bytes."""
+
+    def strip_tensor(tensor: TensorProto) -> TensorProto:
+        if tensor.data_location != TensorProto.EXTERNAL and tensor_nbytes(tensor) <= SKELETON_KEEP_BYTES:
+            return tensor
+        stripped = TensorProto(name=tensor.name, data_type=tensor.data_type, doc_string=tensor.doc_string)
+        stripped.dims.extend(tensor.dims if keep_dims else [0])
+        return stripped
+
+    def strip_node(node: NodeProto) -> NodeProto:
+        if not any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS, AttributeProto.TENSOR,
+                              AttributeProto.TENSORS) for a in node.attribute):
+            return node
+        copy = NodeProto(name=node.name, op_type=node.op_type, domain=node.domain, doc_string=node.doc_string)
+        copy.input.extend(node.input)
+        copy.output.extend(node.output)
+        for attr in node.attribute:
+            new = copy.attribute.add()
+            if attr.type not in (AttributeProto.GRAPH, AttributeProto.GRAPHS, AttributeProto.TENSOR,
+                                 AttributeProto.TENSORS):
+                new.CopyFrom(attr)
+                continue
+            new.name, new.type, new.doc_string, new.ref_attr_name = attr.name, attr.type, attr.doc_string, attr.ref_attr_name
+            if attr.HasField("g"):
+                new.g.CopyFrom(strip_graph(attr.g))
+            new.graphs.extend(strip_graph(g) for g in attr.graphs)
+            if attr.HasField("t"):
+                new.t.CopyFrom(strip_tensor(attr.t))
+            new.tensors.extend(strip_tensor(t) for t in attr.tensors)
+        return copy
+
+    def strip_graph(graph: GraphProto) -> GraphProto:
+        copy = GraphProto(name=graph.name, doc_string=graph.doc_string)
+        copy.input.extend(graph.input)
+        copy.output.extend(graph.output)
+        copy.value_info.extend(graph.value_info)
+        copy.sparse_initializer.extend(graph.sparse_initializer)
+        copy.initializer.extend(strip_tensor(t) for t in graph.initializer)
+        copy.node.extend(strip_node(n) for n in graph.node)
+        return copy
+
+    copy = ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
+                      producer_version=model.producer_version, domain=model.domain,
+                      model_version=model.model_version, doc_string=model.doc_string)
+    copy.opset_import.extend(model.opset_import)
+    copy.metadata_props.extend(model.metadata_props)
+    for function in model.functions:
+        stripped = copy.functions.add()
+        stripped.CopyFrom(function)
+        del stripped.node[:]
+        stripped.node.extend(strip_node(n) for n in function.node)
+    copy.graph.CopyFrom(strip_graph(model.graph))
+    return copy
