@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -18,7 +18,13 @@ from . import __version__, api
 from .errors import CheckFailed, DiagwiseError
 from .model_io import check_output_path, external_data_path, load_model, save_model
 from .plan import compile_pattern, parse_group_size
-from .render import compare_table, nodes_table, size, summary_line
+from .bench import benchmark
+from .plot import plot_bench, require_matplotlib
+from .render import (bench_table, compare_table, depthwise_time_table, nodes_table, op_type_table, size,
+                     summary_line, validation_lines)
+from .runtime import (InputOptions, RuntimeConfig, load_input_data, parse_dims, parse_input_shapes,
+                      parse_key_values)
+from .validate import validate as validate_models
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns and squeeze the tables.
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 200))
@@ -100,6 +106,38 @@ def _check_json_path(path: Path | None) -> None:
 
 JSON_HELP = "Write the report as JSON to PATH ('-' for stdout, which replaces the tables)."
 
+# Options shared by every command that runs models.
+Provider = Annotated[str, typer.Option(
+    "--provider", "-p", help="Execution provider: cpu, cuda, tensorrt, ... or a full name (CUDAExecutionProvider).")]
+ProviderOption = Annotated[list[str], typer.Option(
+    "--provider-option", help="KEY=VALUE passed to the provider, e.g. cudnn_conv_algo_search=EXHAUSTIVE, "
+    "prefer_nhwc=1, use_tf32=0. Repeatable.")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads (default: onnxruntime's).")]
+OptLevel = Annotated[str, typer.Option("--opt-level", help="Graph optimization: disable, basic, extended, all.")]
+Batch = Annotated[int, typer.Option("--batch", "-b", help="Value of a leading symbolic (batch) dim.")]
+Dim = Annotated[list[str], typer.Option("--dim", help="NAME=VALUE for a symbolic dim. Repeatable.")]
+InputShape = Annotated[list[str], typer.Option(
+    "--overwrite-input-shape", help="NAME:D1,D2,... fixes one input's shape (onnxsim syntax). Repeatable.")]
+InputData = Annotated[list[str], typer.Option(
+    "--input-data", help="NAME:FILE.npy real data for one input. Repeatable.")]
+InputsNpz = Annotated[Optional[Path], typer.Option("--inputs", help="An .npz with real data for the inputs.")]
+Atol = Annotated[Optional[float], typer.Option("--atol", help="Absolute tolerance (default by dtype).")]
+Rtol = Annotated[Optional[float], typer.Option("--rtol", help="Relative tolerance (default by dtype).")]
+AllowTf32 = Annotated[bool, typer.Option("--allow-tf32", help="On CUDA, compare fp32 with TF32 enabled.")]
+
+
+def _runtime(provider: str, provider_option: list[str], threads: int | None, opt_level: str) -> RuntimeConfig:
+    config = RuntimeConfig(provider, parse_key_values(provider_option, "--provider-option"), threads, opt_level)
+    config.provider_full  # noqa: B018 - fails early on an unknown provider
+    return config
+
+
+def _inputs(batch: int, dim: list[str], shape: list[str], data: list[str], npz: Path | None) -> InputOptions:
+    if npz is not None and not npz.is_file():
+        raise DiagwiseError(f"--inputs '{npz}' does not exist")
+    return InputOptions(batch, parse_dims(dim), parse_input_shapes(shape),
+                        load_input_data(data, str(npz) if npz else None))
+
 
 @app.command()
 def inspect(
@@ -142,14 +180,35 @@ def rewrite(
     json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the per-node table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
+    check: bool = typer.Option(True, "--check/--no-check",
+                               help="Validate the result against the original before writing it."),
+    check_n: int = typer.Option(1, "--check-n", help="Input sets for the check."),
+    provider: Provider = "cpu",
+    provider_option: ProviderOption = [],
+    threads: Threads = None,
+    opt_level: OptLevel = "all",
+    batch: Batch = 1,
+    dim: Dim = [],
+    overwrite_input_shape: InputShape = [],
+    input_data: InputData = [],
+    inputs: InputsNpz = None,
+    atol: Atol = None,
+    rtol: Rtol = None,
+    allow_tf32: AllowTf32 = False,
 ) -> None:
-    """Rewrite depthwise Convs into block-diagonal grouped Convs and save the model.
+    """Rewrite depthwise Convs into block-diagonal grouped Convs, check, and save the model.
+
+    The result is run against the original on --provider (CPU by default) and written only if
+    every output matches; --no-check skips that.
 
     Example: onnx-diagwise rewrite model.onnx model.diag.onnx --group-size 32 -v
     """
     _check_flags(group_size, include, exclude, min_channels)
     pinned = _pinned(node_group_size)
     _check_json_path(json_path)
+    if check:
+        config = _runtime(provider, provider_option, threads, opt_level)
+        input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     if not input.exists():
         raise DiagwiseError(f"input model '{input}' does not exist")
     check_output_path(output, input)
@@ -158,6 +217,14 @@ def rewrite(
     result = api.rewrite(loaded.model, group_size, include, exclude, min_channels,
                          node_group_sizes=pinned, warn_growth=warn_growth, copy=False)
     report = result.report
+    validation = None
+    if check and report.rewritten:
+        validation = validate_models(input, result.model, config, input_options, check_n, atol, rtol, allow_tf32)
+        if not validation.passed:
+            for line in validation_lines(validation):
+                err.print(line, soft_wrap=True)
+            raise CheckFailed(f"the rewritten model differs from the original on {validation.provider}; "
+                              f"nothing written to '{output}' (see the FAILED lines above)")
     if external_data is None and loaded.has_external_data:
         external_data = True
     used_external = save_model(result.model, output, external_data, keep_model=False)
@@ -168,6 +235,7 @@ def rewrite(
         "input": str(input), "output": str(output), "external_data": used_external,
         "file_bytes_before": loaded.file_bytes, "file_bytes_after": file_after,
         **report.to_dict(),
+        "check": validation.to_dict() if validation else None,
     })
     for warning in report.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
@@ -177,8 +245,98 @@ def rewrite(
         out.print(nodes_table(report, "Depthwise and grouped Conv nodes"))
     out.print(compare_table(report.before, report.after, loaded.file_bytes, file_after, report.elapsed_s))
     out.print(summary_line(report))
+    if validation is not None:
+        out.print(f"check: {validation.summary()}")
     data_note = f" (+ weights in {output}.data)" if used_external else ""
     out.print(f"saved {output}{data_note}, {size(file_after)}")
+
+
+@app.command()
+def validate(
+    original: Path = typer.Argument(..., help="The reference model."),
+    candidate: Path = typer.Argument(..., help="The model to check against it (e.g. a rewritten one)."),
+    provider: Provider = "cpu",
+    provider_option: ProviderOption = [],
+    threads: Threads = None,
+    opt_level: OptLevel = "all",
+    check_n: int = typer.Option(3, "--check-n", help="Random input sets (seeds --seed, --seed+1, ...)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first random input set."),
+    atol: Atol = None,
+    rtol: Rtol = None,
+    allow_tf32: AllowTf32 = False,
+    batch: Batch = 1,
+    dim: Dim = [],
+    overwrite_input_shape: InputShape = [],
+    input_data: InputData = [],
+    inputs: InputsNpz = None,
+    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Run two models on the same inputs and compare every output (exit 1 if any differs).
+
+    Example: onnx-diagwise validate model.onnx model.diag.onnx --provider cuda --check-n 5
+    """
+    config = _runtime(provider, provider_option, threads, opt_level)
+    input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
+    _check_json_path(json_path)
+    for path in (original, candidate):
+        load_model(path)  # one clear line for a missing or broken file
+    report = validate_models(original, candidate, config, input_options, check_n, atol, rtol, allow_tf32, seed)
+    _write_json(json_path, {"original": str(original), "candidate": str(candidate), **report.to_dict()})
+    if str(json_path) != "-":
+        for line in validation_lines(report):
+            out.print(line, soft_wrap=True)
+        out.print(report.summary())
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    models: list[Path] = typer.Argument(..., help="Models to time; ratios are relative to the first."),
+    provider: Provider = "cpu",
+    provider_option: ProviderOption = [],
+    threads: Threads = None,
+    opt_level: OptLevel = "all",
+    batch: Batch = 1,
+    dim: Dim = [],
+    overwrite_input_shape: InputShape = [],
+    input_data: InputData = [],
+    inputs: InputsNpz = None,
+    warmup: int = typer.Option(10, "--warmup", help="Untimed runs per model first."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="Timed rounds (default 50)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget for the timed rounds instead."),
+    iobinding: Optional[bool] = typer.Option(None, "--iobinding/--no-iobinding",
+                                             help="Keep inputs/outputs on the device (default: on for GPUs)."),
+    profile: bool = typer.Option(False, "--profile", help="Per-node times from onnxruntime's profiler."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the comparison as a PNG (needs matplotlib)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Time models side by side in one process, interleaved, on identical inputs.
+
+    Example: onnx-diagwise bench model.onnx model.diag.onnx --provider cuda --batch 64 --profile
+    """
+    config = _runtime(provider, provider_option, threads, opt_level)
+    input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
+    _check_json_path(json_path)
+    if plot is not None:
+        require_matplotlib()
+        _check_json_path(plot)
+    for path in models:
+        load_model(path)
+    report = benchmark(models, config, input_options, warmup, iterations, seconds, iobinding, profile,
+                       names=[str(m) for m in models])
+    _write_json(json_path, report.to_dict())
+    if plot is not None:
+        plot_bench(report, plot)
+    if str(json_path) == "-":
+        return
+    out.print(bench_table(report))
+    if profile:
+        out.print(op_type_table(report))
+        if report.depthwise_nodes():
+            out.print(depthwise_time_table(report))
+    if plot is not None:
+        out.print(f"plot saved to {plot}")
 
 
 def main(argv: list[str] | None = None) -> int:

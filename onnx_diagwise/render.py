@@ -78,3 +78,53 @@ def compare_table(before: ModelStats, after: ModelStats, file_before: int | None
     if elapsed is not None:
         table.add_row("Elapsed", "", f"{elapsed:.2f} s")
     return table
+
+
+def validation_lines(report) -> list[str]:
+    """One coloured Polygraphy-style line per output."""
+    lines = []
+    for o in report.outputs:
+        colour = "green" if o.passed else "red"
+        status = "PASSED" if o.passed else "FAILED"
+        lines.append(f"[{colour}]{status}[/{colour}] | output '{o.name}' | {o.message}")
+    return lines
+
+
+def bench_table(report) -> Table:
+    env = report.environment
+    title = (f"{env['provider']} on {env['device']}, batch {report.batch}, {env['rounds']} interleaved rounds "
+             f"after {env['warmup']} warm-up, iobinding {'on' if env['iobinding'] else 'off'}")
+    table = Table(title=title, title_justify="left")
+    for column in ("model", "median ms", "p10 ms", "p90 ms", "mean ms", "samples/s", "ratio", "speedup"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for m in report.models:
+        colour = "green" if m.speedup > 1.02 else "red" if m.speedup < 0.98 else "white"
+        table.add_row(m.name, f"{m.median_ms:.3f}", f"{m.p10_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.mean_ms:.3f}",
+                      f"{m.throughput:.1f}", f"{m.ratio:.3f}", f"[{colour}]{m.speedup:.2f}x[/{colour}]")
+    return table
+
+
+def op_type_table(report) -> Table:
+    table = Table(title="Kernel time per op type (us per run, onnxruntime profiler)", title_justify="left")
+    table.add_column("op type")
+    for p in report.profiles:
+        table.add_column(p.model, justify="right")
+    ops = list(dict.fromkeys(op for p in report.profiles for op in p.by_op_type_us))
+    for op in ops:
+        table.add_row(op, *[f"{p.by_op_type_us.get(op, 0.0):.1f}" for p in report.profiles])
+    return table
+
+
+def depthwise_time_table(report) -> Table:
+    table = Table(title="Depthwise Conv nodes of the first model (names as onnxruntime runs them)",
+                  title_justify="left")
+    table.add_column("node")
+    for p in report.profiles:
+        table.add_column(f"{p.model}\ngroup / us", justify="right")
+    for row in report.depthwise_nodes():
+        cells = []
+        for group, t in zip(row["groups"], row["times_us"]):
+            cells.append("-" if t is None else f"{group} / {t:.1f}")
+        label = f"{row['source']} [dim]({row['node']})[/dim]" if row["source"] else row["node"]
+        table.add_row(label, *cells)
+    return table

@@ -1,0 +1,306 @@
+"""Time models side by side in one process: same provider, same inputs, interleaved rounds.
+
+Each round runs every model once, in an order that rotates, so drift (clocks,
+thermals, other load) hits all models alike.  Ratios are of medians.  On a GPU,
+IO binding keeps inputs and outputs on the device so host copies are not timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import ModelProto
+
+from .errors import DiagwiseError
+from .model_io import load_model
+from .runtime import InputOptions, RuntimeConfig, create_session, import_ort, input_specs, make_inputs
+
+
+@dataclass
+class LatencyStats:
+    """Latency of one model in milliseconds."""
+
+    name: str
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    std_ms: float
+    runs: int
+    throughput: float  # samples per second at the median
+    ratio: float  # median / the first model's median (< 1 is faster)
+    speedup: float  # the first model's median / median (> 1 is faster)
+
+
+@dataclass
+class NodeTime:
+    name: str  # as onnxruntime runs it, after its fusions
+    op_type: str
+    mean_us: float  # mean kernel time per run
+    group: int | None = None
+    source: str | None = None  # the model's own Conv node this kernel runs, when traceable
+
+
+@dataclass
+class Profile:
+    """Per-node kernel times from onnxruntime's profiler, for one model."""
+
+    model: str
+    runs: int
+    by_op_type_us: dict[str, float]
+    nodes: list[NodeTime]
+
+
+@dataclass
+class BenchReport:
+    models: list[LatencyStats]
+    batch: int
+    environment: dict[str, Any]
+    profiles: list[Profile] = field(default_factory=list)
+    samples_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "batch": self.batch,
+                "models": [asdict(m) for m in self.models],
+                "profiles": [asdict(p) for p in self.profiles],
+                "samples_ms": self.samples_ms}
+
+    def depthwise_nodes(self) -> list[dict[str, Any]]:
+        """The first model's grouped Conv nodes, with their time in every profiled model."""
+        if not self.profiles:
+            return []
+        rows = []
+        for node in self.profiles[0].nodes:
+            if not node.group or node.group <= 1:
+                continue
+            times = []
+            for profile in self.profiles:
+                match = next((n for n in profile.nodes if n.name == node.name), None)
+                times.append(match.mean_us if match else None)
+            rows.append({"node": node.name, "source": node.source, "group": node.group, "times_us": times,
+                         "groups": [next((n.group for n in p.nodes if n.name == node.name), None)
+                                    for p in self.profiles]})
+        return rows
+
+
+def _device_name(config: RuntimeConfig) -> str:
+    if config.is_gpu:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip().splitlines()[0]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        return "GPU (name unknown: nvidia-smi not found)"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(config: RuntimeConfig, model: ModelProto, batch: int) -> dict[str, Any]:
+    ort = import_ort()
+    specs = input_specs(model)
+    return {
+        "onnxruntime": ort.__version__,
+        **config.to_dict(),
+        "device": _device_name(config),
+        "cpu": _device_name(RuntimeConfig("cpu")),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "batch": batch,
+        "input_dtypes": {s.name: str(s.dtype) for s in specs},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+class _Runner:
+    """One model's session and a zero-argument callable that runs it once."""
+
+    def __init__(self, model, config: RuntimeConfig, feeds: dict[str, np.ndarray], iobinding: bool,
+                 profile_prefix: str | None = None, optimized_path: str | None = None):
+        ort = import_ort()
+        self.session = create_session(model, config, profile_prefix, optimized_path)
+        names = [i.name for i in self.session.get_inputs()]
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        if not iobinding:
+            self.run = lambda: self.session.run(None, feeds)
+            return
+        device = "cuda" if config.is_gpu else "cpu"
+        binding = self.session.io_binding()
+        self._values = []  # keep device buffers alive
+        for name, array in feeds.items():
+            value = ort.OrtValue.ortvalue_from_numpy(array, device, 0)
+            self._values.append(value)
+            binding.bind_ortvalue_input(name, value)
+        for output in self.session.get_outputs():
+            binding.bind_output(output.name, device)
+        self.run = lambda: self.session.run_with_iobinding(binding)
+
+
+def _stats(name: str, samples: list[float], batch: int, reference: float | None) -> LatencyStats:
+    arr = np.array(samples) * 1000.0
+    median = float(np.median(arr))
+    ref = reference if reference is not None else median
+    return LatencyStats(name, median, float(np.percentile(arr, 10)), float(np.percentile(arr, 90)),
+                        float(arr.mean()), float(arr.min()), float(arr.std()), len(arr),
+                        batch / (median / 1000.0), median / ref, ref / median)
+
+
+def benchmark(
+    models: list[ModelProto | str | os.PathLike],
+    config: RuntimeConfig | None = None,
+    inputs: InputOptions | None = None,
+    warmup: int = 10,
+    iterations: int | None = None,
+    seconds: float | None = None,
+    iobinding: bool | None = None,
+    profile: bool = False,
+    profile_runs: int = 20,
+    names: list[str] | None = None,
+    seed: int = 0,
+) -> BenchReport:
+    """Time MODELS side by side; ratios are relative to the first.
+
+    iterations (rounds) or seconds (total timing budget) bound the run; default 50 rounds.
+    iobinding defaults to on for GPU providers."""
+    if not models:
+        raise DiagwiseError("bench needs at least one model")
+    config = config or RuntimeConfig()
+    inputs = inputs or InputOptions()
+    if warmup < 0:
+        raise DiagwiseError(f"--warmup must be >= 0; got {warmup}")
+    if iterations is not None and seconds is not None:
+        raise DiagwiseError("give --iterations or --seconds, not both")
+    if iterations is not None and iterations < 1:
+        raise DiagwiseError(f"--iterations must be >= 1; got {iterations}")
+    if seconds is not None and seconds <= 0:
+        raise DiagwiseError(f"--seconds must be > 0; got {seconds}")
+    if iobinding is None:
+        iobinding = config.is_gpu
+    names = names or [str(m) if not isinstance(m, ModelProto) else f"model {i}" for i, m in enumerate(models)]
+    protos = [m if isinstance(m, ModelProto) else load_model(m).model for m in models]
+    _check_same_inputs(protos, names)
+    feeds = make_inputs(protos[0], inputs, seed=seed)
+    batch = _batch_of(feeds)
+    runners = [_Runner(m, config, feeds, iobinding) for m in models]
+
+    for runner in runners:
+        for _ in range(warmup):
+            runner.run()
+    samples: list[list[float]] = [[] for _ in runners]
+    deadline = time.perf_counter() + seconds if seconds is not None else None
+    rounds = iterations if iterations is not None else (None if seconds is not None else 50)
+    done = 0
+    while (rounds is None or done < rounds) and (deadline is None or time.perf_counter() < deadline):
+        order = [(done + k) % len(runners) for k in range(len(runners))]
+        for index in order:
+            start = time.perf_counter()
+            runners[index].run()
+            samples[index].append(time.perf_counter() - start)
+        done += 1
+
+    first_median = float(np.median(samples[0])) * 1000.0
+    stats = [_stats(n, s, batch, first_median) for n, s in zip(names, samples)]
+    report = BenchReport(stats, batch, environment(config, protos[0], batch),
+                         samples_ms={n: [x * 1000.0 for x in s] for n, s in zip(names, samples)})
+    report.environment.update({"warmup": warmup, "rounds": done, "iobinding": iobinding})
+    if profile:
+        report.profiles = [_profile(m, p, n, config, feeds, iobinding, profile_runs)
+                           for m, p, n in zip(models, protos, names)]
+    return report
+
+
+def _check_same_inputs(protos: list[ModelProto], names: list[str]) -> None:
+    first = {s.name: s.elem_type for s in input_specs(protos[0])}
+    for proto, name in zip(protos[1:], names[1:]):
+        other = {s.name: s.elem_type for s in input_specs(proto)}
+        if other != first:
+            raise DiagwiseError(f"'{name}' has inputs {sorted(other)}, unlike the first model's {sorted(first)}; "
+                                "bench compares models with the same inputs")
+
+
+def _batch_of(feeds: dict[str, np.ndarray]) -> int:
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+def _profile(model, proto: ModelProto, name: str, config: RuntimeConfig, feeds, iobinding: bool,
+             runs: int) -> Profile:
+    """Run with onnxruntime's profiler on and average each node's kernel time.
+
+    Node names are those of the graph onnxruntime runs after its own fusions (e.g.
+    Conv+Relu, NCHWc layouts); that graph is saved to read each Conv's group."""
+    with tempfile.TemporaryDirectory(prefix="onnx-diagwise-profile-") as tmp:
+        optimized = str(Path(tmp) / "optimized.onnx")
+        runner = _Runner(model, config, feeds, iobinding, str(Path(tmp) / "profile"), optimized)
+        for _ in range(runs):
+            runner.run()
+        events = json.loads(Path(runner.session.end_profiling()).read_text())
+        groups = _conv_groups(optimized)
+    times: dict[str, list[float]] = defaultdict(list)
+    op_types: dict[str, str] = {}
+    for event in events:
+        label = event.get("name", "")
+        if event.get("cat") != "Node" or not label.endswith("_kernel_time"):
+            continue
+        node = label[: -len("_kernel_time")]
+        times[node].append(float(event.get("dur", 0)))
+        op_types[node] = event.get("args", {}).get("op_name", "?")
+    source = _source_conv(proto)
+    nodes = [NodeTime(n, op_types[n], float(np.mean(t)), groups.get(n), source(n)) for n, t in times.items()]
+    nodes.sort(key=lambda n: -n.mean_us)
+    by_op: dict[str, float] = defaultdict(float)
+    for n in nodes:
+        by_op[n.op_type] += n.mean_us
+    return Profile(name, runs, dict(sorted(by_op.items(), key=lambda kv: -kv[1])), nodes)
+
+
+def _conv_groups(optimized_path: str) -> dict[str, int]:
+    """group of every Conv-like node (Conv, FusedConv, NCHWc Conv) in onnxruntime's optimized graph."""
+    import onnx
+
+    if not Path(optimized_path).exists():  # some providers compile the graph and save nothing
+        return {}
+    graph = onnx.load(optimized_path, load_external_data=False).graph
+    return {node.name: next((a.i for a in node.attribute if a.name == "group"), 1)
+            for node in graph.node if "Conv" in node.op_type}
+
+
+# Elementwise ops onnxruntime fuses into the Conv before them (Conv + activation).
+_FUSED_ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Elu", "Selu"}
+
+
+def _source_conv(proto: ModelProto):
+    """Map an optimized node name back to the model's Conv: onnxruntime names fused and
+    NCHWc nodes after the output they produce ('Relu_3_out_nchwc')."""
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    convs = {node.name for node in proto.graph.node if node.op_type == "Conv"}
+
+    def find(name: str) -> str | None:
+        if name in convs:
+            return name
+        for suffix in ("_nchwc", "_fused"):
+            name = name.removesuffix(suffix)
+        node = producers.get(name)
+        while node is not None and node.op_type in _FUSED_ACTIVATIONS:
+            node = producers.get(node.input[0])
+        return node.name if node is not None and node.op_type == "Conv" else None
+
+    return find
