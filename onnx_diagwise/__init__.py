@@ -2,12 +2,16 @@
 convolutions (diagonalwise refactorization, Qin et al., arXiv:1803.09926)."""
 
 from .api import inspect, rewrite
+from .bench import BenchReport, benchmark
 from .errors import CheckFailed, DiagwiseError
 from .report import NodeDecision, RewriteReport, RewriteResult
+from .runtime import InputOptions, RuntimeConfig
+from .validation import ValidationReport, validate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "inspect", "rewrite", "NodeDecision", "RewriteReport", "RewriteResult",
-    "DiagwiseError", "CheckFailed", "__version__",
+    "inspect", "rewrite", "validate", "benchmark",
+    "NodeDecision", "RewriteReport", "RewriteResult", "ValidationReport", "BenchReport",
+    "RuntimeConfig", "InputOptions", "DiagwiseError", "CheckFailed", "__version__",
 ]

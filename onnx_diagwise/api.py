@@ -13,7 +13,7 @@ from .errors import DiagwiseError
 from .model_io import PROTOBUF_LIMIT, check_opsets, load_model
 from .plan import GroupSize, parse_group_size, plan
 from .report import NodeDecision, RewriteReport, RewriteResult, human_bytes, model_stats
-from .rewrite import apply_plan
+from .rewriter import apply_plan
 from .shapes import infer_shapes
 
 ModelOrPath = ModelProto | str | os.PathLike

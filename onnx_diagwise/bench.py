@@ -77,20 +77,21 @@ class BenchReport:
                 "samples_ms": self.samples_ms}
 
     def depthwise_nodes(self) -> list[dict[str, Any]]:
-        """The first model's grouped Conv nodes, with their time in every profiled model."""
+        """The first model's grouped Conv kernels, each with its counterpart in every profiled model.
+
+        onnxruntime renames nodes differently per model (NCHWc for one, FusedConv for the
+        other), so kernels are paired by the model's own Conv node they run."""
         if not self.profiles:
             return []
         rows = []
         for node in self.profiles[0].nodes:
             if not node.group or node.group <= 1:
                 continue
-            times = []
-            for profile in self.profiles:
-                match = next((n for n in profile.nodes if n.name == node.name), None)
-                times.append(match.mean_us if match else None)
-            rows.append({"node": node.name, "source": node.source, "group": node.group, "times_us": times,
-                         "groups": [next((n.group for n in p.nodes if n.name == node.name), None)
-                                    for p in self.profiles]})
+            key = node.source or node.name
+            matches = [next((n for n in p.nodes if (n.source or n.name) == key), None) for p in self.profiles]
+            rows.append({"node": node.name, "source": node.source, "group": node.group,
+                         "times_us": [m.mean_us if m else None for m in matches],
+                         "groups": [m.group if m else None for m in matches]})
         return rows
 
 
@@ -228,11 +229,15 @@ def benchmark(
 
 
 def _check_same_inputs(protos: list[ModelProto], names: list[str]) -> None:
-    first = {s.name: s.elem_type for s in input_specs(protos[0])}
+    def signature(proto: ModelProto) -> dict:
+        return {s.name: (str(s.dtype), [d if isinstance(d, int) else "?" for d in s.dims])
+                for s in input_specs(proto)}
+
+    first = signature(protos[0])
     for proto, name in zip(protos[1:], names[1:]):
-        other = {s.name: s.elem_type for s in input_specs(proto)}
+        other = signature(proto)
         if other != first:
-            raise DiagwiseError(f"'{name}' has inputs {sorted(other)}, unlike the first model's {sorted(first)}; "
+            raise DiagwiseError(f"'{name}' has inputs {other}, unlike the first model's {first}; "
                                 "bench compares models with the same inputs")
 
 

@@ -24,7 +24,7 @@ from .render import (bench_table, compare_table, depthwise_time_table, nodes_tab
                      summary_line, validation_lines)
 from .runtime import (InputOptions, RuntimeConfig, load_input_data, parse_dims, parse_input_shapes,
                       parse_key_values)
-from .validate import validate as validate_models
+from .validation import validate as validate_models
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns and squeeze the tables.
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 200))

@@ -116,15 +116,15 @@ def op_type_table(report) -> Table:
 
 
 def depthwise_time_table(report) -> Table:
-    table = Table(title="Depthwise Conv nodes of the first model (names as onnxruntime runs them)",
+    table = Table(title="Depthwise Conv nodes of the first model, per model: group / kernel us per run",
                   title_justify="left")
     table.add_column("node")
     for p in report.profiles:
-        table.add_column(f"{p.model}\ngroup / us", justify="right")
+        table.add_column(p.model, justify="right")
     for row in report.depthwise_nodes():
         cells = []
         for group, t in zip(row["groups"], row["times_us"]):
             cells.append("-" if t is None else f"{group} / {t:.1f}")
-        label = f"{row['source']} [dim]({row['node']})[/dim]" if row["source"] else row["node"]
+        label = row["source"] or row["node"]
         table.add_row(label, *cells)
     return table

@@ -1,0 +1,216 @@
+"""validate(): equivalence checks, tolerances, inputs, providers, and `rewrite`'s own check."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from helpers import SAMPLE, SAMPLE_DIR, attr, cli, depthwise_model
+from onnx_diagwise import DiagwiseError, rewrite
+from onnx_diagwise.runtime import (InputOptions, RuntimeConfig, make_inputs, parse_input_shapes,
+                                   resolve_shapes, input_specs)
+from onnx_diagwise.validation import compare, tolerance_for, validate
+
+
+def _planted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The rewrite of MODEL with one weight value changed."""
+    bad = rewrite(model, group_size=4).model
+    conv = next(n for n in bad.graph.node if n.op_type == "Conv" and attr(n, "group", 1) > 1)
+    tensor = next(t for t in bad.graph.initializer if t.name == conv.input[1])
+    w = numpy_helper.to_array(tensor).copy()
+    w[0, 0] += 0.5  # the diagonal entry of output channel 0
+    tensor.CopyFrom(numpy_helper.from_array(w, tensor.name))
+    return bad
+
+
+def test_exact_rewrite_passes_and_planted_error_fails():
+    model = depthwise_model(channels=8)
+    good = validate(model, rewrite(model, group_size=4).model)
+    assert good.passed and good.runs == 3 and good.outputs[0].max_abs < 1e-5
+    assert good.summary() == "1/1 outputs passed (3 run(s) on CPUExecutionProvider)"
+    bad = validate(model, _planted(model))
+    [out] = bad.outputs
+    assert not bad.passed and out.name == "y" and out.mismatches > 0
+    assert out.line().startswith("FAILED | output 'y' | ")
+    assert out.max_abs > 0.01
+
+
+def test_cli_validate_exit_codes(tmp_path):
+    model = onnx.load(SAMPLE)
+    good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
+    onnx.save(rewrite(model).model, good)
+    onnx.save(_planted(model), bad)
+    r = cli("validate", SAMPLE, good, "--json", tmp_path / "v.json")
+    assert r.returncode == 0, r.stderr
+    assert "PASSED | output 'Add_19_out' | max abs" in r.stdout and "1/1 outputs passed" in r.stdout
+    assert json.loads((tmp_path / "v.json").read_text())["passed"] is True
+    r = cli("validate", SAMPLE, bad)
+    assert r.returncode == 1
+    assert "FAILED | output 'Add_19_out' |" in r.stdout and "0/1 outputs passed" in r.stdout
+
+
+def test_rewrite_refuses_to_write_a_wrong_model(tmp_path, monkeypatch):
+    # A rewrite that corrupts the weights must be caught by rewrite's own check.
+    import onnx_diagwise.rewriter as rewrite_module
+
+    real = rewrite_module.expand_depthwise
+
+    def corrupt(weight, channels, group_size):
+        w = real(weight, channels, group_size)
+        w[0, -1] += 1.0  # an off-diagonal entry
+        return w
+
+    model = onnx.load(SAMPLE)
+    monkeypatch.setattr(rewrite_module, "expand_depthwise", corrupt)
+    from onnx_diagwise.cli import main
+
+    out = tmp_path / "out.onnx"
+    assert main(["rewrite", str(SAMPLE), str(out)]) == 1
+    assert not out.exists()
+    assert main(["rewrite", str(SAMPLE), str(out), "--no-check"]) == 0  # the user said so
+    assert out.exists()
+    assert not validate(model, onnx.load(out)).passed
+
+
+def test_compare_rules():
+    e = np.array([1.0, 2.0, np.nan], np.float32)
+    assert compare("y", e, e.copy()).passed  # NaN where the original has NaN is equal
+    r = compare("y", e, np.array([1.0, np.nan, np.nan], np.float32))
+    assert not r.passed and "NaN where the original has none" in r.message
+    r = compare("y", e, e.astype(np.float64))
+    assert not r.passed and "dtype float64 differs" in r.message
+    r = compare("y", e, e[:2])
+    assert not r.passed and "shape [2] differs" in r.message
+    assert not compare("y", e, None).passed
+    ints = np.array([1, 2, 3])
+    assert compare("i", ints, ints.copy()).passed
+    r = compare("i", ints, np.array([1, 2, 4]))
+    assert not r.passed and r.mismatches == 1 and r.worst_index == [2]
+    close = np.array([1.0 + 5e-6, 2.0, np.nan], np.float32)
+    assert compare("y", e, close).passed
+    assert not compare("y", e, close, atol=1e-7, rtol=1e-7).passed
+
+
+def test_tolerance_defaults():
+    assert tolerance_for(np.dtype(np.float32), None, None, tf32=False) == (1e-5, 1e-5)
+    assert tolerance_for(np.dtype(np.float32), None, None, tf32=True) == (1e-2, 1e-2)
+    assert tolerance_for(np.dtype(np.float16), None, None, tf32=False) == (1e-2, 1e-2)
+    assert tolerance_for(np.dtype(np.int64), None, None, tf32=False) == (0.0, 0.0)
+    assert tolerance_for(np.dtype(np.float16), 0.5, None, tf32=False) == (0.5, 1e-2)
+
+
+def test_fp16_sample_validates():
+    path = SAMPLE_DIR / "mobilenetv2_block_fp16.onnx"
+    report = validate(path, rewrite(path).model)
+    assert report.passed and report.outputs[0].dtype == "float16" and report.outputs[0].atol == 1e-2
+
+
+def test_missing_output_and_integer_outputs():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    a = helper.make_tensor_value_info("a", TensorProto.INT64, [2])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3])
+    two_out = helper.make_model(helper.make_graph(
+        [helper.make_node("ArgMax", ["x"], ["a"], axis=1, keepdims=0), helper.make_node("Relu", ["x"], ["b"])],
+        "g", [x], [a, b]), opset_imports=[helper.make_opsetid("", 17)])
+    one_out = helper.make_model(helper.make_graph([helper.make_node("ArgMax", ["x"], ["a"], axis=1, keepdims=0)],
+                                                  "g", [x], [a]), opset_imports=[helper.make_opsetid("", 17)])
+    report = validate(two_out, one_out)
+    by_name = {o.name: o for o in report.outputs}
+    assert by_name["a"].passed and by_name["a"].atol == 0.0
+    assert not by_name["b"].passed and "missing" in by_name["b"].message
+
+
+def test_input_synthesis_and_shapes():
+    model = onnx.load(SAMPLE_DIR / "conformer_conv1d.onnx")
+    [spec] = input_specs(model)
+    assert spec.dims == ["N", "T", 144]
+    with pytest.raises(DiagwiseError, match=r"input 'input' dim 1 \('T'\) is unknown: pass --dim T=VALUE"):
+        resolve_shapes([spec], InputOptions())
+    assert resolve_shapes([spec], InputOptions(batch=4, dims={"T": 50})) == {"input": [4, 50, 144]}
+    assert resolve_shapes([spec], InputOptions(shapes=parse_input_shapes(["input:2,7,144"]))) == {
+        "input": [2, 7, 144]}
+    assert resolve_shapes([spec], InputOptions(shapes=parse_input_shapes(["2,7,144"]))) == {"input": [2, 7, 144]}
+    with pytest.raises(DiagwiseError, match="rank 2"):
+        resolve_shapes([spec], InputOptions(shapes={"input": [2, 7]}))
+    with pytest.raises(DiagwiseError, match="'other', which is not a model input"):
+        resolve_shapes([spec], InputOptions(shapes={"other": [1]}))
+    for bad in ("input:2,x,3", "input:0,1,2"):
+        with pytest.raises(DiagwiseError, match="--overwrite-input-shape"):
+            parse_input_shapes([bad])
+    feeds = make_inputs(model, InputOptions(dims={"T": 9}), seed=3)
+    again = make_inputs(model, InputOptions(dims={"T": 9}), seed=3)
+    assert feeds["input"].shape == (1, 9, 144) and feeds["input"].dtype == np.float32
+    np.testing.assert_array_equal(feeds["input"], again["input"])
+    assert -1 <= feeds["input"].min() and feeds["input"].max() < 1
+    if_model = onnx.load(SAMPLE_DIR / "if_branch.onnx")
+    assert make_inputs(if_model, InputOptions())["use_then"].dtype == np.bool_
+
+
+def test_real_input_data(tmp_path):
+    model = onnx.load(SAMPLE_DIR / "conformer_conv1d.onnx")
+    data = np.random.default_rng(1).standard_normal((2, 11, 144)).astype(np.float32)
+    np.save(tmp_path / "x.npy", data)
+    np.savez(tmp_path / "all.npz", input=data)
+    cand = tmp_path / "c.onnx"
+    onnx.save(rewrite(model).model, cand)
+    src = SAMPLE_DIR / "conformer_conv1d.onnx"
+    r = cli("validate", src, cand, "--input-data", f"input:{tmp_path / 'x.npy'}")
+    assert r.returncode == 0 and "(1 run(s)" in r.stdout, r.stderr
+    assert cli("validate", src, cand, "--inputs", tmp_path / "all.npz").returncode == 0
+    np.save(tmp_path / "wrong.npy", data[:, :, :10])
+    r = cli("validate", src, cand, "--input-data", f"input:{tmp_path / 'wrong.npy'}")
+    assert r.returncode == 2 and "has shape [2, 11, 10]" in r.stderr
+    r = cli("validate", src, cand, "--input-data", f"nope:{tmp_path / 'x.npy'}")
+    assert r.returncode == 2 and "'nope', which is not a model input" in r.stderr
+    r = cli("validate", src, cand)
+    assert r.returncode == 2 and "--dim T=VALUE" in r.stderr and "Traceback" not in r.stderr
+    r = cli("validate", src, cand, "--dim", "T=0")
+    assert r.returncode == 2 and "positive integer" in r.stderr
+
+
+def test_providers():
+    with pytest.raises(DiagwiseError, match="unknown provider 'gpu0'"):
+        RuntimeConfig("gpu0").provider_full
+    assert RuntimeConfig("cuda").provider_full == "CUDAExecutionProvider"
+    assert RuntimeConfig("TensorrtExecutionProvider").provider_full == "TensorrtExecutionProvider"
+
+
+def test_cuda_where_unavailable_fails_clearly():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has the CUDA provider; the fallback message is for machines without it")
+    model = depthwise_model(channels=4)
+    with pytest.raises(DiagwiseError, match="CUDAExecutionProvider is not available .* install onnxruntime-gpu"):
+        validate(model, model, RuntimeConfig("cuda"))
+    r = cli("validate", SAMPLE, SAMPLE, "--provider", "cuda")
+    assert r.returncode == 2 and "not available" in r.stderr and r.stderr.count("\n") == 1
+    r = cli("bench", SAMPLE, "--provider", "cuda")
+    assert r.returncode == 2 and "not available" in r.stderr
+
+
+def test_silent_cpu_fallback_is_an_error(monkeypatch):
+    # onnxruntime returns a CPU session when a provider fails to load; emulate that.
+    import onnxruntime as ort
+
+    from onnx_diagwise import runtime
+
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession",
+                        lambda source, options, providers: real(source, options, providers=["CPUExecutionProvider"]))
+    with pytest.raises(DiagwiseError, match="asked for CUDAExecutionProvider but onnxruntime ran on "
+                                            "CPUExecutionProvider"):
+        runtime.create_session(depthwise_model(channels=4), RuntimeConfig("cuda"))
+
+
+def test_bad_runtime_flags():
+    for flags, expected in ((["--provider-option", "novalue"], "--provider-option expects KEY=VALUE"),
+                            (["--opt-level", "max"], "--opt-level must be one of"),
+                            (["--threads", "0"], "--threads must be >= 1"),
+                            (["--check-n", "0"], "--check-n must be >= 1"),
+                            (["--batch", "0"], "--batch must be >= 1")):
+        r = cli("validate", SAMPLE, SAMPLE, *flags)
+        assert r.returncode == 2 and expected in r.stderr, (flags, r.stderr)
