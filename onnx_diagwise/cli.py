@@ -22,8 +22,8 @@ from .bench import benchmark
 from .plot import plot_bench, require_matplotlib
 from .render import (bench_table, compare_table, depthwise_time_table, nodes_table, op_type_table, size,
                      summary_line, validation_lines)
-from .runtime import (InputOptions, RuntimeConfig, load_input_data, parse_dims, parse_input_shapes,
-                      parse_key_values)
+from .runtime import (InputOptions, RuntimeConfig, load_input_data, make_inputs, parse_dims,
+                      parse_input_shapes, parse_key_values)
 from .validation import validate as validate_models
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns and squeeze the tables.
@@ -214,20 +214,28 @@ def rewrite(
     check_output_path(output, input)
     loaded = load_model(input)
     check_output_path(output, input, protected=loaded.external_files)
+    if check:
+        make_inputs(loaded.model, input_options)  # unknown dims or bad input data: fail before any work
     result = api.rewrite(loaded.model, group_size, include, exclude, min_channels,
                          node_group_sizes=pinned, warn_growth=warn_growth, copy=False)
     report = result.report
     validation = None
-    if check and report.rewritten:
-        validation = validate_models(input, result.model, config, input_options, check_n, atol, rtol, allow_tf32)
+
+    def check_written(path: Path) -> None:
+        """Validate the complete temporary file; onnxruntime reads it from disk, so no
+        serialized copy of the model is held in memory."""
+        nonlocal validation
+        validation = validate_models(input, path, config, input_options, check_n, atol, rtol, allow_tf32)
         if not validation.passed:
             for line in validation_lines(validation):
                 err.print(line, soft_wrap=True)
             raise CheckFailed(f"the rewritten model differs from the original on {validation.provider}; "
                               f"nothing written to '{output}' (see the FAILED lines above)")
+
     if external_data is None and loaded.has_external_data:
         external_data = True
-    used_external = save_model(result.model, output, external_data, keep_model=False)
+    used_external = save_model(result.model, output, external_data, keep_model=False,
+                               before_commit=check_written if check and report.rewritten else None)
     file_after = output.stat().st_size + (
         external_data_path(output).stat().st_size if used_external else 0)
 

@@ -6,6 +6,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
@@ -137,7 +138,7 @@ def external_data_path(output: Path) -> Path:
 
 
 def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool | None = None,
-               keep_model: bool = True) -> bool:
+               keep_model: bool = True, before_commit: Callable[[Path], None] | None = None) -> bool:
     """Write MODEL to OUTPUT atomically; return whether external data was used.
 
     external_data=None chooses it when the model would pass protobuf's 2 GiB limit.
@@ -145,7 +146,9 @@ def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool
     temporary names in the output directory and renamed into place only once
     complete, so a failure never leaves a partial or clobbered file.  MODEL is left
     as it was; with keep_model=False the tensors written to the data file are not
-    put back, which saves a copy of every weight when MODEL is not needed again."""
+    put back, which saves a copy of every weight when MODEL is not needed again.
+    before_commit(path) runs on the complete temporary file before the rename; if it
+    raises, nothing is written."""
     output = Path(output)
     if external_data is None:
         external_data = weight_bytes(model) > PROTOBUF_LIMIT - 64 * 2**20
@@ -156,12 +159,15 @@ def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool
     try:
         if external_data:
             _write_with_external_data(model, tmp_model, tmp_data, keep_model)
-            os.replace(tmp_data, external_data_path(output))
         else:
             with open(tmp_model, "wb") as f:
                 _write_proto(model, f)
                 f.flush()
                 os.fsync(f.fileno())
+        if before_commit is not None:
+            before_commit(tmp_model)
+        if external_data:
+            os.replace(tmp_data, external_data_path(output))
         os.replace(tmp_model, output)
     except OSError as exc:
         raise DiagwiseError(f"cannot write '{output}': {exc.strerror or exc}") from None

@@ -337,12 +337,13 @@ def _check_data(spec: InputSpec, array: np.ndarray) -> np.ndarray:
 
 def random_tensor(rng: np.random.Generator, dtype: np.dtype, shape: list[int]) -> np.ndarray:
     """Floats uniform in [-1, 1); integers in [0, 8) so they are valid indices and sizes; random bools."""
+    # np.asarray: a 0-d draw comes back as a numpy scalar, which onnxruntime refuses
     if dtype == np.bool_:
-        return rng.random(shape) < 0.5
+        return np.asarray(rng.random(shape) < 0.5)
     if dtype.kind in "iu":
-        return rng.integers(0, 8, size=shape).astype(dtype)
+        return np.asarray(rng.integers(0, 8, size=shape), dtype=dtype)
     if dtype.kind == "f" or dtype.name == "bfloat16":
-        return rng.uniform(-1.0, 1.0, size=shape).astype(np.float32).astype(dtype)
+        return np.asarray(rng.uniform(-1.0, 1.0, size=shape), dtype=np.float32).astype(dtype)
     raise DiagwiseError(f"cannot synthesize inputs of dtype {dtype}; pass real data with --input-data")
 
 

@@ -156,7 +156,8 @@ def validate(
     seed: int = 0,
 ) -> ValidationReport:
     """Run both models CHECK_N times (seeds SEED, SEED+1, ...; once with real data) and compare
-    every output of the original by name.  Paths are given to onnxruntime as they are."""
+    every output of the original by name.  Paths are given to onnxruntime as they are.
+    Both models must be deterministic: each runs once per input set, one after the other."""
     config = config or RuntimeConfig()
     inputs = inputs or InputOptions()
     if check_n < 1:
@@ -172,19 +173,23 @@ def validate(
     run_config = RuntimeConfig(config.provider, options, config.threads, config.opt_level)
 
     original_proto = _load(original)
-    sessions = [create_session(m, run_config) for m in (original, candidate)]
-    output_names = [o.name for o in sessions[0].get_outputs()]
-    candidate_names = {o.name for o in sessions[1].get_outputs()}
     runs = 1 if inputs.data else check_n
+    feeds = [make_inputs(original_proto, inputs, seed=seed + run) for run in range(runs)]
+    # One session at a time: two sessions of a large model would hold both in memory.
+    session = create_session(original, run_config)
+    output_names = [o.name for o in session.get_outputs()]
+    expected = [session.run(None, f) for f in feeds]
+    del session
+    session = create_session(candidate, run_config)
+    candidate_names = [o.name for o in session.get_outputs()]
+    candidate_inputs = {i.name for i in session.get_inputs()}
+    actual = [dict(zip(candidate_names, session.run(None, {k: v for k, v in f.items() if k in candidate_inputs})))
+              for f in feeds]
+    del session
     worst: dict[str, OutputComparison] = {}
-    for run in range(runs):
-        feeds = make_inputs(original_proto, inputs, seed=seed + run)
-        expected = sessions[0].run(None, feeds)
-        actual = dict(zip([o.name for o in sessions[1].get_outputs()],
-                          sessions[1].run(None, {k: v for k, v in feeds.items()
-                                                 if k in {i.name for i in sessions[1].get_inputs()}})))
-        for name, value in zip(output_names, expected):
-            result = compare(name, value, actual.get(name) if name in candidate_names else None, atol, rtol, tf32)
+    for run_expected, run_actual in zip(expected, actual):
+        for name, value in zip(output_names, run_expected):
+            result = compare(name, value, run_actual.get(name), atol, rtol, tf32)
             worst[name] = _merge(worst.get(name), result)
     return ValidationReport(run_config.provider_full, runs, [worst[n] for n in output_names], tf32,
                             run_config.to_dict())
