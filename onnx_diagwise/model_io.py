@@ -153,17 +153,24 @@ def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool
     if external_data is None:
         external_data = weight_bytes(model) > PROTOBUF_LIMIT - 64 * 2**20
     parent = output.parent if str(output.parent) else Path(".")
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+    except OSError as exc:
+        raise DiagwiseError(f"cannot write '{output}': {exc.strerror or exc}") from None
     tmp_model = tmp_dir / output.name
     tmp_data = external_data_path(tmp_model)
     try:
-        if external_data:
-            _write_with_external_data(model, tmp_model, tmp_data, keep_model)
-        else:
-            with open(tmp_model, "wb") as f:
-                _write_proto(model, f)
-                f.flush()
-                os.fsync(f.fileno())
+        try:
+            if external_data:
+                _write_with_external_data(model, tmp_model, tmp_data, keep_model)
+            else:
+                with open(tmp_model, "wb") as f:
+                    _write_proto(model, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except (ValueError, EncodeError):  # past protobuf's 2 GiB limit
+            raise DiagwiseError(f"cannot write '{output}': the model passes protobuf's 2 GiB limit; "
+                                "save it with external data") from None
         if before_commit is not None:
             before_commit(tmp_model)
         if external_data:
@@ -171,10 +178,6 @@ def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool
         os.replace(tmp_model, output)
     except OSError as exc:
         raise DiagwiseError(f"cannot write '{output}': {exc.strerror or exc}") from None
-    except (ValueError, EncodeError):  # protobuf refuses messages over 2 GiB
-        raise DiagwiseError(
-            f"cannot write '{output}': the model passes protobuf's 2 GiB limit; save it with external data"
-        ) from None
     finally:
         for leftover in (tmp_data, tmp_model):
             leftover.unlink(missing_ok=True)
@@ -250,14 +253,16 @@ def _write_proto(model: ModelProto, f) -> None:
     weight at once.  Protobuf fields may come in any order and repeated fields
     concatenate, so the parsed result is the same model."""
     graph_tag, initializer_tag = b"\x3a", b"\x2a"  # field 7 / field 5, length-delimited
-    f.write(_without(model, "graph").SerializeToString())
-    if not model.HasField("graph"):
-        return
+    head = _without(model, "graph").SerializeToString()
     # graph.ByteSize() would encode the whole graph at once (upb computes sizes by
     # encoding); sizes add up field by field, so measure one initializer at a time.
     rest = _without(model.graph, "initializer").SerializeToString()
     sizes = [tensor.ByteSize() for tensor in model.graph.initializer]
     graph_size = len(rest) + sum(1 + len(_varint(n)) + n for n in sizes)
+    if len(head) + 1 + len(_varint(graph_size)) + graph_size > PROTOBUF_LIMIT:
+        # Writing it would work, but no protobuf parser could read it back.
+        raise ValueError("the model passes protobuf's 2 GiB limit")
+    f.write(head)
     f.write(graph_tag + _varint(graph_size))
     f.write(rest)
     for tensor, size in zip(model.graph.initializer, sizes):

@@ -214,3 +214,10 @@ def test_bad_runtime_flags():
                             (["--batch", "0"], "--batch must be >= 1")):
         r = cli("validate", SAMPLE, SAMPLE, *flags)
         assert r.returncode == 2 and expected in r.stderr, (flags, r.stderr)
+
+
+def test_scalar_bool_input_and_subgraphs_validate():
+    # if_branch takes a 0-d bool; a numpy scalar there would make onnxruntime refuse the feed.
+    path = SAMPLE_DIR / "if_branch.onnx"
+    for seed in (0, 1, 2):
+        assert validate(path, rewrite(path).model, seed=seed).passed
