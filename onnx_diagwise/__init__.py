@@ -1,7 +1,7 @@
 """onnx-diagwise: run depthwise convolutions of ONNX models as block-diagonal grouped
 convolutions (diagonalwise refactorization, Qin et al., arXiv:1803.09926)."""
 
-from .api import inspect, rewrite
+from .api import TuneOptions, inspect, rewrite, tune
 from .bench import BenchReport, benchmark
 from .errors import CheckFailed, DiagwiseError
 from .report import NodeDecision, RewriteReport, RewriteResult
@@ -11,7 +11,7 @@ from .validation import ValidationReport, validate
 __version__ = "0.1.0"
 
 __all__ = [
-    "inspect", "rewrite", "validate", "benchmark",
+    "inspect", "rewrite", "tune", "TuneOptions", "validate", "benchmark",
     "NodeDecision", "RewriteReport", "RewriteResult", "ValidationReport", "BenchReport",
     "RuntimeConfig", "InputOptions", "DiagwiseError", "CheckFailed", "__version__",
 ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
 
 from onnx import ModelProto
 
@@ -14,7 +16,10 @@ from .model_io import PROTOBUF_LIMIT, check_opsets, load_model
 from .plan import GroupSize, parse_group_size, plan
 from .report import NodeDecision, RewriteReport, RewriteResult, human_bytes, model_stats
 from .rewriter import apply_plan
+from .runtime import InputOptions, RuntimeConfig
 from .shapes import infer_shapes
+from .tune import OrtTimer, Timer, TuneCache, TuneReport, default_cache_dir
+from .tune import tune as tune_layers
 
 ModelOrPath = ModelProto | str | os.PathLike
 
@@ -51,9 +56,43 @@ def inspect(
     node_group_sizes: Mapping[str, int] | None = None,
 ) -> RewriteReport:
     """Report every grouped Conv and what rewrite() would do with it; changes nothing."""
+    if parse_group_size(group_size) == "auto":
+        raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune (onnx-diagwise tune)")
     model = _load(model_or_path, copy=False)
     policy, planned = _planned(model, group_size, include, exclude, min_channels, node_group_sizes)
     return RewriteReport(str(policy), [p.decision for p in planned], model_stats(model))
+
+
+@dataclass
+class TuneOptions:
+    """How group_size='auto' measures: see onnx_diagwise.tune."""
+
+    provider: str | RuntimeConfig = "cpu"
+    inputs: InputOptions | None = None
+    min_speedup: float = 0.05
+    time_budget: float | None = None
+    cache_dir: Path | None = None  # None: the user's cache directory
+    use_cache: bool = True
+    timer: Timer | None = None  # None: onnxruntime on `provider`
+    progress: Callable[[int, int, str], None] | None = None
+
+    def make_timer(self) -> Timer:
+        if self.timer is not None:
+            return self.timer
+        config = self.provider if isinstance(self.provider, RuntimeConfig) else RuntimeConfig(self.provider)
+        return OrtTimer(config, self.inputs or InputOptions())
+
+    def make_cache(self) -> TuneCache:
+        return TuneCache((self.cache_dir or default_cache_dir()) if self.use_cache else None)
+
+
+def tune(model_or_path: ModelOrPath, options: TuneOptions | None = None, include: str | None = None,
+         exclude: str | None = None, min_channels: int | None = None) -> TuneReport:
+    """Measure every depthwise layer on the target provider and report the G that pays, if any."""
+    options = options or TuneOptions()
+    model = _load(model_or_path, copy=False)
+    return tune_layers(model, options.make_timer(), options.inputs, include, exclude, min_channels,
+                       options.min_speedup, options.time_budget, options.make_cache(), options.progress)
 
 
 def rewrite(
@@ -65,15 +104,28 @@ def rewrite(
     node_group_sizes: Mapping[str, int] | None = None,
     warn_growth: float = DEFAULT_WARN_GROWTH,
     copy: bool = True,
+    tune_options: TuneOptions | None = None,
 ) -> RewriteResult:
     """Rewrite every chosen depthwise Conv into a block-diagonal grouped Conv.
 
-    A ModelProto argument is copied first (copy=False rewrites it in place, which
-    saves memory in pipelines that no longer need the original)."""
+    group_size='auto' measures each layer on tune_options.provider and rewrites only
+    what makes the model faster (result.tuning says why).  A ModelProto argument is
+    copied first (copy=False rewrites it in place, which saves memory in pipelines
+    that no longer need the original)."""
     start = time.perf_counter()
     model = _load(model_or_path, copy=copy)
     before = model_stats(model)
-    policy, planned = _planned(model, group_size, include, exclude, min_channels, node_group_sizes)
+    tuning = None
+    if parse_group_size(group_size) == "auto":
+        tuning = tune(model, tune_options, include, exclude, min_channels)
+        pinned = {**tuning.choices, **(node_group_sizes or {})}
+        planned = plan(detect(model), 1, include, exclude, min_channels, pinned, shapes=infer_shapes(model))
+        for item in planned:
+            if item.conv is None and item.decision.name in tuning.reasons:
+                item.decision.reason = tuning.reasons[item.decision.name]
+        policy = "auto"
+    else:
+        policy, planned = _planned(model, group_size, include, exclude, min_channels, node_group_sizes)
     apply_plan(model, planned)
     for item in planned:
         if item.conv is not None:
@@ -82,7 +134,7 @@ def rewrite(
     report = RewriteReport(str(policy), [p.decision for p in planned], before, after,
                            warnings=_growth_warnings(before.weight_bytes, after.weight_bytes, warn_growth),
                            elapsed_s=time.perf_counter() - start)
-    return RewriteResult(model, report)
+    return RewriteResult(model, report, tuning)
 
 
 def _growth_warnings(before: int, after: int, warn_growth: float) -> list[str]:
@@ -96,4 +148,4 @@ def _growth_warnings(before: int, after: int, warn_growth: float) -> list[str]:
     return warnings
 
 
-__all__ = ["inspect", "rewrite", "NodeDecision", "RewriteReport", "RewriteResult"]
+__all__ = ["inspect", "rewrite", "tune", "TuneOptions", "NodeDecision", "RewriteReport", "RewriteResult"]

@@ -8,20 +8,23 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__, api
 from .errors import CheckFailed, DiagwiseError
 from .model_io import check_output_path, external_data_path, load_model, save_model
 from .plan import compile_pattern, parse_group_size
 from .bench import benchmark
-from .plot import plot_bench, require_matplotlib
+from .plot import plot_bench, plot_tuning, require_matplotlib
 from .render import (bench_table, compare_table, depthwise_time_table, nodes_table, op_type_table, size,
-                     summary_line, validation_lines)
+                     summary_line, tune_table, validation_lines)
+from .tune import TuneCache, clear_cache, default_cache_dir
 from .runtime import (InputOptions, RuntimeConfig, load_input_data, make_inputs, parse_dims,
                       parse_input_shapes, parse_key_values)
 from .validation import validate as validate_models
@@ -42,7 +45,9 @@ app = typer.Typer(
         "[bold]Examples[/bold]\n\n"
         "  onnx-diagwise inspect model.onnx\n\n"
         "  onnx-diagwise rewrite model.onnx model.diag.onnx --group-size 32\n\n"
-        "  onnx-diagwise rewrite model.onnx out.onnx --group-size full --exclude 'stem' -v"
+        "  onnx-diagwise rewrite model.onnx out.onnx --group-size full --exclude 'stem' -v\n\n"
+        "  onnx-diagwise rewrite model.onnx out.onnx --group-size auto --provider cuda --batch 64\n\n"
+        "  onnx-diagwise bench model.onnx out.onnx --provider cuda --profile"
     ),
 )
 
@@ -126,6 +131,37 @@ Rtol = Annotated[Optional[float], typer.Option("--rtol", help="Relative toleranc
 AllowTf32 = Annotated[bool, typer.Option("--allow-tf32", help="On CUDA, compare fp32 with TF32 enabled.")]
 
 
+MinSpeedup = Annotated[float, typer.Option(
+    "--min-speedup", help="auto: a layer is rewritten only if at least this much faster (0.05 = 5%).")]
+TimeBudget = Annotated[Optional[float], typer.Option(
+    "--time-budget", help="auto: seconds for tuning; layers not tuned in time stay depthwise.")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="auto: measure again, ignore the tuning cache.")]
+CacheDir = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", help="auto: tuning cache directory (default ~/.cache/onnx-diagwise).")]
+
+
+def _tune_options(config: RuntimeConfig, inputs: InputOptions, min_speedup: float, time_budget: float | None,
+                  no_cache: bool, cache_dir: Path | None, progress) -> api.TuneOptions:
+    return api.TuneOptions(config, inputs, min_speedup, time_budget, cache_dir, not no_cache, None, progress)
+
+
+@contextmanager
+def _progress_bar(quiet: bool):
+    """A rich progress bar for tuning (layers done / total, current layer, elapsed)."""
+    if quiet:
+        yield None
+        return
+    columns = (TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(done: int, total: int, current: str) -> None:
+            bar.update(task, completed=done, total=total, description=current)
+
+        yield update
+
+
 def _runtime(provider: str, provider_option: list[str], threads: int | None, opt_level: str) -> RuntimeConfig:
     config = RuntimeConfig(provider, parse_key_values(provider_option, "--provider-option"), threads, opt_level)
     config.provider_full  # noqa: B018 - fails early on an unknown provider
@@ -195,8 +231,15 @@ def rewrite(
     atol: Atol = None,
     rtol: Rtol = None,
     allow_tf32: AllowTf32 = False,
+    min_speedup: MinSpeedup = 0.05,
+    time_budget: TimeBudget = None,
+    no_cache: NoCache = False,
+    cache_dir: CacheDir = None,
 ) -> None:
     """Rewrite depthwise Convs into block-diagonal grouped Convs, check, and save the model.
+
+    --group-size auto times every layer on --provider and keeps only rewrites that make the
+    whole model faster; it never writes a model it measured slower than the original.
 
     The result is run against the original on --provider (CPU by default) and written only if
     every output matches; --no-check skips that.
@@ -206,7 +249,8 @@ def rewrite(
     _check_flags(group_size, include, exclude, min_channels)
     pinned = _pinned(node_group_size)
     _check_json_path(json_path)
-    if check:
+    auto = parse_group_size(group_size) == "auto"
+    if check or auto:
         config = _runtime(provider, provider_option, threads, opt_level)
         input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     if not input.exists():
@@ -214,10 +258,14 @@ def rewrite(
     check_output_path(output, input)
     loaded = load_model(input)
     check_output_path(output, input, protected=loaded.external_files)
-    if check:
+    if check or auto:
         make_inputs(loaded.model, input_options)  # unknown dims or bad input data: fail before any work
-    result = api.rewrite(loaded.model, group_size, include, exclude, min_channels,
-                         node_group_sizes=pinned, warn_growth=warn_growth, copy=False)
+    with _progress_bar(quiet or not auto) as progress:
+        tune_options = (_tune_options(config, input_options, min_speedup, time_budget, no_cache, cache_dir,
+                                      progress) if auto else None)
+        result = api.rewrite(loaded.model, group_size, include, exclude, min_channels,
+                             node_group_sizes=pinned, warn_growth=warn_growth, copy=False,
+                             tune_options=tune_options)
     report = result.report
     validation = None
 
@@ -244,11 +292,15 @@ def rewrite(
         "file_bytes_before": loaded.file_bytes, "file_bytes_after": file_after,
         **report.to_dict(),
         "check": validation.to_dict() if validation else None,
+        "tuning": result.tuning.to_dict() if result.tuning else None,
     })
     for warning in report.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
     if quiet or str(json_path) == "-":
         return
+    if result.tuning is not None:
+        out.print(tune_table(result.tuning))
+        out.print(result.tuning.summary)
     if verbose and report.nodes:
         out.print(nodes_table(report, "Depthwise and grouped Conv nodes"))
     out.print(compare_table(report.before, report.after, loaded.file_bytes, file_after, report.elapsed_s))
@@ -345,6 +397,69 @@ def bench(
             out.print(depthwise_time_table(report))
     if plot is not None:
         out.print(f"plot saved to {plot}")
+
+
+@app.command()
+def tune(
+    model: Path = typer.Argument(..., help="ONNX model to tune (not modified)."),
+    provider: Provider = "cpu",
+    provider_option: ProviderOption = [],
+    threads: Threads = None,
+    opt_level: OptLevel = "all",
+    batch: Batch = 1,
+    dim: Dim = [],
+    overwrite_input_shape: InputShape = [],
+    input_data: InputData = [],
+    inputs: InputsNpz = None,
+    include: Optional[str] = typer.Option(None, help="Only nodes whose name matches this regex."),
+    exclude: Optional[str] = typer.Option(None, help="Skip nodes whose name matches this regex."),
+    min_channels: Optional[int] = typer.Option(None, help="Skip nodes with fewer channels."),
+    min_speedup: MinSpeedup = 0.05,
+    time_budget: TimeBudget = None,
+    no_cache: NoCache = False,
+    cache_dir: CacheDir = None,
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Per-layer speedup of every G as a PNG."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Time every depthwise layer as it is and rewritten with each G; report what 'auto' would do.
+
+    Example: onnx-diagwise tune model.onnx --provider cuda --batch 64
+    """
+    _check_flags("auto", include, exclude, min_channels)
+    config = _runtime(provider, provider_option, threads, opt_level)
+    input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
+    _check_json_path(json_path)
+    if plot is not None:
+        require_matplotlib()
+    loaded = load_model(model)
+    make_inputs(loaded.model, input_options)
+    with _progress_bar(str(json_path) == "-") as progress:
+        options = _tune_options(config, input_options, min_speedup, time_budget, no_cache, cache_dir, progress)
+        report = api.tune(loaded.model, options, include, exclude, min_channels)
+    _write_json(json_path, {"model": str(model), **report.to_dict()})
+    if plot is not None:
+        plot_tuning(report, plot)
+    if str(json_path) != "-":
+        out.print(tune_table(report))
+        out.print(report.summary)
+
+
+cache_app = typer.Typer(help="The tuning cache of --group-size auto.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: CacheDir = None) -> None:
+    """Delete the cached layer timings."""
+    removed = clear_cache(cache_dir)
+    out.print(f"removed {removed}" if removed else "the tuning cache was already empty")
+
+
+@cache_app.command("info")
+def cache_info(cache_dir: CacheDir = None) -> None:
+    """Where the cache is and how many layer timings it holds."""
+    cache = TuneCache(cache_dir or default_cache_dir())
+    out.print(f"{cache.path}: {len(cache.entries)} layer timing(s)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Choose the group size G for every depthwise node.
 
 Policies: an integer N (G = the largest divisor of C that is <= N), "paper"
-(N = 32, the authors' choice), "full" (G = C, one dense conv).  include /
+(N = 32, the authors' choice), "full" (G = C, one dense conv).  "auto" (G by
+measurement) is resolved by the tune module into node_group_sizes first.  include /
 exclude regular expressions and min_channels restrict which nodes are touched;
 node_group_sizes pins an exact G for named nodes.
 """
@@ -19,25 +20,25 @@ from .tensors import tensor_nbytes
 from .report import NodeDecision
 
 PAPER_GROUP_SIZE = 32
-POLICY_NAMES = ("paper", "full")
+POLICY_NAMES = ("paper", "full", "auto")
 
 GroupSize = int | str
 
 
 def parse_group_size(value: GroupSize, flag: str = "group_size") -> GroupSize:
-    """Normalize a policy: a positive int, 'paper' or 'full'."""
+    """Normalize a policy: a positive int, 'paper', 'full' or 'auto'."""
     if isinstance(value, bool):
-        raise DiagwiseError(f"{flag} must be a positive integer, 'paper' or 'full'; got {value!r}")
+        raise DiagwiseError(f"{flag} must be a positive integer, 'paper', 'full' or 'auto'; got {value!r}")
     if isinstance(value, int):
         if value < 1:
-            raise DiagwiseError(f"{flag} must be a positive integer, 'paper' or 'full'; got {value}")
+            raise DiagwiseError(f"{flag} must be a positive integer, 'paper', 'full' or 'auto'; got {value}")
         return value
     text = str(value).strip().lower()
     if text in POLICY_NAMES:
         return text
     if text.isdigit() and int(text) >= 1:
         return int(text)
-    raise DiagwiseError(f"{flag} must be a positive integer, 'paper' or 'full'; got '{value}'")
+    raise DiagwiseError(f"{flag} must be a positive integer, 'paper', 'full' or 'auto'; got '{value}'")
 
 
 def compile_pattern(pattern: str | None, flag: str) -> re.Pattern | None:
@@ -91,6 +92,8 @@ def plan(
 ) -> list[PlannedNode]:
     """A decision for every grouped Conv: depthwise candidates in order, then skipped ones."""
     policy = parse_group_size(group_size)
+    if policy == "auto":
+        raise DiagwiseError("group size 'auto' needs measurement: use rewrite() or tune(), not plan()")
     include_re = compile_pattern(include, "--include")
     exclude_re = compile_pattern(exclude, "--exclude")
     if min_channels is not None and min_channels < 0:

@@ -54,3 +54,29 @@ def plot_bench(report, path: Path) -> None:
         raise DiagwiseError(f"cannot write --plot '{path}': {exc.strerror or exc}") from None
     finally:
         plt.close(fig)
+
+
+def plot_tuning(report, path: Path) -> None:
+    """Speedup of every candidate G over the original, per depthwise layer."""
+    plt = require_matplotlib()
+    layers = [layer for layer in report.layers if layer.original_ms]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(layers) + 3), 4.5))
+    sizes = sorted({int(g) for layer in layers for g in layer.times_ms})
+    width = 0.8 / max(1, len(sizes))
+    for k, g in enumerate(sizes):
+        values = [layer.original_ms / layer.times_ms[str(g)] if str(g) in layer.times_ms else 0.0
+                  for layer in layers]
+        ax.bar([i + k * width for i in range(len(layers))], values, width, label=f"G={g}")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(layers))], [layer.node for layer in layers],
+                  rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("speedup over depthwise (>1 = faster)")
+    ax.set_title(f"per-layer tuning, {report.context.get('provider')}", fontsize=10)
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise DiagwiseError(f"cannot write --plot '{path}': {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)

@@ -128,3 +128,24 @@ def depthwise_time_table(report) -> Table:
         label = row["source"] or row["node"]
         table.add_row(label, *cells)
     return table
+
+
+def tune_table(report) -> Table:
+    ctx = report.context
+    table = Table(title=f"Per-layer tuning on {ctx.get('provider')} ({ctx.get('device')}), "
+                        f"margin {1 + report.min_speedup:.2f}x", title_justify="left")
+    for column in ("node", "C", "kernel", "input shape", "original ms", "best G", "best ms", "speedup", "decision"):
+        table.add_column(column, justify="right" if column in ("C", "original ms", "best G", "best ms", "speedup")
+                         else "left")
+    for layer in report.layers:
+        colour = "green" if layer.group_size > 1 else "yellow"
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        table.add_row(layer.node, str(layer.channels), _dims(layer.kernel),
+                      _dims(layer.input_shape) if layer.input_shape else "?", fmt(layer.original_ms, ".3f"),
+                      str(layer.best_group_size or "-"), fmt(layer.best_ms, ".3f"),
+                      "-" if layer.speedup is None else f"{layer.speedup:.2f}x",
+                      f"[{colour}]{layer.decision}[/{colour}]" + (" (cached)" if layer.cached else ""))
+    if report.end_to_end_speedup is not None:
+        table.caption = (f"whole model: original {report.original_ms:.3f} ms, tuned {report.tuned_ms:.3f} ms, "
+                         f"{report.end_to_end_speedup:.2f}x")
+    return table

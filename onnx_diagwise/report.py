@@ -140,3 +140,4 @@ class RewriteReport:
 class RewriteResult:
     model: ModelProto
     report: RewriteReport
+    tuning: Any = None  # the TuneReport, when the group size was "auto"

@@ -12,13 +12,24 @@ from onnx import GraphProto, ModelProto
 from .tensors import skeleton
 
 
-def infer_shapes(model: ModelProto) -> dict[str, list[int | str | None]]:
-    """Shapes of every value onnx can infer in the main graph and its subgraphs.
+def infer_shapes(model: ModelProto, input_shapes: dict[str, list[int]] | None = None,
+                 ) -> dict[str, list[int | str | None]]:
+    """Shapes of every value onnx can infer in the main graph and its subgraphs,
+    with the graph inputs fixed to INPUT_SHAPES where given.
 
     Each dim is an int, a symbolic name, or None.  Returns {} if inference fails:
-    shapes are used for reporting and input synthesis, never for correctness."""
+    shapes are used for reporting and tuning, never for correctness."""
+    stripped = skeleton(model, keep_dims=True)
+    if input_shapes:
+        del stripped.graph.value_info[:]  # declared symbolic dims would compete with the concrete ones
+    for value in stripped.graph.input:
+        if value.name in (input_shapes or {}):
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, input_shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = size
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model, keep_dims=True))
+        inferred = onnx.shape_inference.infer_shapes(stripped)
     except Exception:  # onnx raises many types here; shapes are optional information
         return {}
 

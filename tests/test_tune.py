@@ -1,0 +1,212 @@
+"""--group-size auto: decisions from a deterministic fake timer, then real runs on the CPU provider."""
+
+import json
+
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import SAMPLE_DIR, cli, random_inputs, run
+from onnx_diagwise import DiagwiseError, InputOptions, RuntimeConfig, TuneOptions, rewrite, tune
+
+MV1 = SAMPLE_DIR / "mobilenet_v1_025.onnx"
+MV2 = SAMPLE_DIR / "mobilenetv2_block.onnx"
+
+
+class FakeTimer:
+    """Layer time = table[C][G]; model time = base + the per-node deltas of the rewritten nodes."""
+
+    def __init__(self, layer_times, node_deltas=None, base=1.0, clock=None, tick=0.0):
+        self.layer_times, self.node_deltas, self.base = layer_times, node_deltas or {}, base
+        self.layer_calls = self.model_calls = 0
+        self.clock, self.tick = clock, tick
+
+    def layer(self, signature, models):
+        self.layer_calls += 1
+        if self.clock is not None:
+            self.clock.now += self.tick
+        table = self.layer_times[signature.channels]
+        return {g: table.get(g, 10.0) for g in models}
+
+    def models(self, models):
+        self.model_calls += 1
+        return [self.base + sum(self.node_deltas.get(n.name, 0.0) for n in m.graph.node
+                                if n.op_type == "Conv" and _rewritten(n, m)) for m in models]
+
+    def context(self):
+        return {"provider": "fake", "device": "test"}
+
+
+def _rewritten(node, model):
+    """A depthwise node of MobileNet V1 whose weight now has G > 1 columns."""
+    weight = next(t for t in model.graph.initializer if t.name == node.input[1])
+    return node.name.startswith("dw") and weight.dims[1] > 1
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _mv1_times(winner_channels=(), speedup=2.0):
+    """Every MobileNet V1 0.25 layer (C in 8..256): G slower, except layers whose C is listed."""
+    times = {}
+    for c in (8, 16, 32, 64, 128, 256):
+        times[c] = {1: 1.0, **{g: 1.5 for g in (2, 4, 8, 16, 32, 64, c)}}
+        if c in winner_channels:
+            times[c][4] = 1.0 / speedup
+    return times
+
+
+def _options(timer, tmp_path=None, **kw):
+    return TuneOptions(timer=timer, cache_dir=tmp_path, use_cache=tmp_path is not None, **kw)
+
+
+def test_picks_the_fastest_g():
+    timer = FakeTimer(_mv1_times(winner_channels=(128,)), node_deltas={f"dw{i}": -0.01 for i in range(1, 14)})
+    report = tune(MV1, _options(timer))
+    chosen = report.choices
+    assert set(chosen) == {"dw7", "dw8", "dw9", "dw10", "dw11", "dw12"} and set(chosen.values()) == {4}
+    assert timer.layer_calls == 9  # one measurement per distinct layer signature (13 nodes)
+    dw7 = next(layer for layer in report.layers if layer.node == "dw7")
+    assert dw7.speedup == pytest.approx(2.0) and dw7.decision == "G=4: 2.00x faster than depthwise"
+    dw1 = report.layers[0]
+    assert dw1.group_size == 1 and "every G slower (best G=2: 0.67x)" in dw1.decision
+    assert report.end_to_end_speedup == pytest.approx(1.0 / (1.0 - 0.06))
+
+
+def test_respects_the_margin():
+    times = _mv1_times(winner_channels=(128,), speedup=1.03)
+    report = tune(MV1, _options(FakeTimer(times, {f"dw{i}": -0.01 for i in range(1, 14)})))
+    assert report.choices == {}
+    assert "only 1.03x faster (margin 1.05x)" in report.layers[6].decision
+    report = tune(MV1, _options(FakeTimer(times, {f"dw{i}": -0.01 for i in range(1, 14)}), min_speedup=0.01))
+    assert len(report.choices) == 6
+
+
+def test_drops_rewrites_that_slow_the_whole_model():
+    # Each 128-channel layer wins alone, but dw7 and dw8 make the whole model slower.
+    deltas = {"dw7": 0.2, "dw8": 0.2, "dw9": -0.05, "dw10": -0.05, "dw11": -0.05, "dw12": -0.05}
+    times = _mv1_times(winner_channels=(128,))
+    report = tune(MV1, _options(FakeTimer(times, deltas)))
+    # All six tie on measured benefit, so they drop in node order until the model is faster.
+    assert report.dropped == ["dw7", "dw8"]
+    assert set(report.choices) == {"dw9", "dw10", "dw11", "dw12"}
+    assert report.tuned_ms < report.original_ms
+    dropped = next(layer for layer in report.layers if layer.node == "dw7")
+    assert "whole model was not faster with it" in dropped.decision
+
+
+def test_keeps_the_original_when_nothing_pays_end_to_end():
+    deltas = {f"dw{i}": 0.1 for i in range(7, 13)}
+    result = rewrite(MV1, "auto", tune_options=_options(FakeTimer(_mv1_times(winner_channels=(128,)), deltas)))
+    assert result.tuning.choices == {}
+    assert result.tuning.summary.startswith("kept the original: the rewritten model was not faster end to end")
+    assert not result.report.rewritten
+    assert result.model == onnx.load(MV1)
+    assert all(n.reason.startswith("kept original") for n in result.report.nodes)
+
+
+@settings(max_examples=25, deadline=None)
+@given(layer_speedups=st.lists(st.floats(0.3, 3.0), min_size=6, max_size=6),
+       deltas=st.lists(st.floats(-0.2, 0.2), min_size=13, max_size=13))
+def test_never_returns_a_slower_model(layer_speedups, deltas):
+    times = {c: {1: 1.0, **{g: 1.0 / s for g in (2, 4, 8, 16, 32, 64, c)}}
+             for c, s in zip((8, 16, 32, 64, 128, 256), layer_speedups)}
+    timer = FakeTimer(times, {f"dw{i + 1}": d for i, d in enumerate(deltas)})
+    result = rewrite(MV1, "auto", tune_options=_options(timer))
+    chosen = result.tuning.choices
+    if chosen:
+        assert result.tuning.tuned_ms < result.tuning.original_ms
+        assert timer.models([onnx.load(MV1), result.model]) == [result.tuning.original_ms / 1000,
+                                                                 result.tuning.tuned_ms / 1000]
+    else:
+        assert result.model == onnx.load(MV1)
+    assert {n.name for n in result.report.rewritten} == set(chosen)
+
+
+def test_cache_hit_on_second_run(tmp_path):
+    first = FakeTimer(_mv1_times())
+    tune(MV1, _options(first, tmp_path))
+    assert first.layer_calls == 9
+    second = FakeTimer(_mv1_times())
+    report = tune(MV1, _options(second, tmp_path))
+    assert second.layer_calls == 0 and all(layer.cached for layer in report.layers)
+    # Another provider context is another cache key.
+    third = FakeTimer(_mv1_times())
+    third.context = lambda: {"provider": "other"}
+    tune(MV1, _options(third, tmp_path))
+    assert third.layer_calls == 9
+
+
+def test_time_budget_is_respected():
+    clock = Clock()
+    timer = FakeTimer(_mv1_times(winner_channels=(8, 16, 32, 64, 128, 256)), clock=clock, tick=10.0)
+    from onnx_diagwise.tune import tune as tune_layers
+
+    report = tune_layers(onnx.load(MV1), timer, time_budget=15.0, clock=clock)
+    assert timer.layer_calls == 2  # at t=0 and t=10; at t=20 the budget is spent
+    untuned = [layer for layer in report.layers if "not tuned, --time-budget 15s spent" in layer.decision]
+    assert [layer.node for layer in untuned] == [f"dw{i}" for i in range(3, 14)]
+    assert all(layer.group_size == 1 for layer in untuned)
+
+
+def test_unknown_input_shape_and_bad_options():
+    conformer = SAMPLE_DIR / "conformer_conv1d.onnx"
+    with pytest.raises(DiagwiseError, match="--dim T=VALUE"):
+        tune(conformer, _options(FakeTimer({144: {1: 1.0}})))
+    report = tune(conformer, _options(FakeTimer({144: {1: 1.0, 2: 2.0, 4: 2.0, 8: 2.0, 16: 2.0, 144: 2.0}}),
+                                      inputs=InputOptions(dims={"T": 40})))
+    assert report.layers[0].input_shape == [1, 144, 40]
+    with pytest.raises(DiagwiseError, match="--min-speedup"):
+        tune(MV1, _options(FakeTimer(_mv1_times()), min_speedup=-1))
+    with pytest.raises(DiagwiseError, match="--time-budget"):
+        tune(MV1, _options(FakeTimer(_mv1_times()), time_budget=0))
+
+
+def test_real_cpu_run_keeps_decisions_consistent_with_measurements(tmp_path):
+    options = TuneOptions(RuntimeConfig("cpu", threads=1), cache_dir=tmp_path)
+    result = rewrite(MV2, "auto", tune_options=options)
+    tuning = result.tuning
+    assert [layer.node for layer in tuning.layers] == ["dwconv_5", "dwconv_14"]
+    for layer in tuning.layers:
+        assert layer.original_ms > 0 and set(layer.times_ms) >= {"2", "4", "8", "16"}
+        assert layer.speedup == pytest.approx(layer.original_ms / layer.best_ms)
+        if layer.group_size == 1:
+            assert layer.decision.startswith("kept original")
+            assert layer.speedup < 1.05 or layer.node in tuning.dropped
+        else:  # it won alone by the margin, and the whole model was measured faster with it
+            assert layer.speedup >= 1.05 and tuning.tuned_ms < tuning.original_ms
+    feeds = random_inputs(onnx.load(MV2))
+    for a, b in zip(run(onnx.load(MV2), feeds), run(result.model, feeds)):
+        assert abs(a - b).max() < 1e-4
+    again = tune(MV2, options)
+    assert all(layer.cached for layer in again.layers)
+
+
+def test_cli_auto_tune_and_cache(tmp_path):
+    out, report = tmp_path / "auto.onnx", tmp_path / "auto.json"
+    cache = tmp_path / "cache"
+    r = cli("rewrite", MV2, out, "-g", "auto", "--threads", "1", "--cache-dir", cache, "--json", report)
+    assert r.returncode == 0, r.stderr
+    assert "Per-layer tuning on CPUExecutionProvider" in r.stdout
+    data = json.loads(report.read_text())
+    assert data["group_size"] == "auto" and len(data["tuning"]["layers"]) == 2
+    assert out.exists()
+    r = cli("tune", MV2, "--threads", "1", "--cache-dir", cache, "--json", "-")
+    layers = json.loads(r.stdout)["layers"]
+    assert r.returncode == 0 and all(layer["cached"] for layer in layers)
+    r = cli("cache", "info", "--cache-dir", cache)
+    assert "2 layer timing(s)" in r.stdout
+    r = cli("cache", "clear", "--cache-dir", cache)
+    assert r.returncode == 0 and "removed" in r.stdout and not (cache / "tune-cache.json").exists()
+    for flags, expected in ((["--min-speedup", "-1"], "--min-speedup must be >= 0"),
+                            (["--time-budget", "0"], "--time-budget must be > 0")):
+        r = cli("rewrite", MV2, tmp_path / "x.onnx", "-g", "auto", "--no-cache", *flags)
+        assert r.returncode == 2 and expected in r.stderr and not (tmp_path / "x.onnx").exists()
+    r = cli("inspect", MV2, "-g", "auto")
+    assert r.returncode == 2 and "use tune" in r.stderr
