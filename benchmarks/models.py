@@ -1,5 +1,5 @@
-"""End-to-end benchmark: every sample model, original vs rewritten with fixed G policies,
-timed side by side under onnxruntime.
+"""End-to-end benchmark: every sample model, original vs rewritten with fixed G policies
+and with `auto` (tuned on the same provider), timed side by side under onnxruntime.
 
     python benchmarks/models.py                           # CPU, batch 1
     python benchmarks/models.py --provider cuda --batch 1 64 --provider-option use_tf32=0
@@ -17,10 +17,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_runtime_flags, md_table, runtime_config, write_results  # noqa: E402
 
-from onnx_diagwise import InputOptions, benchmark, rewrite, validate  # noqa: E402
+from onnx_diagwise import InputOptions, TuneOptions, benchmark, rewrite, validate  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
-POLICIES = [4, 8, "paper", "full"]
+POLICIES = [4, 8, "paper", "full", "auto"]
 DIMS = {"T": 128}  # the conformer's sequence length
 
 
@@ -29,6 +29,7 @@ def main() -> None:
     add_runtime_flags(parser)
     parser.add_argument("--batch", nargs="+", type=int, default=[1])
     parser.add_argument("--model", nargs="+", default=None, help="sample names (default: all)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="tuning cache for 'auto'")
     args = parser.parse_args()
     config = runtime_config(args)
     paths = sorted(SAMPLES.glob("*.onnx"))
@@ -39,9 +40,13 @@ def main() -> None:
     for batch in args.batch:
         inputs = InputOptions(batch=batch, dims=DIMS)
         for path in paths:
-            names, models = ["original"], [str(path)]
+            names, models, auto_summary = ["original"], [str(path)], ""
             for policy in POLICIES:
-                candidate = rewrite(path, group_size=policy).model
+                tuning = TuneOptions(config, inputs, cache_dir=args.cache_dir) if policy == "auto" else None
+                result = rewrite(path, group_size=policy, tune_options=tuning)
+                candidate = result.model
+                if result.tuning is not None:
+                    auto_summary = result.tuning.summary
                 check = validate(path, candidate, config, inputs, check_n=1)
                 if not check.passed:
                     raise SystemExit(f"{path.name} G={policy}: rewritten model differs: "
@@ -51,7 +56,7 @@ def main() -> None:
             report = benchmark(models, config, inputs, warmup=args.warmup, iterations=args.iterations,
                                names=names)
             environment = report.environment
-            row = {"model": path.stem, "batch": batch,
+            row = {"model": path.stem, "batch": batch, "auto": auto_summary,
                    "original_ms": report.models[0].median_ms,
                    "speedups": {m.name: m.speedup for m in report.models[1:]},
                    "ms": {m.name: m.median_ms for m in report.models}}
@@ -61,9 +66,9 @@ def main() -> None:
 
     markdown = ["Cells: speedup of the rewritten model over the original (>1 = faster), medians of "
                 f"{args.iterations} interleaved rounds.", ""]
-    markdown += md_table(["model", "batch", "original ms", *[f"G={p}" for p in POLICIES]],
+    markdown += md_table(["model", "batch", "original ms", *[f"G={p}" for p in POLICIES], "auto decided"],
                          [[r["model"], r["batch"], f"{r['original_ms']:.3f}",
-                           *[f"{r['speedups'][f'G={p}']:.2f}" for p in POLICIES]] for r in rows])
+                           *[f"{r['speedups'][f'G={p}']:.2f}" for p in POLICIES], r["auto"]] for r in rows])
     path = write_results("models", args, {"environment": environment, "rows": rows}, markdown)
     print(f"results: {path}.json / .md")
 

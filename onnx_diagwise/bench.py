@@ -1,8 +1,10 @@
 """Time models side by side in one process: same provider, same inputs, interleaved rounds.
 
-Each round runs every model once, in an order that rotates, so drift (clocks,
-thermals, other load) hits all models alike.  Ratios are of medians.  On a GPU,
-IO binding keeps inputs and outputs on the device so host copies are not timed.
+Each round runs every model once, in a random order, so drift (clocks, thermals,
+other load) and after-effects hit all models alike.  Sessions do not spin their
+thread pools between runs, so one model's idle workers cannot steal cores from
+the next.  Ratios are of medians.  On a GPU, IO binding keeps inputs and outputs
+on the device so host copies are not timed.
 """
 
 from __future__ import annotations
@@ -209,9 +211,11 @@ def benchmark(
     deadline = time.perf_counter() + seconds if seconds is not None else None
     rounds = iterations if iterations is not None else (None if seconds is not None else 50)
     done = 0
+    # A fresh random order each round: with a fixed rotation each model would always
+    # follow the same neighbour and inherit its after-effects (caches, clocks).
+    shuffle = np.random.default_rng(seed).permutation
     while (rounds is None or done < rounds) and (deadline is None or time.perf_counter() < deadline):
-        order = [(done + k) % len(runners) for k in range(len(runners))]
-        for index in order:
+        for index in shuffle(len(runners)):
             start = time.perf_counter()
             runners[index].run()
             samples[index].append(time.perf_counter() - start)

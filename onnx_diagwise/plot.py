@@ -47,13 +47,7 @@ def plot_bench(report, path: Path) -> None:
         ax.set_ylabel("kernel time per run (us)")
         ax.set_title("depthwise nodes: original vs rewritten", fontsize=10)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise DiagwiseError(f"cannot write --plot '{path}': {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_tuning(report, path: Path) -> None:
@@ -73,6 +67,10 @@ def plot_tuning(report, path: Path) -> None:
     ax.set_ylabel("speedup over depthwise (>1 = faster)")
     ax.set_title(f"per-layer tuning, {report.context.get('provider')}", fontsize=10)
     ax.legend(fontsize=7, ncol=4)
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> None:
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=110)

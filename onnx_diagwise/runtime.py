@@ -79,6 +79,7 @@ class RuntimeConfig:
     provider_options: Mapping[str, str] | None = None
     threads: int | None = None  # intra-op threads; None lets onnxruntime choose
     opt_level: str = "all"
+    spin: bool = False  # let idle intra-op threads spin (onnxruntime's default; unfair side by side)
 
     @property
     def provider_full(self) -> str:
@@ -90,7 +91,7 @@ class RuntimeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"provider": self.provider_full, "provider_options": dict(self.provider_options or {}),
-                "threads": self.threads, "graph_optimization_level": self.opt_level}
+                "threads": self.threads, "graph_optimization_level": self.opt_level, "spin": self.spin}
 
 
 def _session_options(ort, config: RuntimeConfig, profile_prefix: str | None, optimized_path: str | None):
@@ -108,6 +109,10 @@ def _session_options(ort, config: RuntimeConfig, profile_prefix: str | None, opt
             raise DiagwiseError(f"--threads must be >= 1; got {config.threads}")
         options.intra_op_num_threads = config.threads
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+    if not config.spin:
+        # Spinning workers of one session steal cores from the next one timed after it.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

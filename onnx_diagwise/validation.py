@@ -170,7 +170,7 @@ def validate(
             tf32 = options.get("use_tf32", "1") != "0"
         else:
             options["use_tf32"] = "0"
-    run_config = RuntimeConfig(config.provider, options, config.threads, config.opt_level)
+    run_config = RuntimeConfig(config.provider, options, config.threads, config.opt_level, config.spin)
 
     original_proto = _load(original)
     runs = 1 if inputs.data else check_n
