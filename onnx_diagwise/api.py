@@ -17,7 +17,7 @@ from .plan import GroupSize, parse_group_size, plan
 from .report import NodeDecision, RewriteReport, RewriteResult, human_bytes, model_stats
 from .rewriter import apply_plan
 from .runtime import InputOptions, RuntimeConfig
-from .shapes import infer_shapes
+from .shapes import infer_value_types
 from .tune import OrtTimer, Timer, TuneCache, TuneReport, default_cache_dir
 from .tune import tune as tune_layers
 
@@ -40,11 +40,12 @@ def _load(model_or_path: ModelOrPath, copy: bool) -> ModelProto:
     raise DiagwiseError(f"expected an onnx.ModelProto or a path, got {type(model_or_path).__name__}")
 
 
-def _planned(model: ModelProto, group_size, include, exclude, min_channels, node_group_sizes):
-    policy = parse_group_size(group_size)
-    planned = plan(detect(model), policy, include, exclude, min_channels, node_group_sizes,
-                   shapes=infer_shapes(model))
-    return policy, planned
+def _planned(model: ModelProto, policy, include, exclude, min_channels, node_group_sizes, dynamic):
+    """Detect and plan; dynamic weights get their shapes from inference."""
+    value_types = infer_value_types(model)
+    shapes = {name: dims for name, (_, dims) in value_types.items()}
+    return plan(detect(model, value_types), policy, include, exclude, min_channels, node_group_sizes,
+                shapes=shapes, dynamic=dynamic)
 
 
 def inspect(
@@ -54,12 +55,14 @@ def inspect(
     exclude: str | None = None,
     min_channels: int | None = None,
     node_group_sizes: Mapping[str, int] | None = None,
+    dynamic: bool = True,
 ) -> RewriteReport:
-    """Report every grouped Conv and what rewrite() would do with it; changes nothing."""
-    if parse_group_size(group_size) == "auto":
+    """Report every grouped convolution and what rewrite() would do with it; changes nothing."""
+    policy = parse_group_size(group_size)
+    if policy == "auto":
         raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune (onnx-diagwise tune)")
     model = _load(model_or_path, copy=False)
-    policy, planned = _planned(model, group_size, include, exclude, min_channels, node_group_sizes)
+    planned = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic)
     return RewriteReport(str(policy), [p.decision for p in planned], model_stats(model))
 
 
@@ -105,27 +108,29 @@ def rewrite(
     warn_growth: float = DEFAULT_WARN_GROWTH,
     copy: bool = True,
     tune_options: TuneOptions | None = None,
+    dynamic: bool = True,
 ) -> RewriteResult:
     """Rewrite every chosen depthwise Conv into a block-diagonal grouped Conv.
 
     group_size='auto' measures each layer on tune_options.provider and rewrites only
-    what makes the model faster (result.tuning says why).  A ModelProto argument is
+    what makes the model faster (result.tuning says why).  dynamic=False leaves
+    nodes whose weight is a graph input or computed alone.  A ModelProto argument is
     copied first (copy=False rewrites it in place, which saves memory in pipelines
     that no longer need the original)."""
     start = time.perf_counter()
     model = _load(model_or_path, copy=copy)
     before = model_stats(model)
     tuning = None
-    if parse_group_size(group_size) == "auto":
+    policy = parse_group_size(group_size)
+    if policy == "auto":
         tuning = tune(model, tune_options, include, exclude, min_channels)
         pinned = {**tuning.choices, **(node_group_sizes or {})}
-        planned = plan(detect(model), 1, include, exclude, min_channels, pinned, shapes=infer_shapes(model))
+        planned = _planned(model, 1, include, exclude, min_channels, pinned, dynamic)
         for item in planned:
             if item.conv is None and item.decision.name in tuning.reasons:
                 item.decision.reason = tuning.reasons[item.decision.name]
-        policy = "auto"
     else:
-        policy, planned = _planned(model, group_size, include, exclude, min_channels, node_group_sizes)
+        planned = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic)
     apply_plan(model, planned)
     for item in planned:
         if item.conv is not None:

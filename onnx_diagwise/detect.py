@@ -1,8 +1,11 @@
-"""Find depthwise Conv nodes and record why every other grouped Conv is left alone.
+"""Find depthwise convolutions in every form, and say why each other grouped one is left alone.
 
-A candidate is a Conv in the default domain with group == C > 1 and a constant
-weight [C*M, 1, k...] (1-D, 2-D or 3-D).  C comes from the group attribute and
-the weight shape, never from shape inference.
+Forms: Conv (float), com.microsoft FusedConv, QLinearConv, ConvInteger, Conv fed by
+DequantizeLinear (QDQ), ConvTranspose, and Conv whose weight is a graph input or
+computed in the graph ("dynamic").  A node is depthwise when group == C > 1 and
+its weight is [C*M, 1, k...] ([C, M, k...] for ConvTranspose), 1-D to 3-D.
+C comes from the group attribute and the weight shape, never from shape
+inference (except a dynamic weight's shape, which has no other source).
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from .graphs import Scope, iter_scopes, node_label, resolve
-from .weights import is_block_diagonal
+from .graphs import Scope, iter_scopes, node_label, resolve, use_counts
+from .weights import is_block_diagonal, is_block_diagonal_transposed
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 FLOAT_TYPES = {
@@ -22,28 +25,68 @@ FLOAT_TYPES = {
     TensorProto.BFLOAT16: "bfloat16",
     TensorProto.DOUBLE: "float64",
 }
+QUANT_TYPES = {
+    TensorProto.INT8: "int8",
+    TensorProto.UINT8: "uint8",
+    TensorProto.INT4: "int4",
+    TensorProto.UINT4: "uint4",
+}
+
+
+@dataclass(frozen=True)
+class FormSpec:
+    form: str
+    weight_input: int
+    zero_point_input: int | None = None
+    transposed: bool = False
+    quantized: bool = False
+
+
+# (op_type, domain) -> how its weight is laid out.  Conv fed by DequantizeLinear is "QDQ".
+NODE_FORMS = {
+    ("Conv", ""): FormSpec("float", 1),
+    ("FusedConv", "com.microsoft"): FormSpec("FusedConv", 1),
+    ("QLinearConv", ""): FormSpec("QLinearConv", 3, zero_point_input=5, quantized=True),
+    ("ConvInteger", ""): FormSpec("ConvInteger", 1, zero_point_input=3, quantized=True),
+    ("ConvTranspose", ""): FormSpec("ConvTranspose", 1, transposed=True),
+}
+DEQUANTIZE_DOMAINS = DEFAULT_DOMAINS + ("com.microsoft",)
+
+
+def node_form(node: NodeProto) -> FormSpec | None:
+    domain = "" if node.domain in DEFAULT_DOMAINS else node.domain
+    return NODE_FORMS.get((node.op_type, domain))
 
 
 @dataclass
 class WeightSource:
-    """The constant tensor behind a Conv's weight input, and the path to it."""
+    """The constant tensor behind a weight input, and the path to it."""
 
     kind: str  # "initializer", "Constant", "Identity(initializer)", "Identity(Constant)"
     tensor: TensorProto  # the initializer, or the Constant node's `value` tensor
     scope: Scope  # where that tensor lives
-    names: list[str]  # value names from the Conv input back to the tensor, in order
+    names: list[str]  # value names from the reading input back to the tensor, in order
     constant: NodeProto | None = None
-    # (node, scope) of each Identity between the Conv and the tensor, nearest first
+    # (node, scope) of each Identity between the reader and the tensor, nearest first
     identities: list[tuple[NodeProto, Scope]] = field(default_factory=list)
 
 
 @dataclass
+class DynamicWeight:
+    """A weight that is a graph input (possibly with a default) or computed by a node."""
+
+    name: str
+    description: str
+
+
+@dataclass
 class DepthwiseConv:
-    """One depthwise Conv node that can be rewritten."""
+    """One depthwise node that can be rewritten."""
 
     name: str
     node: NodeProto
     scope: Scope
+    form: str
     channels: int
     multiplier: int
     kernel: list[int]
@@ -52,21 +95,30 @@ class DepthwiseConv:
     pads: list[int] | None
     auto_pad: str
     dtype: str
-    weight: WeightSource
+    weight: WeightSource | None  # None for a dynamic weight
+    reader: tuple[NodeProto, int]  # the node input that reads the weight (the Conv, or its DequantizeLinear)
+    zero_point: np.ndarray | None = None  # quantized forms: per output channel, or one value
+    transposed: bool = False
+    dynamic: DynamicWeight | None = None
 
     @property
     def graph(self) -> str:
         return self.scope.path
 
+    @property
+    def weight_kind(self) -> str:
+        return self.weight.kind if self.weight else self.dynamic.description
+
 
 @dataclass
 class SkippedConv:
-    """A grouped Conv that is not rewritten, and why."""
+    """A grouped convolution that is not rewritten, and why."""
 
     name: str
     node: NodeProto
     scope: Scope
     reason: str
+    form: str | None = None
     channels: int | None = None
     multiplier: int | None = None
     kernel: list[int] | None = None
@@ -84,30 +136,29 @@ class Detection:
     skipped: list[SkippedConv]
 
 
-def _attr(node: NodeProto, name: str, default=None):
+def attribute(node: NodeProto, name: str, default=None):
     for attr in node.attribute:
         if attr.name == name:
             return helper.get_attribute_value(attr)
     return default
 
 
-def find_weight(scope: Scope, name: str) -> WeightSource | str:
-    """Follow NAME through Identity nodes to an initializer or Constant; a reason if it is not one."""
+def find_weight(scope: Scope, name: str) -> WeightSource | DynamicWeight | str:
+    """Follow NAME through Identity nodes to an initializer or Constant.
+
+    A graph input or a computed value is a DynamicWeight; anything else a reason string."""
     names = [name]
     identities: list[tuple[NodeProto, Scope]] = []
     while True:
         definition = resolve(scope, names[-1])
         if definition is None:
             return f"weight '{name}' is not defined in the graph"
-        if definition.kind == "input" and definition.tensor is None:
-            return f"weight '{names[-1]}' is a graph input (dynamic weight, not rewritten yet)"
         if definition.kind == "input":
-            # Old exporters list initializers as inputs: a caller may feed another weight,
-            # which a rewritten constant would silently ignore.
-            return (f"weight '{names[-1]}' is an initializer that is also a graph input, so it can be "
-                    "overridden at run time; remove initializers from the graph inputs to rewrite it")
-        prefix = "Identity(" if identities else ""
-        suffix = ")" if identities else ""
+            if definition.tensor is not None:
+                # Old exporters list initializers as inputs: a caller may feed another weight.
+                return DynamicWeight(name, "graph input with a default")
+            return DynamicWeight(name, "graph input")
+        prefix, suffix = ("Identity(", ")") if identities else ("", "")
         if definition.kind == "initializer":
             return WeightSource(f"{prefix}initializer{suffix}", definition.tensor, definition.scope,
                                 names, identities=identities)
@@ -123,78 +174,201 @@ def find_weight(scope: Scope, name: str) -> WeightSource | str:
             names.append(node.input[0])
             scope = definition.scope
             continue
-        return (f"weight '{name}' is computed by {node.op_type} node '{node.name}' "
-                "(dynamic weight, not rewritten yet)")
+        return DynamicWeight(name, f"computed by {node.op_type}")
 
 
-def _classify(node: NodeProto, label: str, scope: Scope) -> DepthwiseConv | SkippedConv | None:
-    group = _attr(node, "group", 1)
+def _constant_array(scope: Scope, name: str) -> np.ndarray | str:
+    source = find_weight(scope, name)
+    if isinstance(source, WeightSource):
+        return np.asarray(numpy_helper.to_array(source.tensor))
+    return f"'{name}' is not a constant"
+
+
+def _zero_point(scope: Scope, node: NodeProto, index: int | None, out_channels: int) -> np.ndarray | str:
+    if index is None or len(node.input) <= index or not node.input[index]:
+        return np.zeros((), dtype=np.int64)
+    zp = _constant_array(scope, node.input[index])
+    if isinstance(zp, str):
+        return f"weight zero point {zp}"
+    if zp.size not in (1, out_channels):
+        return f"weight zero point has {zp.size} values for {out_channels} output channels"
+    return zp.reshape(-1) if zp.size > 1 else zp.reshape(())
+
+
+def _dequantize_source(scope: Scope, conv: NodeProto, weight_name: str, reads: dict[str, int]):
+    """(DequantizeLinear node, its scope) if the Conv weight is dequantized, else None; a str on failure."""
+    definition = resolve(scope, weight_name)
+    if definition is None or definition.kind != "node":
+        return None
+    dq = definition.node
+    if dq.op_type != "DequantizeLinear" or dq.domain not in DEQUANTIZE_DOMAINS:
+        return None
+    if reads.get(weight_name, 0) > 1:
+        return f"dequantized weight '{weight_name}' is read by other nodes too"
+    if attribute(dq, "block_size", 0):
+        return "blocked quantization (DequantizeLinear block_size) is not supported"
+    return dq, definition.scope
+
+
+def _classify(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads: dict[str, int],
+              value_types: dict) -> DepthwiseConv | SkippedConv | None:
+    group = attribute(node, "group", 1)
     if group <= 1:
         return None
+    form = spec.form
 
     def skip(reason: str, **kw) -> SkippedConv:
-        return SkippedConv(label, node, scope, reason, **kw)
+        return SkippedConv(label, node, scope, reason, form=form, **kw)
 
-    if len(node.input) < 2 or not node.input[1]:
-        return skip("Conv has no weight input")
-    source = find_weight(scope, node.input[1])
+    if len(node.input) <= spec.weight_input or not node.input[spec.weight_input]:
+        return skip("node has no weight input")
+    weight_name = node.input[spec.weight_input]
+    reader: tuple[NodeProto, int] = (node, spec.weight_input)
+    zero_point_at: tuple[NodeProto, int | None, Scope] = (node, spec.zero_point_input, scope)
+    quantized = spec.quantized
+    if spec.form in ("float", "FusedConv"):
+        dq = _dequantize_source(scope, node, weight_name, reads)
+        if isinstance(dq, str):
+            return skip(dq, channels=group)
+        if dq is not None:
+            dq_node, dq_scope = dq
+            form, quantized = "QDQ", True
+            reader = (dq_node, 0)
+            zero_point_at = (dq_node, 2, dq_scope)
+            weight_name, scope_for_weight = dq_node.input[0], dq_scope
+        else:
+            scope_for_weight = scope
+    else:
+        scope_for_weight = scope
+
+    source = find_weight(scope_for_weight, weight_name)
     if isinstance(source, str):
         return skip(source, channels=group)
+    if isinstance(source, DynamicWeight):
+        return _dynamic(node, label, scope, form, group, source, value_types, spec)
+
     tensor = source.tensor
     dims = list(tensor.dims)
-    dtype = FLOAT_TYPES.get(tensor.data_type)
-    info = dict(weight_source=source.kind, dtype=dtype or helper.tensor_dtype_to_np_dtype(tensor.data_type).name)
+    types = QUANT_TYPES if quantized else FLOAT_TYPES
+    dtype = types.get(tensor.data_type)
+    dtype_name = dtype or helper.tensor_dtype_to_np_dtype(tensor.data_type).name
+    info = dict(weight_source=source.kind, dtype=dtype_name)
     if not 3 <= len(dims) <= 5:
         return skip(f"weight rank {len(dims)} is not a 1-D, 2-D or 3-D convolution", **info)
     kernel = dims[2:]
     info["kernel"] = kernel
     if dtype is None:
-        return skip(f"weight dtype {info['dtype']} is not a float type", **info)
+        kind = "an 8-bit or 4-bit integer" if quantized else "a float"
+        return skip(f"weight dtype {dtype_name} is not {kind} type", **info)
+    if spec.transposed:
+        return _classify_transposed(node, label, scope, group, dims, source, info, reader)
     if dims[1] != 1:
-        in_channels = group * dims[1]
-        if dims[0] % in_channels == 0 and _is_rewritten(tensor, dims[0] // in_channels):
-            return skip(f"already block-diagonal (G={dims[1]}, group={group}); nothing to do",
-                        channels=in_channels, multiplier=dims[0] // in_channels, **info)
-        return skip(f"grouped conv with {dims[1]} input channels per group, not depthwise",
-                    channels=in_channels, **info)
+        return _grouped(node, label, scope, form, group, dims, tensor, info, zero_point_at)
     if dims[0] % group:
         return skip(f"weight has {dims[0]} output channels, not a multiple of group={group}", **info)
-    declared_kernel = _attr(node, "kernel_shape")
+    declared_kernel = attribute(node, "kernel_shape")
     if declared_kernel is not None and list(declared_kernel) != kernel:
         return skip(f"kernel_shape {list(declared_kernel)} disagrees with weight {dims}", **info)
-
-    rank = len(kernel)
-    pads = _attr(node, "pads")
-    auto_pad = _attr(node, "auto_pad", b"NOTSET")
-    return DepthwiseConv(
-        name=label,
-        node=node,
-        scope=scope,
-        channels=group,
-        multiplier=dims[0] // group,
-        kernel=kernel,
-        strides=list(_attr(node, "strides", [1] * rank)),
-        dilations=list(_attr(node, "dilations", [1] * rank)),
-        pads=list(pads) if pads is not None else None,
-        auto_pad=auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad,
-        dtype=dtype,
-        weight=source,
-    )
+    zero_point = None
+    if quantized:
+        zp_node, zp_index, zp_scope = zero_point_at
+        zero_point = _zero_point(zp_scope, zp_node, zp_index, dims[0])
+        if isinstance(zero_point, str):
+            return skip(zero_point, **info)
+        if form == "QDQ":
+            problem = _dequantize_axis_problem(zp_scope, zp_node, len(dims))
+            if problem:
+                return skip(problem, **info)
+    if tensor.HasField("raw_data") and tensor.data_type in FLOAT_TYPES and \
+            len(tensor.raw_data) != np.prod(dims) * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize:
+        return skip(f"weight data ({len(tensor.raw_data)} bytes) does not match its shape {dims}", **info)
+    return DepthwiseConv(label, node, scope, form, group, dims[0] // group, kernel, *_geometry(node, len(kernel)),
+                         dtype=dtype, weight=source, reader=reader, zero_point=zero_point)
 
 
-def _is_rewritten(tensor: TensorProto, multiplier: int) -> bool:
-    weight = numpy_helper.to_array(tensor)
-    return bool(weight.size) and is_block_diagonal(np.asarray(weight), multiplier)
+def _geometry(node: NodeProto, rank: int) -> tuple:
+    pads = attribute(node, "pads")
+    auto_pad = attribute(node, "auto_pad", b"NOTSET")
+    return (list(attribute(node, "strides", [1] * rank)), list(attribute(node, "dilations", [1] * rank)),
+            list(pads) if pads is not None else None,
+            auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad)
 
 
-def detect(model: ModelProto) -> Detection:
+def _dequantize_axis_problem(scope: Scope, dq: NodeProto, rank: int) -> str | None:
+    """Per-channel scales must run along the output channels (axis 0) of the weight."""
+    scale = _constant_array(scope, dq.input[1]) if len(dq.input) > 1 else None
+    if isinstance(scale, str):
+        return f"dequantize scale {scale}"
+    if scale is not None and scale.size > 1:
+        axis = attribute(dq, "axis", 1)
+        if (axis + rank if axis < 0 else axis) != 0:
+            return f"per-channel quantization along axis {axis}, not the output channels (axis 0)"
+    return None
+
+
+def _grouped(node, label, scope, form, group, dims, tensor, info, zero_point_at) -> SkippedConv:
+    in_channels = group * dims[1]
+    multiplier = dims[0] // in_channels if dims[0] % in_channels == 0 else None
+    if multiplier:
+        zp_node, zp_index, zp_scope = zero_point_at
+        fill = _zero_point(zp_scope, zp_node, zp_index, dims[0]) if form in ("QLinearConv", "ConvInteger", "QDQ") \
+            else None
+        if not isinstance(fill, str) and is_block_diagonal(np.asarray(numpy_helper.to_array(tensor)), multiplier,
+                                                           fill):
+            return SkippedConv(label, node, scope, f"already block-diagonal (G={dims[1]}, group={group}); "
+                               "nothing to do", form=form, channels=in_channels, multiplier=multiplier, **info)
+    return SkippedConv(label, node, scope, f"grouped conv with {dims[1]} input channels per group, not depthwise",
+                       form=form, channels=in_channels, **info)
+
+
+def _classify_transposed(node, label, scope, group, dims, source, info, reader) -> DepthwiseConv | SkippedConv:
+    if dims[0] != group:
+        in_per_group = dims[0] // group if dims[0] % group == 0 else None
+        if in_per_group and dims[1] % in_per_group == 0 and is_block_diagonal_transposed(
+                np.asarray(numpy_helper.to_array(source.tensor)), in_per_group):
+            return SkippedConv(label, node, scope, f"already block-diagonal (G={in_per_group}, group={group}); "
+                               "nothing to do", form="ConvTranspose", channels=dims[0],
+                               multiplier=dims[1] // in_per_group, **info)
+        return SkippedConv(label, node, scope, f"grouped ConvTranspose with {dims[0] // group} input channels "
+                           "per group, not depthwise", form="ConvTranspose", channels=dims[0], **info)
+    rank = len(dims) - 2
+    return DepthwiseConv(label, node, scope, "ConvTranspose", group, dims[1], dims[2:], *_geometry(node, rank),
+                         dtype=info["dtype"], weight=source, reader=reader, transposed=True)
+
+
+def _dynamic(node, label, scope, form, group, source: DynamicWeight, value_types, spec) -> DepthwiseConv | SkippedConv:
+    reason_base = f"weight '{source.name}' is a {source.description}"
+    if form != "float":
+        return SkippedConv(label, node, scope, f"{reason_base}; dynamic {form} weights are not supported",
+                           form=form, channels=group, weight_source=source.description)
+    elem_type, dims = value_types.get(source.name, (None, None))
+    if not dims or not all(isinstance(d, int) and d > 0 for d in dims) or elem_type not in FLOAT_TYPES:
+        return SkippedConv(label, node, scope, f"{reason_base} whose shape or float type is unknown",
+                           form="dynamic", channels=group, weight_source=source.description)
+    if not 3 <= len(dims) <= 5 or dims[1] != 1 or dims[0] % group:
+        return SkippedConv(label, node, scope, f"{reason_base} of shape {dims}, not depthwise",
+                           form="dynamic", channels=group, weight_source=source.description)
+    rank = len(dims) - 2
+    return DepthwiseConv(label, node, scope, "dynamic", group, dims[0] // group, dims[2:], *_geometry(node, rank),
+                         dtype=FLOAT_TYPES[elem_type], weight=None, reader=(node, spec.weight_input),
+                         dynamic=source)
+
+
+def detect(model: ModelProto, value_types: dict | None = None) -> Detection:
+    """Every depthwise node (candidates) and every other grouped one (skipped, with a reason).
+
+    value_types ({name: (elem_type, dims)}, from shapes.infer_value_types) gives dynamic
+    weights their shape; without it they are skipped."""
+    counts = use_counts(model)
     candidates: list[DepthwiseConv] = []
     skipped: list[SkippedConv] = []
     for scope in iter_scopes(model):
+        reads = counts[scope.namespace]
         for index, node in enumerate(scope.body.node):
-            if node.op_type != "Conv" or node.domain not in DEFAULT_DOMAINS:
+            spec = node_form(node)
+            if spec is None:
                 continue
-            found = _classify(node, node_label(node, index), scope)
+            found = _classify(node, node_label(node, index), scope, spec, reads, value_types or {})
             if isinstance(found, DepthwiseConv):
                 candidates.append(found)
             elif found is not None:

@@ -71,11 +71,13 @@ class PlannedNode:
 
 
 def _flops_per_sample(conv: DepthwiseConv, shapes: dict) -> int | None:
-    """2 * C_out * prod(kernel) * output positions (batch 1), from inferred shapes."""
-    out_shape = shapes.get(conv.node.output[0])
-    if not out_shape or len(out_shape) != len(conv.kernel) + 2:
+    """2 * C*M * prod(kernel) * positions (batch 1), from inferred shapes: output positions
+    for a Conv, input positions for a ConvTranspose (each input scatters one kernel)."""
+    value = conv.node.input[0] if conv.transposed else conv.node.output[0]
+    shape = shapes.get(value)
+    if not shape or len(shape) != len(conv.kernel) + 2:
         return None
-    spatial = out_shape[2:]
+    spatial = shape[2:]
     if not all(isinstance(d, int) and d > 0 for d in spatial):
         return None
     return 2 * conv.channels * conv.multiplier * math.prod(conv.kernel) * math.prod(spatial)
@@ -89,8 +91,11 @@ def plan(
     min_channels: int | None = None,
     node_group_sizes: Mapping[str, int] | None = None,
     shapes: dict | None = None,
+    dynamic: bool = True,
 ) -> list[PlannedNode]:
-    """A decision for every grouped Conv: depthwise candidates in order, then skipped ones."""
+    """A decision for every grouped convolution: depthwise candidates in order, then skipped ones.
+
+    dynamic=False leaves nodes with dynamic weights (graph inputs, computed) alone."""
     policy = parse_group_size(group_size)
     if policy == "auto":
         raise DiagwiseError("group size 'auto' needs measurement: use rewrite() or tune(), not plan()")
@@ -107,16 +112,18 @@ def plan(
 
     planned: list[PlannedNode] = []
     for conv in detection.candidates:
-        weight_bytes = tensor_nbytes(conv.weight.tensor)
+        weight_bytes = tensor_nbytes(conv.weight.tensor) if conv.weight else None
         flops = _flops_per_sample(conv, shapes)
         decision = NodeDecision(
-            name=conv.name, graph=conv.graph, action="skipped", reason="",
+            name=conv.name, graph=conv.graph, action="skipped", reason="", form=conv.form,
             channels=conv.channels, multiplier=conv.multiplier, kernel=conv.kernel,
             strides=conv.strides, dilations=conv.dilations, pads=conv.pads, auto_pad=conv.auto_pad,
-            dtype=conv.dtype, weight_source=conv.weight.kind,
+            dtype=conv.dtype, weight_source=conv.weight_kind,
             weight_bytes_before=weight_bytes, flops_before=flops,
         )
         reason = _filter_reason(conv, include_re, exclude_re, min_channels)
+        if reason is None and conv.dynamic and not dynamic:
+            reason = f"weight is a {conv.dynamic.description}; dynamic weights left alone (--skip-dynamic)"
         if conv.name in pinned:
             g = pinned[conv.name]
             if g < 1 or conv.channels % g:
@@ -135,14 +142,14 @@ def plan(
         decision.group_size = g
         decision.groups_after = conv.channels // g
         decision.reason = f"G={g}, group={conv.channels // g} ({how})"
-        decision.weight_bytes_after = weight_bytes * g
+        decision.weight_bytes_after = weight_bytes * g if weight_bytes is not None else None
         decision.flops_after = flops * g if flops is not None else None
         planned.append(PlannedNode(decision, conv))
 
     for skipped in detection.skipped:
         planned.append(PlannedNode(NodeDecision(
             name=skipped.name, graph=skipped.graph, action="skipped", reason=skipped.reason,
-            channels=skipped.channels, multiplier=skipped.multiplier, kernel=skipped.kernel,
+            form=skipped.form, channels=skipped.channels, multiplier=skipped.multiplier, kernel=skipped.kernel,
             dtype=skipped.dtype, weight_source=skipped.weight_source,
         ), None))
     return planned

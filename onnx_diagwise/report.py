@@ -30,8 +30,9 @@ class NodeDecision:
 
     name: str
     graph: str
-    action: str  # "rewrite" (planned, in inspect) | "rewritten" | "skipped"
+    action: str  # "rewrite" (planned, in inspect) | "rewritten" | "skipped" | "reverted"
     reason: str
+    form: str | None = None  # float, FusedConv, QDQ, QLinearConv, ConvInteger, ConvTranspose, dynamic
     channels: int | None = None
     multiplier: int | None = None
     kernel: list[int] | None = None

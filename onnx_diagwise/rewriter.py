@@ -1,61 +1,87 @@
 """Apply a plan to a model: block-diagonal weights and group = C/G, in place.
 
-The caller owns MODEL (the API passes a copy).  A weight read only by the
-rewritten Conv is replaced under its own name; a weight read by anything else
-(another node, a graph output) is left as it was and the Conv gets a new tensor.  Weights, Constants and Identities that end
-up unread are removed.
+The caller owns MODEL (the API passes a copy).  A constant weight read only by the
+rewritten node is replaced under its own name; a weight read by anything else
+(another node, a graph output) is left as it was and the node gets an expanded
+copy, shared by every node that expands the same weight the same way.  Weights,
+Constants and Identities that end up unread are removed.
+
+A dynamic weight (graph input, computed) is expanded at run time in front of the
+Conv: Reshape(W, [C/G, G, M, 1, k...]) * eye(G)[1, G, 1, G, 1...] ->
+Reshape [C*M, G, k...], so the parameter keeps its shape and gradients reach only
+the diagonal entries.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from .detect import DepthwiseConv, WeightSource
 from .graphs import Scope, all_names, iter_scopes, unique_name, use_counts
 from .plan import PlannedNode
-from .weights import expand_depthwise
+from .weights import dynamic_mask, expand_depthwise, expand_transposed
+
+ELEM_OF_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16,
+                 "bfloat16": TensorProto.BFLOAT16, "float64": TensorProto.DOUBLE}
+
+
+def expand(conv: DepthwiseConv, group_size: int) -> np.ndarray:
+    """The block-diagonal weight of CONV for G = GROUP_SIZE (off-diagonal: 0 or the zero point)."""
+    weight = np.asarray(numpy_helper.to_array(conv.weight.tensor))
+    if conv.transposed:
+        return expand_transposed(weight, conv.channels, group_size)
+    fill = None if conv.zero_point is None else conv.zero_point.astype(weight.dtype)
+    return expand_depthwise(weight, conv.channels, group_size, fill)
 
 
 def apply_plan(model: ModelProto, planned: list[PlannedNode]) -> None:
     counts = use_counts(model)
     taken = all_names(model)
     scopes = list(iter_scopes(model))
-    # (namespace, weight name, G) -> name of the expanded copy, so Convs that share
-    # a weight also share its block-diagonal form.
-    expanded_names: dict[tuple[str, str, int], str] = {}
+    # Expanded copies already made, so nodes that share a weight share its expansion too.
+    expanded_names: dict[tuple, str] = {}
     for item in planned:
-        if item.conv is None:
-            continue
         conv, g = item.conv, item.decision.group_size
+        if conv is None:
+            continue
+        if conv.dynamic is not None:
+            _expand_at_run_time(conv, g, taken)
+            _set_group(conv, conv.channels // g)
+            continue
         source = conv.weight
+        reader, index = conv.reader
         reads = counts[conv.scope.namespace]
-        key = (conv.scope.namespace, source.names[-1], g)
+        zero_point = conv.zero_point.tobytes() if conv.zero_point is not None else b""
+        key = (conv.scope.namespace, source.names[-1], g, conv.transposed, zero_point)
         if key not in expanded_names:
-            expanded = numpy_helper.from_array(
-                expand_depthwise(numpy_helper.to_array(source.tensor), conv.channels, g))
+            expanded = numpy_helper.from_array(expand(conv, g))
             if all(reads[name] == 1 for name in source.names):
-                _replace_in_place(source, expanded, scopes, conv.scope.namespace)
+                _replace_in_place(source, expanded, scopes, conv)
                 _set_group(conv, conv.channels // g)
                 continue
             expanded_names[key] = unique_name(f"{source.names[-1]}_diagwise_g{g}", taken)
             _add_tensor(source, expanded, expanded_names[key], taken)
-        conv.node.input[1] = expanded_names[key]
+        reader.input[index] = expanded_names[key]
         reads[expanded_names[key]] += 1
         _release(source, reads)
         _set_group(conv, conv.channels // g)
 
 
 def _replace_in_place(source: WeightSource, expanded: TensorProto, scopes: list[Scope],
-                      namespace: str) -> None:
+                      conv: DepthwiseConv) -> None:
     expanded.name = source.tensor.name
     expanded.doc_string = source.tensor.doc_string
     source.tensor.CopyFrom(expanded)
-    # Declared shapes of the weight and of the Identity outputs in between must follow.
+    # Declared shapes of the weight, the Identity outputs in between, and a
+    # DequantizeLinear output must follow.
     names = set(source.names)
+    if conv.form == "QDQ":
+        names.add(conv.node.input[1])
     for scope in scopes:
-        if scope.namespace != namespace or scope.is_function:
+        if scope.namespace != conv.scope.namespace or scope.is_function:
             continue
         for value in scope.body.value_info:
             if value.name in names and value.type.tensor_type.HasField("shape"):
@@ -79,7 +105,7 @@ def _add_tensor(source: WeightSource, tensor: TensorProto, name: str, taken: set
 
 
 def _release(source: WeightSource, reads: Counter) -> None:
-    """The Conv no longer reads SOURCE: drop each link of its chain that nobody reads now."""
+    """The node no longer reads SOURCE: drop each link of its chain that nobody reads now."""
     for index, name in enumerate(source.names):
         reads[name] -= 1
         if reads[name] > 0:
@@ -92,6 +118,40 @@ def _release(source: WeightSource, reads: Counter) -> None:
             source.scope.body.node.remove(source.constant)
         else:
             source.scope.body.initializer.remove(source.tensor)
+
+
+def _expand_at_run_time(conv: DepthwiseConv, g: int, taken: set[str]) -> None:
+    """Insert Reshape -> Mul(mask) -> Reshape in front of the Conv's weight input."""
+    c, m, kernel = conv.channels, conv.multiplier, conv.kernel
+    base = conv.dynamic.name
+    names = {key: unique_name(f"{base}_diagwise_{key}", taken)
+             for key in ("blocks_shape", "mask", "weight_shape", "blocks", "masked", "g%d" % g)}
+    dtype = helper.tensor_dtype_to_np_dtype(ELEM_OF_DTYPE[conv.dtype])
+    constants = {
+        names["blocks_shape"]: np.array([c // g, g, m, 1, *kernel], np.int64),
+        names["mask"]: dynamic_mask(g, len(kernel), dtype),
+        names["weight_shape"]: np.array([c * m, g, *kernel], np.int64),
+    }
+    weight_out = names["g%d" % g]
+    nodes = [
+        helper.make_node("Reshape", [base, names["blocks_shape"]], [names["blocks"]],
+                         name=unique_name(f"{conv.name}_diagwise_reshape", taken)),
+        helper.make_node("Mul", [names["blocks"], names["mask"]], [names["masked"]],
+                         name=unique_name(f"{conv.name}_diagwise_mask", taken)),
+        helper.make_node("Reshape", [names["masked"], names["weight_shape"]], [weight_out],
+                         name=unique_name(f"{conv.name}_diagwise_weight", taken)),
+    ]
+    body = conv.scope.body
+    if conv.scope.is_function:
+        nodes = [helper.make_node("Constant", [], [n], name=unique_name(n, taken), value=numpy_helper.from_array(v))
+                 for n, v in constants.items()] + nodes
+    else:
+        body.initializer.extend(numpy_helper.from_array(v, n) for n, v in constants.items())
+    index = next(i for i, node in enumerate(body.node) if node == conv.node)
+    for offset, node in enumerate(nodes):
+        body.node.insert(index + offset, node)
+    node, input_index = conv.reader
+    node.input[input_index] = weight_out
 
 
 def _set_group(conv: DepthwiseConv, group: int) -> None:

@@ -11,21 +11,21 @@ from onnx import GraphProto, ModelProto
 
 from .tensors import skeleton
 
+Dims = list[int | str | None]  # each dim an int, a symbolic name, or None (unknown)
 
-def infer_shapes(model: ModelProto, input_shapes: dict[str, list[int]] | None = None,
-                 ) -> dict[str, list[int | str | None]]:
-    """Shapes of every value onnx can infer in the main graph and its subgraphs,
-    with the graph inputs fixed to INPUT_SHAPES where given.
 
-    Each dim is an int, a symbolic name, or None.  Returns {} if inference fails:
-    shapes are used for reporting and tuning, never for correctness."""
+def infer_value_types(model: ModelProto, input_shapes: dict[str, list[int]] | None = None,
+                      ) -> dict[str, tuple[int, Dims]]:
+    """{name: (elem_type, dims)} for every tensor value onnx can infer in the main graph
+    and its subgraphs, with the graph inputs fixed to INPUT_SHAPES where given.
+
+    Returns {} if inference fails: shapes serve reporting, tuning and dynamic weights,
+    never the correctness of a rewrite of constant weights."""
     stripped = skeleton(model, keep_dims=True)
     if input_shapes:
         del stripped.graph.value_info[:]  # declared symbolic dims would compete with the concrete ones
-    for value in stripped.graph.input:
-        if value.name in (input_shapes or {}):
-            dims = value.type.tensor_type.shape.dim
-            for dim, size in zip(dims, input_shapes[value.name]):
+        for value in stripped.graph.input:
+            for dim, size in zip(value.type.tensor_type.shape.dim, input_shapes.get(value.name, ())):
                 dim.Clear()
                 dim.dim_value = size
     try:
@@ -33,15 +33,15 @@ def infer_shapes(model: ModelProto, input_shapes: dict[str, list[int]] | None = 
     except Exception:  # onnx raises many types here; shapes are optional information
         return {}
 
-    shapes: dict[str, list[int | str | None]] = {}
+    types: dict[str, tuple[int, Dims]] = {}
 
     def collect(graph: GraphProto) -> None:
         for value in list(graph.input) + list(graph.output) + list(graph.value_info):
-            if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-                shapes[value.name] = [
+            tensor_type = value.type.tensor_type
+            if value.type.HasField("tensor_type") and tensor_type.HasField("shape"):
+                types[value.name] = (tensor_type.elem_type, [
                     d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                    for d in value.type.tensor_type.shape.dim
-                ]
+                    for d in tensor_type.shape.dim])
         for node in graph.node:
             for attr in node.attribute:
                 if attr.HasField("g"):
@@ -50,4 +50,9 @@ def infer_shapes(model: ModelProto, input_shapes: dict[str, list[int]] | None = 
                     collect(sub)
 
     collect(inferred.graph)
-    return shapes
+    return types
+
+
+def infer_shapes(model: ModelProto, input_shapes: dict[str, list[int]] | None = None) -> dict[str, Dims]:
+    """{name: dims}: infer_value_types without the element types."""
+    return {name: dims for name, (_, dims) in infer_value_types(model, input_shapes).items()}

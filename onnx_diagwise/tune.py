@@ -305,6 +305,8 @@ def tune(
 
     planned = plan(detect(model), "full", include, exclude, min_channels)
     convs = [p.conv for p in planned if p.conv is not None]
+    untuned = [c for c in convs if c.form != "float"]
+    convs = [c for c in convs if c.form == "float"]
     layers: list[LayerTuning] = []
     measured: dict[LayerSignature, tuple[dict[int, float], bool]] = {}
     for index, conv in enumerate(convs):
@@ -335,6 +337,9 @@ def tune(
     if progress:
         progress(len(convs), len(convs), "")
     cache.save()
+    for conv in untuned:  # a one-node float Conv cannot stand in for these
+        layers.append(LayerTuning(conv.name, conv.graph, conv.channels, conv.kernel, None,
+                                  decision=f"kept original: auto tunes float Conv layers only, not {conv.form}"))
 
     report = TuneReport(layers, context, min_speedup)
     if check_end_to_end:

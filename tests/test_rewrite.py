@@ -132,29 +132,53 @@ def test_unused_identity_and_initializer_removed():
     assert_same_outputs(model, result)
 
 
-def test_initializer_that_is_also_graph_input_is_skipped():
-    # A caller may feed another weight through the input; a rewritten constant would ignore it.
+def test_initializer_that_is_also_graph_input_is_expanded_at_run_time():
+    # A caller may feed another weight through the input: the expansion must follow it.
     model = depthwise_model(channels=8)
     w = model.graph.initializer[0]
     model.graph.input.append(helper.make_tensor_value_info("w", w.data_type, list(w.dims)))
     result = rewrite(model, group_size=4)
     [decision] = result.report.nodes
-    assert decision.action == "skipped" and "also a graph input" in decision.reason
-    assert result.model.SerializeToString() == model.SerializeToString()
+    assert decision.action == "rewritten" and decision.form == "dynamic"
+    assert decision.weight_source == "graph input with a default"
+    assert result.model.graph.input == model.graph.input
+    assert initializer(result.model, "w").shape == (8, 1, 3, 3)  # the parameter keeps its shape
+    feeds = random_inputs(model)
+    assert feeds["w"].shape == (8, 1, 3, 3)  # a different weight than the default
+    assert_same_outputs(model, result.model, feeds=feeds)
 
 
-def test_dynamic_weights_skipped_with_reason():
-    model = depthwise_model(channels=8, bias=False)
+def test_dynamic_weights_expanded_at_run_time():
+    model = depthwise_model(channels=8, multiplier=2, bias=False)
     w = model.graph.initializer.pop()
     model.graph.input.append(helper.make_tensor_value_info("w", w.data_type, list(w.dims)))
-    [decision] = inspect(model).nodes
-    assert decision.action == "skipped" and "graph input" in decision.reason
+    result = rewrite(model, group_size=4)
+    [decision] = result.report.nodes
+    assert decision.action == "rewritten" and decision.form == "dynamic" and decision.weight_source == "graph input"
+    ops = [n.op_type for n in result.model.graph.node]
+    assert ops == ["Reshape", "Mul", "Reshape", "Conv"]
+    assert attr(conv_nodes(result.model)[0], "group") == 2
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_same_outputs(model, result.model)
 
     computed = depthwise_model(channels=8, bias=False)
     computed.graph.node.insert(0, helper.make_node("Neg", ["w_raw"], ["w"], name="neg_w"))
     computed.graph.initializer[0].name = "w_raw"
-    [decision] = inspect(computed).nodes
-    assert decision.action == "skipped" and "computed by Neg node 'neg_w'" in decision.reason
+    result = rewrite(computed, group_size=8)
+    [decision] = result.report.nodes
+    assert decision.action == "rewritten" and decision.weight_source == "computed by Neg"
+    assert_same_outputs(computed, result.model)
+
+    [decision] = inspect(computed, dynamic=False).nodes
+    assert decision.action == "skipped" and "--skip-dynamic" in decision.reason
+
+
+def test_dynamic_weight_of_unknown_shape_is_skipped():
+    model = depthwise_model(channels=8, bias=False)
+    w = model.graph.initializer.pop()
+    model.graph.input.append(helper.make_tensor_value_info("w", w.data_type, ["a", "b", "c", "d"]))
+    [decision] = inspect(model).nodes
+    assert decision.action == "skipped" and "shape or float type is unknown" in decision.reason
 
 
 def test_non_depthwise_group_conv_and_other_domains():

@@ -57,8 +57,8 @@ def test_rewrite_refuses_to_write_a_wrong_model(tmp_path, monkeypatch):
 
     real = rewrite_module.expand_depthwise
 
-    def corrupt(weight, channels, group_size):
-        w = real(weight, channels, group_size)
+    def corrupt(weight, channels, group_size, fill=None):
+        w = real(weight, channels, group_size, fill)
         w[0, -1] += 1.0  # an off-diagonal entry
         return w
 
