@@ -5,13 +5,14 @@ from .api import TuneOptions, inspect, rewrite, tune
 from .bench import BenchReport, benchmark
 from .errors import CheckFailed, DiagwiseError
 from .report import NodeDecision, RewriteReport, RewriteResult
+from .revert import revert
 from .runtime import InputOptions, RuntimeConfig
 from .validation import ValidationReport, validate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "inspect", "rewrite", "tune", "TuneOptions", "validate", "benchmark",
+    "inspect", "rewrite", "revert", "tune", "TuneOptions", "validate", "benchmark",
     "NodeDecision", "RewriteReport", "RewriteResult", "ValidationReport", "BenchReport",
     "RuntimeConfig", "InputOptions", "DiagwiseError", "CheckFailed", "__version__",
 ]

@@ -24,6 +24,7 @@ from .bench import benchmark
 from .plot import plot_bench, plot_tuning, require_matplotlib
 from .render import (bench_table, compare_table, depthwise_time_table, nodes_table, op_type_table, size,
                      summary_line, tune_table, validation_lines)
+from .revert import revert as revert_model
 from .tune import TuneCache, clear_cache, default_cache_dir
 from .runtime import (InputOptions, RuntimeConfig, load_input_data, make_inputs, parse_dims,
                       parse_input_shapes, parse_key_values)
@@ -199,6 +200,80 @@ def inspect(
         out.print(summary_line(report))
 
 
+# Options of the commands that write a model (rewrite, revert).
+ExternalData = Annotated[Optional[bool], typer.Option(
+    "--external-data/--no-external-data",
+    help="Save weights to OUTPUT.data. Default: as the input did, or when the model passes 2 GiB.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also print the per-node table.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings.")]
+Check = Annotated[bool, typer.Option("--check/--no-check",
+                                     help="Validate the result against the original before writing it.")]
+CheckN = Annotated[int, typer.Option("--check-n", help="Input sets for the check.")]
+
+
+def _open_for_writing(input: Path, output: Path):
+    """Load INPUT after making sure OUTPUT can be written and clobbers nothing of the input's."""
+    if not input.exists():
+        raise DiagwiseError(f"input model '{input}' does not exist")
+    check_output_path(output, input)
+    loaded = load_model(input)
+    check_output_path(output, input, protected=loaded.external_files)
+    return loaded
+
+
+def _save_checked(result, loaded, input: Path, output: Path, external_data: bool | None, check: bool,
+                  config: RuntimeConfig | None, input_options: InputOptions | None, check_n: int,
+                  atol: float | None, rtol: float | None, allow_tf32: bool, what: str):
+    """Write RESULT.model to OUTPUT, after validating the written file against INPUT when CHECK."""
+    validation = None
+
+    def check_written(path: Path) -> None:
+        """onnxruntime reads the complete temporary file, so no serialized copy is held in memory."""
+        nonlocal validation
+        validation = validate_models(input, path, config, input_options, check_n, atol, rtol, allow_tf32)
+        if not validation.passed:
+            for line in validation_lines(validation):
+                err.print(line, soft_wrap=True)
+            raise CheckFailed(f"the {what} model differs from the original on {validation.provider}; "
+                              f"nothing written to '{output}' (see the FAILED lines above)")
+
+    changed = any(n.action in ("rewritten", "reverted") for n in result.report.nodes)
+    if external_data is None and loaded.has_external_data:
+        external_data = True
+    used_external = save_model(result.model, output, external_data, keep_model=False,
+                               before_commit=check_written if check and changed else None)
+    file_after = output.stat().st_size + (external_data_path(output).stat().st_size if used_external else 0)
+    return validation, used_external, file_after
+
+
+def _print_written(result, loaded, output: Path, validation, used_external: bool, file_after: int,
+                   json_path: Path | None, verbose: bool, quiet: bool, input: Path) -> None:
+    report = result.report
+    _write_json(json_path, {
+        "input": str(input), "output": str(output), "external_data": used_external,
+        "file_bytes_before": loaded.file_bytes, "file_bytes_after": file_after,
+        **report.to_dict(),
+        "check": validation.to_dict() if validation else None,
+        "tuning": result.tuning.to_dict() if result.tuning else None,
+    })
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+    if quiet or str(json_path) == "-":
+        return
+    if result.tuning is not None:
+        out.print(tune_table(result.tuning))
+        out.print(result.tuning.summary)
+    if verbose and report.nodes:
+        out.print(nodes_table(report, "Depthwise and grouped convolutions"))
+    out.print(compare_table(report.before, report.after, loaded.file_bytes, file_after, report.elapsed_s,
+                            title=f"onnx-diagwise {'revert' if report.group_size == 'revert' else 'rewrite'}"))
+    out.print(summary_line(report))
+    if validation is not None:
+        out.print(f"check: {validation.summary()}")
+    data_note = f" (+ weights in {output}.data)" if used_external else ""
+    out.print(f"saved {output}{data_note}, {size(file_after)}")
+
+
 @app.command()
 def rewrite(
     input: Path = typer.Argument(..., help="ONNX model to rewrite (never modified)."),
@@ -209,16 +284,15 @@ def rewrite(
     min_channels: Optional[int] = typer.Option(None, help="Leave nodes with fewer channels depthwise."),
     node_group_size: list[str] = typer.Option(
         [], "--node-group-size", help="NAME=G: exact G for one node (must divide its C). Repeatable."),
-    external_data: Optional[bool] = typer.Option(
-        None, "--external-data/--no-external-data",
-        help="Save weights to OUTPUT.data. Default: as the input did, or when the model passes 2 GiB."),
+    skip_dynamic: bool = typer.Option(False, "--skip-dynamic",
+                                      help="Leave nodes whose weight is a graph input or computed alone."),
+    external_data: ExternalData = None,
     warn_growth: float = typer.Option(api.DEFAULT_WARN_GROWTH, help="Warn when weights grow more than this factor."),
     json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the per-node table."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
-    check: bool = typer.Option(True, "--check/--no-check",
-                               help="Validate the result against the original before writing it."),
-    check_n: int = typer.Option(1, "--check-n", help="Input sets for the check."),
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+    check: Check = True,
+    check_n: CheckN = 1,
     provider: Provider = "cpu",
     provider_option: ProviderOption = [],
     threads: Threads = None,
@@ -236,7 +310,7 @@ def rewrite(
     no_cache: NoCache = False,
     cache_dir: CacheDir = None,
 ) -> None:
-    """Rewrite depthwise Convs into block-diagonal grouped Convs, check, and save the model.
+    """Rewrite depthwise convolutions into block-diagonal grouped ones, check, and save the model.
 
     --group-size auto times every layer on --provider and keeps only rewrites that make the
     whole model faster; it never writes a model it measured slower than the original.
@@ -250,14 +324,11 @@ def rewrite(
     pinned = _pinned(node_group_size)
     _check_json_path(json_path)
     auto = parse_group_size(group_size) == "auto"
+    config = input_options = None
     if check or auto:
         config = _runtime(provider, provider_option, threads, opt_level)
         input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
-    if not input.exists():
-        raise DiagwiseError(f"input model '{input}' does not exist")
-    check_output_path(output, input)
-    loaded = load_model(input)
-    check_output_path(output, input, protected=loaded.external_files)
+    loaded = _open_for_writing(input, output)
     if check or auto:
         make_inputs(loaded.model, input_options)  # unknown dims or bad input data: fail before any work
     with _progress_bar(quiet or not auto) as progress:
@@ -265,50 +336,52 @@ def rewrite(
                                       progress) if auto else None)
         result = api.rewrite(loaded.model, group_size, include, exclude, min_channels,
                              node_group_sizes=pinned, warn_growth=warn_growth, copy=False,
-                             tune_options=tune_options)
-    report = result.report
-    validation = None
+                             tune_options=tune_options, dynamic=not skip_dynamic)
+    written = _save_checked(result, loaded, input, output, external_data, check, config, input_options, check_n,
+                            atol, rtol, allow_tf32, "rewritten")
+    _print_written(result, loaded, output, *written, json_path, verbose, quiet, input)
 
-    def check_written(path: Path) -> None:
-        """Validate the complete temporary file; onnxruntime reads it from disk, so no
-        serialized copy of the model is held in memory."""
-        nonlocal validation
-        validation = validate_models(input, path, config, input_options, check_n, atol, rtol, allow_tf32)
-        if not validation.passed:
-            for line in validation_lines(validation):
-                err.print(line, soft_wrap=True)
-            raise CheckFailed(f"the rewritten model differs from the original on {validation.provider}; "
-                              f"nothing written to '{output}' (see the FAILED lines above)")
 
-    if external_data is None and loaded.has_external_data:
-        external_data = True
-    used_external = save_model(result.model, output, external_data, keep_model=False,
-                               before_commit=check_written if check and report.rewritten else None)
-    file_after = output.stat().st_size + (
-        external_data_path(output).stat().st_size if used_external else 0)
+@app.command("revert")
+def revert_command(
+    input: Path = typer.Argument(..., help="ONNX model to revert (never modified)."),
+    output: Path = typer.Argument(..., help="Where to write the reverted model."),
+    external_data: ExternalData = None,
+    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+    check: Check = True,
+    check_n: CheckN = 1,
+    provider: Provider = "cpu",
+    provider_option: ProviderOption = [],
+    threads: Threads = None,
+    batch: Batch = 1,
+    dim: Dim = [],
+    overwrite_input_shape: InputShape = [],
+    input_data: InputData = [],
+    inputs: InputsNpz = None,
+    atol: Atol = None,
+    rtol: Rtol = None,
+) -> None:
+    """Turn block-diagonal grouped convolutions (this tool's or anyone's) back into depthwise ones.
 
-    _write_json(json_path, {
-        "input": str(input), "output": str(output), "external_data": used_external,
-        "file_bytes_before": loaded.file_bytes, "file_bytes_after": file_after,
-        **report.to_dict(),
-        "check": validation.to_dict() if validation else None,
-        "tuning": result.tuning.to_dict() if result.tuning else None,
-    })
-    for warning in report.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}")
-    if quiet or str(json_path) == "-":
-        return
-    if result.tuning is not None:
-        out.print(tune_table(result.tuning))
-        out.print(result.tuning.summary)
-    if verbose and report.nodes:
-        out.print(nodes_table(report, "Depthwise and grouped Conv nodes"))
-    out.print(compare_table(report.before, report.after, loaded.file_bytes, file_after, report.elapsed_s))
-    out.print(summary_line(report))
-    if validation is not None:
-        out.print(f"check: {validation.summary()}")
-    data_note = f" (+ weights in {output}.data)" if used_external else ""
-    out.print(f"saved {output}{data_note}, {size(file_after)}")
+    Only weights whose off-diagonal entries are all zero (or the zero point) are collapsed;
+    the result is checked against the input before it is written.
+
+    Example: onnx-diagwise revert model.diag.onnx model.onnx
+    """
+    _check_json_path(json_path)
+    config = input_options = None
+    if check:
+        config = _runtime(provider, provider_option, threads, "all")
+        input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
+    loaded = _open_for_writing(input, output)
+    if check:
+        make_inputs(loaded.model, input_options)
+    result = revert_model(loaded.model, copy=False)
+    written = _save_checked(result, loaded, input, output, external_data, check, config, input_options, check_n,
+                            atol, rtol, False, "reverted")
+    _print_written(result, loaded, output, *written, json_path, verbose, quiet, input)
 
 
 @app.command()

@@ -22,14 +22,15 @@ def _dims(values: list[int] | None) -> str:
 
 def nodes_table(report: RewriteReport, title: str) -> Table:
     table = Table(title=title, title_justify="left", show_lines=False)
-    for column in ("node", "C", "M", "kernel", "stride", "dilation", "dtype", "weight", "G", "action", "reason"):
+    for column in ("node", "form", "C", "M", "kernel", "stride", "dilation", "dtype", "weight", "G", "action",
+                   "reason"):
         table.add_column(column, no_wrap=column not in ("reason", "node"),
                          justify="right" if column in ("C", "M", "G") else "left")
     for n in report.nodes:
-        style = "green" if n.action in ("rewrite", "rewritten") else "yellow"
+        style = "green" if n.action in ("rewrite", "rewritten", "reverted") else "yellow"
         node = n.name if n.graph == "main" else f"{n.name}\n[dim]{n.graph}[/dim]"
         table.add_row(
-            node, str(n.channels or "-"), str(n.multiplier or "-"), _dims(n.kernel), _dims(n.strides),
+            node, n.form or "-", str(n.channels or "-"), str(n.multiplier or "-"), _dims(n.kernel), _dims(n.strides),
             _dims(n.dilations), n.dtype or "-", n.weight_source or "-", str(n.group_size or "-"),
             f"[{style}]{n.action}[/{style}]", n.reason,
         )
@@ -39,7 +40,8 @@ def nodes_table(report: RewriteReport, title: str) -> Table:
 def summary_line(report: RewriteReport) -> str:
     if not report.nodes:
         return "no grouped Conv nodes found"
-    verb = "rewritten" if report.after is not None else "to rewrite"
+    verb = ("reverted" if report.group_size == "revert" else "rewritten") if report.after is not None \
+        else "to rewrite"
     line = (f"{len(report.nodes)} grouped Conv node(s): {len(report.rewritten)} {verb}, "
             f"{len(report.skipped)} skipped")
     known = [n for n in report.rewritten if n.flops_before is not None]
@@ -55,16 +57,16 @@ def _row(table: Table, label: str, before: str, after: str, changed: bool) -> No
 
 
 def compare_table(before: ModelStats, after: ModelStats, file_before: int | None,
-                  file_after: int | None, elapsed: float | None) -> Table:
+                  file_after: int | None, elapsed: float | None, title: str = "onnx-diagwise rewrite") -> Table:
     """onnxsim-style before/after table."""
-    table = Table(title="onnx-diagwise rewrite", title_justify="left")
+    table = Table(title=title, title_justify="left")
     table.add_column("")
     table.add_column("Original model", justify="right")
-    table.add_column("Rewritten model", justify="right")
+    table.add_column("Written model", justify="right")
     rows = [
-        ("Depthwise Conv", before.depthwise_convs, after.depthwise_convs, str),
-        ("Grouped Conv", before.grouped_convs, after.grouped_convs, str),
-        ("Conv (all)", before.convs, after.convs, str),
+        ("Depthwise convs", before.depthwise_convs, after.depthwise_convs, str),
+        ("Grouped convs", before.grouped_convs, after.grouped_convs, str),
+        ("All convs", before.convs, after.convs, str),
         ("Parameters", before.parameters, after.parameters, count),
         ("Weights", before.weight_bytes, after.weight_bytes, size),
         ("File size", file_before, file_after, size),

@@ -8,7 +8,7 @@ from typing import Any
 
 from onnx import ModelProto, helper
 
-from .detect import DEFAULT_DOMAINS
+from .detect import node_form
 from .graphs import iter_scopes
 from .tensors import iter_tensors, weight_bytes
 
@@ -69,6 +69,9 @@ class ModelStats:
 
 
 def model_stats(model: ModelProto) -> ModelStats:
+    """Counts for the before/after table.  A convolution of any form (Conv, FusedConv,
+    QLinearConv, ConvInteger, ConvTranspose) is depthwise when its weight has one input
+    channel per group; weight shapes are followed through Identity and DequantizeLinear."""
     ops: Counter = Counter()
     depthwise = grouped = convs = 0
     shapes = {}
@@ -81,15 +84,19 @@ def model_stats(model: ModelProto) -> ModelStats:
                 for attr in node.attribute:
                     if attr.HasField("t"):
                         shapes[node.output[0]] = list(attr.t.dims)
-            if node.op_type == "Identity" and node.input[0] in shapes:
+            if node.op_type in ("Identity", "DequantizeLinear") and node.input[0] in shapes:
                 shapes[node.output[0]] = shapes[node.input[0]]
-            if node.op_type != "Conv" or node.domain not in DEFAULT_DOMAINS:
+            spec = node_form(node)
+            if spec is None:
                 continue
             convs += 1
             group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
             if group > 1:
-                weight_shape = shapes.get(node.input[1]) if len(node.input) > 1 else None
-                if weight_shape is not None and len(weight_shape) > 1 and weight_shape[1] == 1:
+                weight = node.input[spec.weight_input] if len(node.input) > spec.weight_input else ""
+                shape = shapes.get(weight)
+                one_per_group = shape is not None and len(shape) > 1 and (
+                    shape[0] == group if spec.transposed else shape[1] == 1)
+                if one_per_group:
                     depthwise += 1
                 else:
                     grouped += 1
@@ -115,7 +122,7 @@ class RewriteReport:
 
     @property
     def rewritten(self) -> list[NodeDecision]:
-        return [n for n in self.nodes if n.action in ("rewrite", "rewritten")]
+        return [n for n in self.nodes if n.action in ("rewrite", "rewritten", "reverted")]
 
     @property
     def skipped(self) -> list[NodeDecision]:

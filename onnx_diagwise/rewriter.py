@@ -17,13 +17,14 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from onnx import ModelProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from .detect import DepthwiseConv, WeightSource
-from .graphs import Scope, all_names, iter_scopes, unique_name, use_counts
+from .graphs import all_names, iter_scopes, unique_name, use_counts
 from .plan import PlannedNode
 from .weights import dynamic_mask, expand_depthwise, expand_transposed
 
+SUFFIX = "_diagwise_g"  # expanded copies are named <weight>_diagwise_g<G>
 ELEM_OF_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16,
                  "bfloat16": TensorProto.BFLOAT16, "float64": TensorProto.DOUBLE}
 
@@ -37,87 +38,95 @@ def expand(conv: DepthwiseConv, group_size: int) -> np.ndarray:
     return expand_depthwise(weight, conv.channels, group_size, fill)
 
 
+class WeightEditor:
+    """Replaces constant weights in a model, keeping every other reader's view intact."""
+
+    def __init__(self, model: ModelProto):
+        self.counts = use_counts(model)
+        self.taken = all_names(model)
+        self.scopes = list(iter_scopes(model))
+        # Replacements already made, so nodes that share a weight share its new form too.
+        self.replaced: dict[tuple, str] = {}
+
+    def replace(self, source: WeightSource, reader: tuple[NodeProto, int], namespace: str, array: np.ndarray,
+                key: str, name: str, shaped_names: tuple[str, ...] = ()) -> None:
+        """Make READER's input read ARRAY instead of SOURCE.
+
+        A source read only by READER is replaced under its own name (and the declared
+        shapes of SHAPED_NAMES follow); otherwise a new tensor is added beside it,
+        called NAME if that is free.  KEY tells apart different arrays made from one source."""
+        node, index = reader
+        reads = self.counts[namespace]
+        key = (namespace, source.names[-1], key)
+        if key not in self.replaced:
+            tensor = numpy_helper.from_array(array)
+            if all(reads[n] == 1 for n in source.names):
+                self._replace_in_place(source, tensor, namespace, set(source.names) | set(shaped_names))
+                return
+            self.replaced[key] = unique_name(name, self.taken)
+            self._add_tensor(source, tensor, self.replaced[key])
+        node.input[index] = self.replaced[key]
+        reads[self.replaced[key]] += 1
+        self._release(source, reads)
+
+    def _replace_in_place(self, source: WeightSource, tensor: TensorProto, namespace: str, names: set[str]) -> None:
+        tensor.name = source.tensor.name
+        if source.tensor.HasField("doc_string"):
+            tensor.doc_string = source.tensor.doc_string
+        source.tensor.CopyFrom(tensor)
+        for scope in self.scopes:
+            if scope.namespace != namespace or scope.is_function:
+                continue
+            for value in scope.body.value_info:
+                if value.name in names and value.type.tensor_type.HasField("shape"):
+                    shape = value.type.tensor_type.shape
+                    del shape.dim[:]
+                    for d in tensor.dims:
+                        shape.dim.add().dim_value = d
+
+    def _add_tensor(self, source: WeightSource, tensor: TensorProto, name: str) -> None:
+        """Put TENSOR beside SOURCE, so every node that can see the original sees it too."""
+        tensor.name = name
+        body = source.scope.body
+        if not source.scope.is_function:
+            body.initializer.append(tensor)
+            return
+        # Functions have no initializers: a Constant node right after the original one.
+        constant = helper.make_node("Constant", [], [name], name=unique_name(name, self.taken), value=tensor)
+        index = next(i for i, node in enumerate(body.node) if node == source.constant)
+        body.node.insert(index + 1, constant)
+
+    @staticmethod
+    def _release(source: WeightSource, reads: Counter) -> None:
+        """The reader no longer reads SOURCE: drop each link of its chain that nobody reads now."""
+        for index, name in enumerate(source.names):
+            reads[name] -= 1
+            if reads[name] > 0:
+                return
+            if index < len(source.identities):
+                node, scope = source.identities[index]
+                scope.body.node.remove(node)
+                continue  # the Identity read the next name in the chain
+            if source.constant is not None:
+                source.scope.body.node.remove(source.constant)
+            else:
+                source.scope.body.initializer.remove(source.tensor)
+
+
 def apply_plan(model: ModelProto, planned: list[PlannedNode]) -> None:
-    counts = use_counts(model)
-    taken = all_names(model)
-    scopes = list(iter_scopes(model))
-    # Expanded copies already made, so nodes that share a weight share its expansion too.
-    expanded_names: dict[tuple, str] = {}
+    editor = WeightEditor(model)
     for item in planned:
         conv, g = item.conv, item.decision.group_size
         if conv is None:
             continue
         if conv.dynamic is not None:
-            _expand_at_run_time(conv, g, taken)
-            _set_group(conv, conv.channels // g)
-            continue
-        source = conv.weight
-        reader, index = conv.reader
-        reads = counts[conv.scope.namespace]
-        zero_point = conv.zero_point.tobytes() if conv.zero_point is not None else b""
-        key = (conv.scope.namespace, source.names[-1], g, conv.transposed, zero_point)
-        if key not in expanded_names:
-            expanded = numpy_helper.from_array(expand(conv, g))
-            if all(reads[name] == 1 for name in source.names):
-                _replace_in_place(source, expanded, scopes, conv)
-                _set_group(conv, conv.channels // g)
-                continue
-            expanded_names[key] = unique_name(f"{source.names[-1]}_diagwise_g{g}", taken)
-            _add_tensor(source, expanded, expanded_names[key], taken)
-        reader.input[index] = expanded_names[key]
-        reads[expanded_names[key]] += 1
-        _release(source, reads)
-        _set_group(conv, conv.channels // g)
-
-
-def _replace_in_place(source: WeightSource, expanded: TensorProto, scopes: list[Scope],
-                      conv: DepthwiseConv) -> None:
-    expanded.name = source.tensor.name
-    expanded.doc_string = source.tensor.doc_string
-    source.tensor.CopyFrom(expanded)
-    # Declared shapes of the weight, the Identity outputs in between, and a
-    # DequantizeLinear output must follow.
-    names = set(source.names)
-    if conv.form == "QDQ":
-        names.add(conv.node.input[1])
-    for scope in scopes:
-        if scope.namespace != conv.scope.namespace or scope.is_function:
-            continue
-        for value in scope.body.value_info:
-            if value.name in names and value.type.tensor_type.HasField("shape"):
-                shape = value.type.tensor_type.shape
-                del shape.dim[:]
-                for d in expanded.dims:
-                    shape.dim.add().dim_value = d
-
-
-def _add_tensor(source: WeightSource, tensor: TensorProto, name: str, taken: set[str]) -> None:
-    """Put TENSOR beside SOURCE, so every node that can see the original sees it too."""
-    tensor.name = name
-    body = source.scope.body
-    if not source.scope.is_function:
-        body.initializer.append(tensor)
-        return
-    # Functions have no initializers: a Constant node right after the original one.
-    constant = helper.make_node("Constant", [], [name], name=unique_name(name, taken), value=tensor)
-    index = next(i for i, node in enumerate(body.node) if node == source.constant)
-    body.node.insert(index + 1, constant)
-
-
-def _release(source: WeightSource, reads: Counter) -> None:
-    """The node no longer reads SOURCE: drop each link of its chain that nobody reads now."""
-    for index, name in enumerate(source.names):
-        reads[name] -= 1
-        if reads[name] > 0:
-            return
-        if index < len(source.identities):
-            node, scope = source.identities[index]
-            scope.body.node.remove(node)
-            continue  # the Identity read the next name in the chain
-        if source.constant is not None:
-            source.scope.body.node.remove(source.constant)
+            _expand_at_run_time(conv, g, editor.taken)
         else:
-            source.scope.body.initializer.remove(source.tensor)
+            zero_point = conv.zero_point.tobytes().hex() if conv.zero_point is not None else ""
+            shaped = (conv.node.input[1],) if conv.form == "QDQ" else ()  # the DequantizeLinear output
+            editor.replace(conv.weight, conv.reader, conv.scope.namespace, expand(conv, g),
+                           f"g{g}:{conv.transposed}:{zero_point}", f"{conv.weight.names[-1]}{SUFFIX}{g}", shaped)
+        set_group(conv.node, conv.channels // g)
 
 
 def _expand_at_run_time(conv: DepthwiseConv, g: int, taken: set[str]) -> None:
@@ -154,9 +163,9 @@ def _expand_at_run_time(conv: DepthwiseConv, g: int, taken: set[str]) -> None:
     node.input[input_index] = weight_out
 
 
-def _set_group(conv: DepthwiseConv, group: int) -> None:
-    for attr in conv.node.attribute:
+def set_group(node: NodeProto, group: int) -> None:
+    for attr in node.attribute:
         if attr.name == "group":
             attr.i = group
             return
-    conv.node.attribute.append(helper.make_attribute("group", group))
+    node.attribute.append(helper.make_attribute("group", group))

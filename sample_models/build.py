@@ -256,6 +256,72 @@ def mobilenet_v1(width: float = 0.25, resolution: int = 224, classes: int = 1000
     return b.model("mobilenet_v1_025", [image_input(3, resolution)], [y])
 
 
+def _quantize_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output channel, as onnxruntime's quantizer does for weights."""
+    scale = np.abs(w).reshape(len(w), -1).max(axis=1) / 127.0
+    return np.clip(np.round(w / scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127).astype(np.int8), \
+        scale.astype(np.float32)
+
+
+def mobilenetv2_block_qdq() -> onnx.ModelProto:
+    """The MobileNetV2 block in QDQ format (the layout of onnxruntime's quantize_static):
+    uint8 activations through QuantizeLinear/DequantizeLinear, int8 per-channel weights."""
+    float_model = mobilenetv2_block()
+    b = Builder(seed=12)
+    weights = {t.name: numpy_helper.to_array(t) for t in float_model.graph.initializer}
+    act_scale = b.const("act_scale", np.array(0.05, np.float32))
+    act_zp = b.const("act_zp", np.array(128, np.uint8))
+    for node in float_model.graph.node:
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        if node.op_type == "Conv":
+            x, w = node.input[0], node.input[1]
+            q = b.node("QuantizeLinear", [x, act_scale, act_zp], name=f"{node.name}_q")
+            node.input[0] = b.node("DequantizeLinear", [q, act_scale, act_zp], name=f"{node.name}_dq")
+            w_q, w_scale = _quantize_per_channel(weights[w])
+            b.const(f"{w}_q", w_q)
+            b.const(f"{w}_scale", w_scale)
+            b.const(f"{w}_zp", np.zeros(len(w_q), np.int8))
+            node.input[1] = b.node("DequantizeLinear", [f"{w}_q", f"{w}_scale", f"{w}_zp"], name=f"{w}_dq", axis=0)
+        b.nodes.append(node)
+    for t in float_model.graph.initializer:
+        if not t.name.endswith(".weight"):
+            b.initializers.append(t)
+    return b.model("mobilenetv2_block_qdq", list(float_model.graph.input), [float_model.graph.output[0].name])
+
+
+def qlinear_block() -> onnx.ModelProto:
+    """QOperator format: QuantizeLinear -> QLinearConv 1x1 -> QLinearConv 3x3 depthwise
+    (uint8 weights, per-tensor zero point) -> DequantizeLinear."""
+    b = Builder(seed=13)
+    rng = b.rng
+    c = 32
+
+    def qparams(prefix: str, scale: float, zp: int) -> list[str]:
+        return [b.const(f"{prefix}_scale", np.array(scale, np.float32)), b.const(f"{prefix}_zp", np.array(zp, np.uint8))]
+
+    x = b.node("QuantizeLinear", ["input", *qparams("in", 0.04, 128)], name="quantize")
+    pw = b.const("pw.weight", rng.integers(0, 256, (c, 16, 1, 1)).astype(np.uint8))
+    y = b.node("QLinearConv", [x, "in_scale", "in_zp", pw, *qparams("pw", 0.002, 120), *qparams("mid", 0.1, 100),
+                               b.const("pw.bias", rng.integers(-2000, 2000, c).astype(np.int32))], name="pointwise")
+    dw = b.const("dw.weight", rng.integers(0, 256, (c, 1, 3, 3)).astype(np.uint8))
+    y = b.node("QLinearConv", [y, "mid_scale", "mid_zp", dw, *qparams("dw", 0.004, 131), *qparams("out", 0.15, 90),
+                               b.const("dw.bias", rng.integers(-500, 500, c).astype(np.int32))],
+               name="depthwise", group=c, pads=[1, 1, 1, 1])
+    y = b.node("DequantizeLinear", [y, "out_scale", "out_zp"], name="dequantize")
+    return b.model("qlinear_block", [image_input(16, 20)], [y])
+
+
+def convtranspose_upsample() -> onnx.ModelProto:
+    """Decoder-style upsampling: depthwise ConvTranspose (stride 2, multiplier 2), ReLU, pointwise."""
+    b = Builder(seed=14)
+    c = 24
+    w = b.param("up.weight", (c, 2, 4, 4), fan_in=16)
+    y = b.node("ConvTranspose", ["input", w, b.param("up.bias", (2 * c,))], name="upsample", group=c,
+               strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[4, 4])
+    y = b.conv(b.node("Relu", [y]), 2 * c, c)
+    return b.model("convtranspose_upsample", [image_input(c, 16)], [y])
+
+
 SAMPLES: dict[str, Callable[[], onnx.ModelProto]] = {
     "mobilenet_v1_025": mobilenet_v1,
     "mobilenetv2_block": mobilenetv2_block,
@@ -268,6 +334,9 @@ SAMPLES: dict[str, Callable[[], onnx.ModelProto]] = {
     "depth_multiplier": depth_multiplier,
     "if_branch": if_branch,
     "shared_weight": shared_weight,
+    "mobilenetv2_block_qdq": mobilenetv2_block_qdq,
+    "qlinear_block": qlinear_block,
+    "convtranspose_upsample": convtranspose_upsample,
 }
 
 

@@ -248,3 +248,13 @@ def test_quantize_static_sample_models(tmp_path):
             feeds = random_inputs(quantized, batch=1, seed=7)
             for e, a in zip(run(quantized, feeds), run(result.model, feeds)):
                 np.testing.assert_array_equal(a, e)  # integer math: the same bits
+
+
+def test_stats_count_every_form():
+    from onnx_diagwise.report import model_stats
+
+    for model in (qlinearconv_model(), convinteger_model(), qdq_model(), conv_transpose_model(), fused_conv_model()):
+        before = model_stats(model)
+        after = model_stats(rewrite(model, group_size=4).model)
+        assert (before.depthwise_convs, before.grouped_convs) == (1, 0)
+        assert (after.depthwise_convs, after.grouped_convs) == (0, 1)
