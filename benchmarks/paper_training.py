@@ -14,7 +14,6 @@ in interleaved rounds so drift hits all alike; the per-layer table times each of
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import shlex
@@ -115,7 +114,7 @@ def time_layers(group_sizes: list, args, device) -> list[dict]:
         x.requires_grad_(True)
         row = {"layer": index, "channels": cin, "size": size, "stride": stride, "forward_ms": {}, "train_ms": {}}
         for label in ["original"] + [str(g) for g in group_sizes]:
-            module = layer if label == "original" else convert(nn.Sequential(layer), group_size=_policy(label))[0]
+            module = layer if label == "original" else convert(nn.Sequential(layer), group_size=_policy(label))
             module = module.to(memory_format=memory_format)
             row["forward_ms"][label] = _median_ms(lambda: module(x), args, device)
             row["train_ms"][label] = _median_ms(lambda: module(x).sum().backward(), args, device)
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = mobilenet_v1(args.width)
     variants = {"original": base}
     for label in args.group_sizes:
-        variants[f"G={label}"] = convert(copy.deepcopy(base), group_size=_policy(label))[0]
+        variants[f"G={label}"] = convert(base, group_size=_policy(label))
     times = time_training(variants, args, device)
     medians = {name: statistics.median(t) for name, t in times.items()}
     reference = medians["original"]

@@ -149,11 +149,12 @@ def _set_child(root: nn.Module, name: str, child: nn.Module) -> None:
 
 
 def convert(model: nn.Module, group_size: GroupSizeChoice = "paper", include: str | None = None,
-            exclude: str | None = None, inplace: bool = False) -> tuple[nn.Module, list[ConvertedLayer]]:
+            exclude: str | None = None, inplace: bool = False, return_report: bool = False):
     """Replace every depthwise nn.Conv1d/2d/3d by its diagonalwise twin (parameters shared).
 
     group_size: an int N (largest divisor of C <= N), 'paper' (32), 'full' (C), or a callable
-    (module name, module) -> any of those or None to skip that layer."""
+    (module name, module) -> any of those or None to skip that layer.  Returns the model, or
+    (model, report) with return_report=True: every depthwise layer, converted or why not."""
     model = model if inplace else copy.deepcopy(model)
     include_re = re.compile(include) if include else None
     exclude_re = re.compile(exclude) if exclude else None
@@ -180,11 +181,12 @@ def convert(model: nn.Module, group_size: GroupSizeChoice = "paper", include: st
             continue
         _set_child(model, name, _DIAGONALWISE[len(module.kernel_size)].from_conv(module, g))
         layer.group_size, layer.action, layer.reason = g, "converted", f"G={g}, groups={c // g} ({how})"
-    return model, report
+    return (model, report) if return_report else model
 
 
-def revert(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, list[ConvertedLayer]]:
-    """Replace every diagonalwise layer by the plain depthwise nn.ConvNd (parameters shared)."""
+def revert(model: nn.Module, inplace: bool = False, return_report: bool = False):
+    """Replace every diagonalwise layer by the plain depthwise nn.ConvNd (parameters shared).
+    Returns the model, or (model, report) with return_report=True."""
     model = model if inplace else copy.deepcopy(model)
     report = []
     for name, module in list(model.named_modules()):
@@ -193,7 +195,7 @@ def revert(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, list[Con
             report.append(ConvertedLayer(name, c, module.out_channels // c, list(module.kernel_size),
                                          module.group_size, "reverted", "back to a depthwise conv"))
             _set_child(model, name, module.to_conv())
-    return model, report
+    return (model, report) if return_report else model
 
 
 __all__ = ["DiagonalwiseConv1d", "DiagonalwiseConv2d", "DiagonalwiseConv3d", "convert", "revert", "ConvertedLayer"]

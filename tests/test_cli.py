@@ -156,3 +156,20 @@ def test_external_data_output_would_overwrite_input_data(tmp_path):
     assert_one_line_error(r, 2, "is the input's external data")
     assert digest(tmp_path / "out.onnx.data") == before
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_skip_dynamic_flag(tmp_path):
+    from onnx import helper
+
+    model = depthwise_model(channels=8, bias=False)
+    w = model.graph.initializer.pop()
+    model.graph.input.append(helper.make_tensor_value_info("w", w.data_type, list(w.dims)))
+    src, out = _write(tmp_path / "dyn.onnx", model.SerializeToString()), tmp_path / "out.onnx"
+    r = cli("rewrite", src, out, "-g", "4", "--skip-dynamic", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    [node] = json.loads(r.stdout)["nodes"]
+    assert node["action"] == "skipped" and "--skip-dynamic" in node["reason"]
+    r = cli("rewrite", src, out, "-g", "4", "--json", "-")
+    [node] = json.loads(r.stdout)["nodes"]
+    assert node["action"] == "rewritten" and node["form"] == "dynamic"
+    assert json.loads(r.stdout)["check"]["passed"] is True

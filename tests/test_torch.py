@@ -93,27 +93,27 @@ def _mobilenet_like():
 def test_convert_and_revert_keep_predictions():
     model = _mobilenet_like().eval()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    converted, report = convert(model, group_size=8)
+    converted, report = convert(model, group_size=8, return_report=True)
     assert [(r.name, r.action, r.group_size) for r in report] == [("3", "converted", 8), ("7", "converted", 8)]
     assert isinstance(converted[3], DiagonalwiseConv2d) and isinstance(model[3], nn.Conv2d)  # a copy
     torch.testing.assert_close(converted(x), model(x), rtol=0, atol=1e-10)
-    reverted, report = revert(converted)
+    reverted, report = revert(converted, return_report=True)
     assert type(reverted[3]) is nn.Conv2d and [r.action for r in report] == ["reverted", "reverted"]
     torch.testing.assert_close(reverted(x), model(x), rtol=0, atol=1e-12)
     # callable policy, include/exclude, in place
-    _, report = convert(model, group_size=lambda name, m: None if name == "3" else "full")
+    _, report = convert(model, group_size=lambda name, m: None if name == "3" else "full", return_report=True)
     assert [(r.name, r.action) for r in report] == [("3", "skipped"), ("7", "converted")]
     assert report[1].group_size == 32
-    _, report = convert(model, exclude="^7$")
+    _, report = convert(model, exclude="^7$", return_report=True)
     assert [r.action for r in report] == ["converted", "skipped"]
-    same, _ = convert(model, group_size=4, inplace=True)
+    same = convert(model, group_size=4, inplace=True)
     assert same is model and isinstance(model[3], DiagonalwiseConv2d)
 
 
 def test_sgd_steps_give_identical_weights():
     torch.manual_seed(1)
     original = _mobilenet_like().train()
-    converted, _ = convert(original, group_size=4)
+    converted = convert(original, group_size=4)
     data = [(torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (4,))) for _ in range(3)]
     for model in (original, converted):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -148,7 +148,7 @@ def test_export_matches_onnx_rewrite(tmp_path, dynamo):
     # BatchNorm folded first (as for deployment): exporters fold it into a Conv whose weight is a
     # parameter, not into one computed from it, so an unfolded BatchNorm would stay a node.
     model = nn.Sequential(*[m for m in _mobilenet_like().float() if not isinstance(m, nn.BatchNorm2d)]).eval()
-    converted, _ = convert(model, group_size=8)
+    converted = convert(model, group_size=8)
     rewritten = rewrite(_export(model, tmp_path, "original", dynamo), group_size=8).model
     exported = onnx.load(_export(converted, tmp_path, "converted", dynamo))
     if dynamo:
@@ -169,7 +169,7 @@ def test_export_with_batchnorm_computes_the_same(tmp_path):
     from onnx_diagwise import validate
 
     model = _mobilenet_like().float().eval()
-    converted, _ = convert(model, group_size=8)
+    converted = convert(model, group_size=8)
     report = validate(_export(model, tmp_path, "original", False), _export(converted, tmp_path, "converted", False))
     assert report.passed, [o.line() for o in report.outputs]
 

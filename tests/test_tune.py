@@ -211,3 +211,11 @@ def test_cli_auto_tune_and_cache(tmp_path):
         assert r.returncode == 2 and expected in r.stderr and not (tmp_path / "x.onnx").exists()
     r = cli("inspect", MV2, "-g", "auto")
     assert r.returncode == 2 and "use tune" in r.stderr
+
+
+def test_cli_tune_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "tune.png"
+    r = cli("tune", MV2, "--threads", "1", "--cache-dir", tmp_path / "cache", "--plot", png)
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
