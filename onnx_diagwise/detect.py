@@ -184,7 +184,7 @@ def _constant_array(scope: Scope, name: str) -> np.ndarray | str:
     return f"'{name}' is not a constant"
 
 
-def _zero_point(scope: Scope, node: NodeProto, index: int | None, out_channels: int) -> np.ndarray | str:
+def weight_zero_point(scope: Scope, node: NodeProto, index: int | None, out_channels: int) -> np.ndarray | str:
     if index is None or len(node.input) <= index or not node.input[index]:
         return np.zeros((), dtype=np.int64)
     zp = _constant_array(scope, node.input[index])
@@ -195,7 +195,7 @@ def _zero_point(scope: Scope, node: NodeProto, index: int | None, out_channels: 
     return zp.reshape(-1) if zp.size > 1 else zp.reshape(())
 
 
-def _dequantize_source(scope: Scope, conv: NodeProto, weight_name: str, reads: dict[str, int]):
+def dequantize_source(scope: Scope, weight_name: str, reads: dict[str, int]):
     """(DequantizeLinear node, its scope) if the Conv weight is dequantized, else None; a str on failure."""
     definition = resolve(scope, weight_name)
     if definition is None or definition.kind != "node":
@@ -226,20 +226,17 @@ def _classify(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads: 
     reader: tuple[NodeProto, int] = (node, spec.weight_input)
     zero_point_at: tuple[NodeProto, int | None, Scope] = (node, spec.zero_point_input, scope)
     quantized = spec.quantized
+    scope_for_weight = scope
     if spec.form in ("float", "FusedConv"):
-        dq = _dequantize_source(scope, node, weight_name, reads)
+        dq = dequantize_source(scope, weight_name, reads)
         if isinstance(dq, str):
             return skip(dq, channels=group)
         if dq is not None:
-            dq_node, dq_scope = dq
+            dq_node, scope_for_weight = dq
             form, quantized = "QDQ", True
             reader = (dq_node, 0)
-            zero_point_at = (dq_node, 2, dq_scope)
-            weight_name, scope_for_weight = dq_node.input[0], dq_scope
-        else:
-            scope_for_weight = scope
-    else:
-        scope_for_weight = scope
+            zero_point_at = (dq_node, 2, scope_for_weight)
+            weight_name = dq_node.input[0]
 
     source = find_weight(scope_for_weight, weight_name)
     if isinstance(source, str):
@@ -272,7 +269,7 @@ def _classify(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads: 
     zero_point = None
     if quantized:
         zp_node, zp_index, zp_scope = zero_point_at
-        zero_point = _zero_point(zp_scope, zp_node, zp_index, dims[0])
+        zero_point = weight_zero_point(zp_scope, zp_node, zp_index, dims[0])
         if isinstance(zero_point, str):
             return skip(zero_point, **info)
         if form == "QDQ":
@@ -311,7 +308,7 @@ def _grouped(node, label, scope, form, group, dims, tensor, info, zero_point_at)
     multiplier = dims[0] // in_channels if dims[0] % in_channels == 0 else None
     if multiplier:
         zp_node, zp_index, zp_scope = zero_point_at
-        fill = _zero_point(zp_scope, zp_node, zp_index, dims[0]) if form in ("QLinearConv", "ConvInteger", "QDQ") \
+        fill = weight_zero_point(zp_scope, zp_node, zp_index, dims[0]) if form in ("QLinearConv", "ConvInteger", "QDQ") \
             else None
         if not isinstance(fill, str) and is_block_diagonal(np.asarray(numpy_helper.to_array(tensor)), multiplier,
                                                            fill):

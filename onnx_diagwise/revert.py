@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, NodeProto, numpy_helper
+from onnx import NodeProto, numpy_helper
 
 from .api import ModelOrPath, _load
-from .detect import (DEFAULT_DOMAINS, FLOAT_TYPES, QUANT_TYPES, WeightSource, _dequantize_source, _zero_point,
+from .detect import (DEFAULT_DOMAINS, FLOAT_TYPES, QUANT_TYPES, WeightSource, dequantize_source, weight_zero_point,
                      attribute, find_weight, node_form)
 from .graphs import Scope, iter_scopes, node_label, resolve, use_counts
 from .report import NodeDecision, RewriteReport, RewriteResult, model_stats
@@ -89,7 +89,7 @@ def _candidate(node: NodeProto, label: str, scope: Scope, reads) -> _Revertible 
             return _Revertible(decision("reverted", f"run-time expansion with G={g} removed; depthwise again",
                                         channels=c, multiplier=m, kernel=kernel, group_size=g, groups_after=c),
                                node, scope, c, pattern=(reshape_in, mul, reshape_out, original))
-        dq = _dequantize_source(scope, node, weight_name, reads)
+        dq = dequantize_source(scope, weight_name, reads)
         if isinstance(dq, tuple):
             dq_node, dq_scope = dq
             form, reader, zp_at, weight_name, shaped = "QDQ", (dq_node, 0), (dq_node, 2, dq_scope), dq_node.input[0], \
@@ -119,7 +119,7 @@ def _candidate(node: NodeProto, label: str, scope: Scope, reads) -> _Revertible 
         per_group = dims[1]
         fill = None
         if spec.quantized or form == "QDQ":
-            fill = _zero_point(zp_at[2], zp_at[0], zp_at[1], dims[0])
+            fill = weight_zero_point(zp_at[2], zp_at[0], zp_at[1], dims[0])
             if isinstance(fill, str):
                 return None
             fill = fill.astype(weight.dtype)
