@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from .detect import DepthwiseConv, Detection
+from .detect import DepthwiseConv, Detection, attribute
 from .errors import DiagwiseError
 from .tensors import tensor_nbytes
 from .report import NodeDecision
@@ -150,6 +150,7 @@ def plan(
         planned.append(PlannedNode(NodeDecision(
             name=skipped.name, graph=skipped.graph, action="skipped", reason=skipped.reason,
             form=skipped.form, channels=skipped.channels, multiplier=skipped.multiplier, kernel=skipped.kernel,
+            strides=attribute(skipped.node, "strides"), dilations=attribute(skipped.node, "dilations"),
             dtype=skipped.dtype, weight_source=skipped.weight_source,
         ), None))
     return planned
