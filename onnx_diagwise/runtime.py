@@ -134,11 +134,12 @@ def create_session(model: ModelProto | str | os.PathLike, config: RuntimeConfig,
         raise DiagwiseError(
             f"provider {provider} is not available in this onnxruntime ({ort.__version__}; available: "
             f"{', '.join(available)}); install {package}")
+    preload_problem = ""
     if provider in GPU_PROVIDERS and hasattr(ort, "preload_dlls"):
         try:
             ort.preload_dlls()  # CUDA / cuDNN from the nvidia-* wheels, if present
-        except Exception:  # noqa: BLE001 - a failed preload shows up as a fallback below, with its reason
-            pass
+        except Exception as exc:  # noqa: BLE001 - reported below if the provider then fails to load
+            preload_problem = f"; onnxruntime.preload_dlls() failed: {exc}"
     providers: list[Any] = [(provider, dict(config.provider_options or {}))]
     if provider != "CPUExecutionProvider":
         providers.append("CPUExecutionProvider")  # nodes the provider cannot run
@@ -153,7 +154,7 @@ def create_session(model: ModelProto | str | os.PathLike, config: RuntimeConfig,
     if not got or got[0] != provider:
         raise DiagwiseError(
             f"asked for {provider} but onnxruntime ran on {got[0] if got else 'nothing'}: the provider failed "
-            "to load (CUDA / cuDNN libraries missing or mismatched?); run with ORT log level 0 for details")
+            f"to load (CUDA / cuDNN libraries missing or mismatched?){preload_problem}")
     return session
 
 
