@@ -65,3 +65,19 @@ def test_bench_bad_usage(tmp_path):
     assert r.returncode == 2 and "unlike the first model's" in r.stderr
     r = cli("bench", tmp_path / "missing.onnx")
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_device_suite_plan_runs_on_cpu(tmp_path):
+    """The one-command plan for a GPU session, at CPU size: every step must run."""
+    import subprocess
+    import sys
+
+    bundle = tmp_path / "suite.tar.gz"
+    r = subprocess.run([sys.executable, str(SAMPLE_DIR.parent / "benchmarks" / "suite.py"), "--provider", "cpu",
+                        "--quick", "--out", str(tmp_path / "suite"), "--bundle", str(bundle)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    summary = json.loads((tmp_path / "suite" / "summary.json").read_text())
+    assert [s["exit"] for s in summary["steps"]] == [0, 0, 0]
+    assert all(v is True for v in summary["validate"].values()) and len(summary["validate"]) == 14
+    assert bundle.stat().st_size > 0
