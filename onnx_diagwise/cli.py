@@ -221,6 +221,15 @@ def _open_for_writing(input: Path, output: Path):
     return loaded
 
 
+def _check_inputs(model, input_options: InputOptions, escape: str | None) -> None:
+    """Unknown dims or bad input data: fail before any work, and say how else to get on."""
+    try:
+        make_inputs(model, input_options)
+    except DiagwiseError as exc:
+        why = f"the check runs the model; or pass {escape}" if escape else "--group-size auto runs the model"
+        raise DiagwiseError(f"{exc} ({why})") from None
+
+
 def _save_checked(result, loaded, input: Path, output: Path, external_data: bool | None, check: bool,
                   config: RuntimeConfig | None, input_options: InputOptions | None, check_n: int,
                   atol: float | None, rtol: float | None, allow_tf32: bool, what: str):
@@ -330,7 +339,7 @@ def rewrite(
         input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     loaded = _open_for_writing(input, output)
     if check or auto:
-        make_inputs(loaded.model, input_options)  # unknown dims or bad input data: fail before any work
+        _check_inputs(loaded.model, input_options, "--no-check" if not auto else None)
     with _progress_bar(quiet or not auto) as progress:
         tune_options = (_tune_options(config, input_options, min_speedup, time_budget, no_cache, cache_dir,
                                       progress) if auto else None)
@@ -377,7 +386,7 @@ def revert_command(
         input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     loaded = _open_for_writing(input, output)
     if check:
-        make_inputs(loaded.model, input_options)
+        _check_inputs(loaded.model, input_options, "--no-check")
     result = revert_model(loaded.model, copy=False)
     written = _save_checked(result, loaded, input, output, external_data, check, config, input_options, check_n,
                             atol, rtol, False, "reverted")
