@@ -97,7 +97,7 @@ class BenchReport:
         return rows
 
 
-def _device_name(config: RuntimeConfig) -> str:
+def device_name(config: RuntimeConfig) -> str:
     if config.is_gpu:
         try:
             out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
@@ -122,8 +122,8 @@ def environment(config: RuntimeConfig, model: ModelProto, batch: int) -> dict[st
     return {
         "onnxruntime": ort.__version__,
         **config.to_dict(),
-        "device": _device_name(config),
-        "cpu": _device_name(RuntimeConfig("cpu")),
+        "device": device_name(config),
+        "cpu": device_name(RuntimeConfig("cpu")),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

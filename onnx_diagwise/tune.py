@@ -29,11 +29,12 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
+from .bench import benchmark, device_name
 from .detect import DepthwiseConv, detect
 from .errors import DiagwiseError
 from .plan import plan
 from .rewriter import apply_plan
-from .runtime import InputOptions, RuntimeConfig, input_specs, resolve_shapes
+from .runtime import InputOptions, RuntimeConfig, import_ort, input_specs, resolve_shapes
 from .shapes import infer_shapes
 
 CANDIDATES = (2, 4, 8, 16, 32, 64)
@@ -97,28 +98,21 @@ class OrtTimer:
         self.warmup, self.iterations, self.model_iterations = warmup, iterations, model_iterations
 
     def layer(self, signature: LayerSignature, models: dict[int, ModelProto]) -> dict[int, float]:
-        from .bench import benchmark
-
         order = sorted(models)
         report = benchmark([models[g] for g in order], self.config, InputOptions(), warmup=self.warmup,
                            iterations=self.iterations, names=[str(g) for g in order])
         return {g: m.median_ms / 1000 for g, m in zip(order, report.models)}
 
     def models(self, models: list[ModelProto]) -> list[float]:
-        from .bench import benchmark
-
         report = benchmark(models, self.config, self.inputs, warmup=self.warmup,
                            iterations=self.model_iterations, names=[f"model {i}" for i in range(len(models))])
         return [m.median_ms / 1000 for m in report.models]
 
     def context(self) -> dict[str, Any]:
-        from .bench import _device_name
-        from .runtime import import_ort
-
         return {"provider": self.config.provider_full,
                 "provider_options": dict(sorted((self.config.provider_options or {}).items())),
                 "threads": self.config.threads, "opt_level": self.config.opt_level,
-                "device": _device_name(self.config), "onnxruntime": import_ort().__version__}
+                "device": device_name(self.config), "onnxruntime": import_ort().__version__}
 
 
 # ---------------------------------------------------------------- cache
