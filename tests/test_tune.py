@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 from hypothesis import given, settings
@@ -219,3 +220,15 @@ def test_cli_tune_plot(tmp_path):
     r = cli("tune", MV2, "--threads", "1", "--cache-dir", tmp_path / "cache", "--plot", png)
     assert r.returncode == 0, r.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_separated_decides_when_more_rounds_are_needed():
+    from onnx_diagwise.tune import separated
+
+    rng = np.random.default_rng(0)
+    tight_a, tight_b = list(1.0 + 0.001 * rng.standard_normal(30)), list(0.9 + 0.001 * rng.standard_normal(30))
+    assert separated([tight_a, tight_b])  # 10% apart, little noise
+    noisy_a, noisy_b = list(1.0 + 0.3 * rng.standard_normal(10)), list(0.97 + 0.3 * rng.standard_normal(10))
+    assert not separated([noisy_a, noisy_b])  # 3% apart, 30% noise
+    assert not separated([tight_a, list(np.array(tight_a) * 1.005)])  # under 1%
+    assert separated([tight_a])
