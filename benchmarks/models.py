@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[1])
     parser.add_argument("--model", nargs="+", default=None, help="sample names (default: all)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="tuning cache for 'auto'")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="time budget per comparison instead of --iterations (more rounds for small models)")
     args = parser.parse_args()
     config = runtime_config(args)
     paths = sorted(SAMPLES.glob("*.onnx"))
@@ -53,10 +55,11 @@ def main() -> None:
                                      + "; ".join(o.line() for o in check.outputs))
                 names.append(f"G={policy}")
                 models.append(candidate)
-            report = benchmark(models, config, inputs, warmup=args.warmup, iterations=args.iterations,
+            report = benchmark(models, config, inputs, warmup=args.warmup,
+                               iterations=None if args.seconds else args.iterations, seconds=args.seconds,
                                names=names)
             environment = report.environment
-            row = {"model": path.stem, "batch": batch, "auto": auto_summary,
+            row = {"model": path.stem, "batch": batch, "auto": auto_summary, "rounds": report.environment["rounds"],
                    "original_ms": report.models[0].median_ms,
                    "speedups": {m.name: m.speedup for m in report.models[1:]},
                    "ms": {m.name: m.median_ms for m in report.models}}
@@ -65,7 +68,8 @@ def main() -> None:
                   + ", ".join(f"{k} {v:.2f}x" for k, v in row["speedups"].items()), flush=True)
 
     markdown = ["Cells: speedup of the rewritten model over the original (>1 = faster), medians of "
-                f"{args.iterations} interleaved rounds.", ""]
+                + (f"{args.seconds:g} s of interleaved rounds per model (all six models together)." if args.seconds
+                   else f"{args.iterations} interleaved rounds."), ""]
     markdown += md_table(["model", "batch", "original ms", *[f"G={p}" for p in POLICIES], "auto decided"],
                          [[r["model"], r["batch"], f"{r['original_ms']:.3f}",
                            *[f"{r['speedups'][f'G={p}']:.2f}" for p in POLICIES], r["auto"]] for r in rows])
