@@ -62,17 +62,21 @@ def main() -> None:
             row = {"model": path.stem, "batch": batch, "auto": auto_summary, "rounds": report.environment["rounds"],
                    "original_ms": report.models[0].median_ms,
                    "speedups": {m.name: m.speedup for m in report.models[1:]},
+                   "speedup_ci95": {m.name: m.speedup_ci95 for m in report.models[1:]},
                    "ms": {m.name: m.median_ms for m in report.models}}
             rows.append(row)
             print(f"{path.stem} b{batch}: original {row['original_ms']:.3f} ms; "
                   + ", ".join(f"{k} {v:.2f}x" for k, v in row["speedups"].items()), flush=True)
 
-    markdown = ["Cells: speedup of the rewritten model over the original (>1 = faster), medians of "
+    markdown = ["Cells: speedup of the rewritten model over the original (>1 = faster; for auto with its 95% "
+                "bootstrap interval: an interval holding 1 is noise), medians of "
                 + (f"{args.seconds:g} s of interleaved rounds per model (all six models together)." if args.seconds
                    else f"{args.iterations} interleaved rounds."), ""]
     markdown += md_table(["model", "batch", "original ms", *[f"G={p}" for p in POLICIES], "auto decided"],
                          [[r["model"], r["batch"], f"{r['original_ms']:.3f}",
-                           *[f"{r['speedups'][f'G={p}']:.2f}" for p in POLICIES], r["auto"]] for r in rows])
+                           *[f"{r['speedups'][f'G={p}']:.2f}" for p in POLICIES[:-1]],
+                           "{:.2f} ({:.2f}-{:.2f})".format(r["speedups"]["G=auto"], *r["speedup_ci95"]["G=auto"]),
+                           r["auto"]] for r in rows])
     path = write_results("models", args, {"environment": environment, "rows": rows}, markdown)
     print(f"results: {path}.json / .md")
 

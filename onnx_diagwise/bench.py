@@ -43,6 +43,7 @@ class LatencyStats:
     throughput: float  # samples per second at the median
     ratio: float  # median / the first model's median (< 1 is faster)
     speedup: float  # the first model's median / median (> 1 is faster)
+    speedup_ci95: tuple[float, float] | None = None  # bootstrap interval of the speedup (not for the first)
 
 
 @dataclass
@@ -157,13 +158,25 @@ class _Runner:
         self.run = lambda: self.session.run_with_iobinding(binding)
 
 
-def _stats(name: str, samples: list[float], batch: int, reference: float | None) -> LatencyStats:
+def _stats(name: str, samples: list[float], batch: int, reference: list[float]) -> LatencyStats:
     arr = np.array(samples) * 1000.0
-    median = float(np.median(arr))
-    ref = reference if reference is not None else median
+    ref_arr = np.array(reference) * 1000.0
+    median, ref = float(np.median(arr)), float(np.median(ref_arr))
+    interval = None if samples is reference else speedup_interval(ref_arr, arr)
     return LatencyStats(name, median, float(np.percentile(arr, 10)), float(np.percentile(arr, 90)),
                         float(arr.mean()), float(arr.min()), float(arr.std()), len(arr),
-                        batch / (median / 1000.0), median / ref, ref / median)
+                        batch / (median / 1000.0), median / ref, ref / median, interval)
+
+
+def speedup_interval(reference: np.ndarray, candidate: np.ndarray, resamples: int = 400,
+                     seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of median(reference) / median(candidate): how far apart
+    identical models could measure here.  A speedup whose interval holds 1 is noise."""
+    rng = np.random.default_rng(seed)
+    ref = np.median(rng.choice(reference, (resamples, len(reference))), axis=1)
+    cand = np.median(rng.choice(candidate, (resamples, len(candidate))), axis=1)
+    low, high = np.percentile(ref / cand, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def benchmark(
@@ -221,8 +234,7 @@ def benchmark(
             samples[index].append(time.perf_counter() - start)
         done += 1
 
-    first_median = float(np.median(samples[0])) * 1000.0
-    stats = [_stats(n, s, batch, first_median) for n, s in zip(names, samples)]
+    stats = [_stats(n, s, batch, samples[0]) for n, s in zip(names, samples)]
     report = BenchReport(stats, batch, environment(config, protos[0], batch),
                          samples_ms={n: [x * 1000.0 for x in s] for n, s in zip(names, samples)})
     report.environment.update({"warmup": warmup, "rounds": done, "iobinding": iobinding})

@@ -97,12 +97,16 @@ def bench_table(report) -> Table:
     title = (f"{env['provider']} on {env['device']}, batch {report.batch}, {env['rounds']} interleaved rounds "
              f"after {env['warmup']} warm-up, iobinding {'on' if env['iobinding'] else 'off'}")
     table = Table(title=title, title_justify="left")
-    for column in ("model", "median ms", "p10 ms", "p90 ms", "mean ms", "samples/s", "ratio", "speedup"):
+    for column in ("model", "median ms", "p10 ms", "p90 ms", "mean ms", "samples/s", "ratio", "speedup",
+                   "95% interval"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for m in report.models:
-        colour = "green" if m.speedup > 1.02 else "red" if m.speedup < 0.98 else "white"
+        low, high = m.speedup_ci95 or (m.speedup, m.speedup)
+        # Coloured only when the interval excludes 1: otherwise the difference is noise.
+        colour = "green" if low > 1 else "red" if high < 1 else "white"
+        interval = f"{low:.2f}-{high:.2f}" if m.speedup_ci95 else "-"
         table.add_row(m.name, f"{m.median_ms:.3f}", f"{m.p10_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.mean_ms:.3f}",
-                      f"{m.throughput:.1f}", f"{m.ratio:.3f}", f"[{colour}]{m.speedup:.2f}x[/{colour}]")
+                      f"{m.throughput:.1f}", f"{m.ratio:.3f}", f"[{colour}]{m.speedup:.2f}x[/{colour}]", interval)
     return table
 
 

@@ -34,6 +34,8 @@ def test_bench_json_fields_and_ratios(tmp_path, rewritten):
     assert second["ratio"] == pytest.approx(second["median_ms"] / first["median_ms"])
     assert second["speedup"] == pytest.approx(first["median_ms"] / second["median_ms"])
     assert second["throughput"] == pytest.approx(1000.0 / second["median_ms"])
+    low, high = second["speedup_ci95"]
+    assert low <= second["speedup"] <= high and first["speedup_ci95"] is None
     assert len(data["samples_ms"][str(rewritten)]) == 5
 
 
