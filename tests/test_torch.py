@@ -188,3 +188,12 @@ def test_paper_benchmark_small(tmp_path):
     assert result["training"][0]["speedup"] == 1.0
     assert len(result["layers"]) == 13 and result["layers"][0]["channels"] == 8
     assert (tmp_path / "small.md").read_text().startswith("# MobileNet V1 training")
+
+
+@pytest.mark.parametrize("extra", [["--amp", "bf16", "--channels-last", "--no-layers"], ["--amp", "fp16", "--no-layers"]])
+def test_paper_benchmark_amp_paths_run(tmp_path, extra):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import paper_training
+
+    result = paper_training.main(["--small", "--device", "cpu", *extra, "--out", str(tmp_path / "amp")])
+    assert result["config"]["amp"] == extra[1] and len(result["training"]) == 3
