@@ -12,7 +12,7 @@ from onnx import ModelProto
 
 from .detect import detect
 from .errors import DiagwiseError
-from .model_io import PROTOBUF_LIMIT, check_opsets, load_model
+from .model_io import PROTOBUF_LIMIT, as_model
 from .plan import GroupSize, parse_group_size, plan
 from .report import NodeDecision, RewriteReport, RewriteResult, human_bytes, model_stats
 from .rewriter import apply_plan
@@ -25,19 +25,6 @@ ModelOrPath = ModelProto | str | os.PathLike
 
 # Warn when the rewrite multiplies the model's weight bytes by more than this.
 DEFAULT_WARN_GROWTH = 2.0
-
-
-def _load(model_or_path: ModelOrPath, copy: bool) -> ModelProto:
-    if isinstance(model_or_path, ModelProto):
-        check_opsets(model_or_path, "model")
-        if not copy:
-            return model_or_path
-        model = ModelProto()
-        model.CopyFrom(model_or_path)
-        return model
-    if isinstance(model_or_path, (str, os.PathLike)):
-        return load_model(model_or_path).model
-    raise DiagwiseError(f"expected an onnx.ModelProto or a path, got {type(model_or_path).__name__}")
 
 
 def _planned(model: ModelProto, policy, include, exclude, min_channels, node_group_sizes, dynamic):
@@ -61,7 +48,7 @@ def inspect(
     policy = parse_group_size(group_size)
     if policy == "auto":
         raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune (onnx-diagwise tune)")
-    model = _load(model_or_path, copy=False)
+    model = as_model(model_or_path)
     planned = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic)
     return RewriteReport(str(policy), [p.decision for p in planned], model_stats(model))
 
@@ -93,7 +80,7 @@ def tune(model_or_path: ModelOrPath, options: TuneOptions | None = None, include
          exclude: str | None = None, min_channels: int | None = None) -> TuneReport:
     """Measure every depthwise layer on the target provider and report the G that pays, if any."""
     options = options or TuneOptions()
-    model = _load(model_or_path, copy=False)
+    model = as_model(model_or_path)
     return tune_layers(model, options.make_timer(), options.inputs, include, exclude, min_channels,
                        options.min_speedup, options.time_budget, options.make_cache(), options.progress)
 
@@ -118,7 +105,7 @@ def rewrite(
     copied first (copy=False rewrites it in place, which saves memory in pipelines
     that no longer need the original)."""
     start = time.perf_counter()
-    model = _load(model_or_path, copy=copy)
+    model = as_model(model_or_path, copy=copy)
     before = model_stats(model)
     tuning = None
     policy = parse_group_size(group_size)

@@ -24,7 +24,7 @@ import numpy as np
 from onnx import ModelProto
 
 from .errors import DiagwiseError
-from .model_io import load_model
+from .model_io import as_model
 from .runtime import InputOptions, RuntimeConfig, create_session, import_ort, input_specs, make_inputs
 
 
@@ -211,7 +211,7 @@ def benchmark(
     if iobinding is None:
         iobinding = config.is_gpu
     names = names or [str(m) if not isinstance(m, ModelProto) else f"model {i}" for i, m in enumerate(models)]
-    protos = [m if isinstance(m, ModelProto) else load_model(m).model for m in models]
+    protos = [as_model(m) for m in models]
     _check_same_inputs(protos, names)
     feeds = make_inputs(protos[0], inputs, seed=seed)
     batch = _batch_of(feeds)

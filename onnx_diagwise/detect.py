@@ -177,7 +177,7 @@ def find_weight(scope: Scope, name: str) -> WeightSource | DynamicWeight | str:
         return DynamicWeight(name, f"computed by {node.op_type}")
 
 
-def _constant_array(scope: Scope, name: str) -> np.ndarray | str:
+def constant_array(scope: Scope, name: str) -> np.ndarray | str:
     source = find_weight(scope, name)
     if isinstance(source, WeightSource):
         return np.asarray(numpy_helper.to_array(source.tensor))
@@ -187,7 +187,7 @@ def _constant_array(scope: Scope, name: str) -> np.ndarray | str:
 def weight_zero_point(scope: Scope, node: NodeProto, index: int | None, out_channels: int) -> np.ndarray | str:
     if index is None or len(node.input) <= index or not node.input[index]:
         return np.zeros((), dtype=np.int64)
-    zp = _constant_array(scope, node.input[index])
+    zp = constant_array(scope, node.input[index])
     if isinstance(zp, str):
         return f"weight zero point {zp}"
     if zp.size not in (1, out_channels):
@@ -293,7 +293,7 @@ def _geometry(node: NodeProto, rank: int) -> tuple:
 
 def _dequantize_axis_problem(scope: Scope, dq: NodeProto, rank: int) -> str | None:
     """Per-channel scales must run along the output channels (axis 0) of the weight."""
-    scale = _constant_array(scope, dq.input[1]) if len(dq.input) > 1 else None
+    scale = constant_array(scope, dq.input[1]) if len(dq.input) > 1 else None
     if isinstance(scale, str):
         return f"dequantize scale {scale}"
     if scale is not None and scale.size > 1:

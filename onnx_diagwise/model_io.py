@@ -100,6 +100,20 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     return LoadedModel(model, path, file_bytes, external_files)
 
 
+def as_model(model_or_path: ModelProto | str | os.PathLike, copy: bool = False) -> ModelProto:
+    """The model itself (copied if COPY), or the model loaded and checked from a path."""
+    if isinstance(model_or_path, ModelProto):
+        check_opsets(model_or_path, "model")
+        if not copy:
+            return model_or_path
+        model = ModelProto()
+        model.CopyFrom(model_or_path)
+        return model
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return load_model(model_or_path).model
+    raise DiagwiseError(f"expected an onnx.ModelProto or a path, got {type(model_or_path).__name__}")
+
+
 def check_opsets(model: ModelProto, where: str) -> None:
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and not MIN_OPSET <= opset.version <= MAX_OPSET:

@@ -10,7 +10,7 @@ from onnx import ModelProto, helper
 
 from .detect import node_form
 from .graphs import iter_scopes
-from .tensors import iter_tensors, weight_bytes
+from .tensors import iter_tensors, tensor_elements, weight_bytes
 
 
 def human_bytes(n: int | None) -> str:
@@ -100,12 +100,7 @@ def model_stats(model: ModelProto) -> ModelStats:
                     depthwise += 1
                 else:
                     grouped += 1
-    parameters = 0
-    for tensor in iter_tensors(model):
-        count = 1
-        for d in tensor.dims:
-            count *= d
-        parameters += count
+    parameters = sum(tensor_elements(t) for t in iter_tensors(model))
     return ModelStats(depthwise, grouped, convs, parameters, weight_bytes(model), dict(sorted(ops.items())))
 
 

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import NodeProto, numpy_helper
 
-from .api import ModelOrPath, _load
-from .detect import (DEFAULT_DOMAINS, FLOAT_TYPES, QUANT_TYPES, WeightSource, dequantize_source, weight_zero_point,
+from .api import ModelOrPath
+from .detect import (DEFAULT_DOMAINS, FLOAT_TYPES, QUANT_TYPES, WeightSource, constant_array, dequantize_source,
+                     weight_zero_point,
                      attribute, find_weight, node_form)
 from .graphs import Scope, iter_scopes, node_label, resolve, use_counts
+from .model_io import as_model
 from .report import NodeDecision, RewriteReport, RewriteResult, model_stats
 from .rewriter import SUFFIX, WeightEditor, set_group
 from .weights import (collapse_block_diagonal, collapse_transposed, dynamic_mask, is_block_diagonal,
@@ -40,8 +42,8 @@ class _Revertible:
 
 
 def _constant(scope: Scope, name: str) -> np.ndarray | None:
-    source = find_weight(scope, name)
-    return np.asarray(numpy_helper.to_array(source.tensor)) if isinstance(source, WeightSource) else None
+    value = constant_array(scope, name)
+    return None if isinstance(value, str) else value
 
 
 def _expansion_pattern(scope: Scope, node: NodeProto, weight_name: str, group: int):
@@ -143,7 +145,7 @@ def _skip(decision, node: NodeProto, scope: Scope, group: int, dims: list[int]) 
 def revert(model_or_path: ModelOrPath, copy: bool = True) -> RewriteResult:
     """Collapse every block-diagonal grouped convolution back to a depthwise one."""
     start = time.perf_counter()
-    model = _load(model_or_path, copy=copy)
+    model = as_model(model_or_path, copy=copy)
     before = model_stats(model)
     counts = use_counts(model)
     found = []

@@ -7,8 +7,9 @@ and fails past 2 GiB; it runs on a skeleton whose large tensors keep only their 
 from __future__ import annotations
 
 import onnx
-from onnx import GraphProto, ModelProto
+from onnx import ModelProto
 
+from .graphs import iter_scopes
 from .tensors import skeleton
 
 Dims = list[int | str | None]  # each dim an int, a symbolic name, or None (unknown)
@@ -34,22 +35,16 @@ def infer_value_types(model: ModelProto, input_shapes: dict[str, list[int]] | No
         return {}
 
     types: dict[str, tuple[int, Dims]] = {}
-
-    def collect(graph: GraphProto) -> None:
+    for scope in iter_scopes(inferred):
+        if scope.is_function:
+            continue
+        graph = scope.body
         for value in list(graph.input) + list(graph.output) + list(graph.value_info):
             tensor_type = value.type.tensor_type
             if value.type.HasField("tensor_type") and tensor_type.HasField("shape"):
                 types[value.name] = (tensor_type.elem_type, [
                     d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                     for d in tensor_type.shape.dim])
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    collect(attr.g)
-                for sub in attr.graphs:
-                    collect(sub)
-
-    collect(inferred.graph)
     return types
 
 

@@ -7,10 +7,13 @@ the model whose large tensors carry no data.
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
+
+from .graphs import iter_scopes
 
 # Tensors below this size keep their data in a skeleton: shape-carrying constants
 # (Reshape targets, pads, Split sizes) are tiny.
@@ -20,22 +23,14 @@ SKELETON_KEEP_BYTES = 4096
 def iter_tensors(model: ModelProto) -> Iterator[TensorProto]:
     """Every TensorProto that can hold weights: initializers and tensor attributes,
     in the main graph, all subgraphs and all functions."""
-
-    def from_graph(graph) -> Iterator[TensorProto]:
-        yield from getattr(graph, "initializer", ())
-        for node in graph.node:
+    for scope in iter_scopes(model):
+        if not scope.is_function:
+            yield from scope.body.initializer
+        for node in scope.body.node:
             for attr in node.attribute:
                 if attr.HasField("t"):
                     yield attr.t
                 yield from attr.tensors
-                if attr.HasField("g"):
-                    yield from from_graph(attr.g)
-                for sub in attr.graphs:
-                    yield from from_graph(sub)
-
-    yield from from_graph(model.graph)
-    for function in model.functions:
-        yield from from_graph(function)
 
 
 def tensor_nbytes(tensor: TensorProto) -> int:
@@ -46,10 +41,11 @@ def tensor_nbytes(tensor: TensorProto) -> int:
                 return int(entry.value)
     if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
         return tensor.ByteSize()
-    count = 1
-    for d in tensor.dims:
-        count *= d
-    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return tensor_elements(tensor) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def tensor_elements(tensor: TensorProto) -> int:
+    return math.prod(tensor.dims)
 
 
 def weight_bytes(model: ModelProto) -> int:

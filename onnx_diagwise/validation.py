@@ -10,7 +10,7 @@ import numpy as np
 from onnx import ModelProto
 
 from .errors import DiagwiseError
-from .model_io import load_model
+from .model_io import as_model
 from .runtime import InputOptions, RuntimeConfig, create_session, make_inputs
 
 # Default (atol, rtol) by output dtype.  fp16/bf16 accumulate in fewer bits, and a
@@ -140,10 +140,6 @@ def _merge(old: OutputComparison | None, new: OutputComparison) -> OutputCompari
     return new if (new.max_abs or 0) > (old.max_abs or 0) else old
 
 
-def _load(model: ModelProto | str | os.PathLike) -> ModelProto:
-    return model if isinstance(model, ModelProto) else load_model(model).model
-
-
 def validate(
     original: ModelProto | str | os.PathLike,
     candidate: ModelProto | str | os.PathLike,
@@ -172,7 +168,7 @@ def validate(
             options["use_tf32"] = "0"
     run_config = RuntimeConfig(config.provider, options, config.threads, config.opt_level, config.spin)
 
-    original_proto = _load(original)
+    original_proto = as_model(original)
     runs = 1 if inputs.data else check_n
     feeds = [make_inputs(original_proto, inputs, seed=seed + run) for run in range(runs)]
     # One session at a time: two sessions of a large model would hold both in memory.
