@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a check failed, 2 bad input or usage, 3 internal error.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -80,6 +81,16 @@ def _pinned(values: list[str]) -> dict[str, int]:
     return pinned
 
 
+def _log_details(verbose: bool) -> None:
+    """-v: the library's detail lines (e.g. which CUDA libraries were loaded) on stderr."""
+    logger = logging.getLogger("onnx_diagwise")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def _check_flags(group_size: str, include: str | None, exclude: str | None,
                  min_channels: int | None) -> str | int:
     policy = parse_group_size(group_size, "--group-size")
@@ -129,6 +140,8 @@ InputData = Annotated[list[str], typer.Option(
 InputsNpz = Annotated[Optional[Path], typer.Option("--inputs", help="An .npz with real data for the inputs.")]
 Atol = Annotated[Optional[float], typer.Option("--atol", help="Absolute tolerance (default by dtype).")]
 Rtol = Annotated[Optional[float], typer.Option("--rtol", help="Relative tolerance (default by dtype).")]
+Details = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Print details on stderr, e.g. which CUDA libraries were loaded.")]
 AllowTf32 = Annotated[bool, typer.Option("--allow-tf32", help="On CUDA, compare fp32 with TF32 enabled.")]
 
 
@@ -204,7 +217,8 @@ def inspect(
 ExternalData = Annotated[Optional[bool], typer.Option(
     "--external-data/--no-external-data",
     help="Save weights to OUTPUT.data. Default: as the input did, or when the model passes 2 GiB.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also print the per-node table.")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Also print the per-node table, and which CUDA libraries were loaded.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings.")]
 Check = Annotated[bool, typer.Option("--check/--no-check",
                                      help="Validate the result against the original before writing it.")]
@@ -330,6 +344,7 @@ def rewrite(
     Example: onnx-diagwise rewrite model.onnx model.diag.onnx --group-size 32 -v
     """
     _check_flags(group_size, include, exclude, min_channels)
+    _log_details(verbose)
     pinned = _pinned(node_group_size)
     _check_json_path(json_path)
     auto = parse_group_size(group_size) == "auto"
@@ -380,6 +395,7 @@ def revert_command(
     Example: onnx-diagwise revert model.diag.onnx model.onnx
     """
     _check_json_path(json_path)
+    _log_details(verbose)
     config = input_options = None
     if check:
         config = _runtime(provider, provider_option, threads, "all")
@@ -411,12 +427,14 @@ def validate(
     overwrite_input_shape: InputShape = [],
     input_data: InputData = [],
     inputs: InputsNpz = None,
+    verbose: Details = False,
     json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
     """Run two models on the same inputs and compare every output (exit 1 if any differs).
 
     Example: onnx-diagwise validate model.onnx model.diag.onnx --provider cuda --check-n 5
     """
+    _log_details(verbose)
     config = _runtime(provider, provider_option, threads, opt_level)
     input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     _check_json_path(json_path)
@@ -451,12 +469,14 @@ def bench(
                                              help="Keep inputs/outputs on the device (default: on for GPUs)."),
     profile: bool = typer.Option(False, "--profile", help="Per-node times from onnxruntime's profiler."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the comparison as a PNG (needs matplotlib)."),
+    verbose: Details = False,
     json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
     """Time models side by side in one process, interleaved, on identical inputs.
 
     Example: onnx-diagwise bench model.onnx model.diag.onnx --provider cuda --batch 64 --profile
     """
+    _log_details(verbose)
     config = _runtime(provider, provider_option, threads, opt_level)
     input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     _check_json_path(json_path)
@@ -501,6 +521,7 @@ def tune(
     no_cache: NoCache = False,
     cache_dir: CacheDir = None,
     plot: Optional[Path] = typer.Option(None, "--plot", help="Per-layer speedup of every G as a PNG."),
+    verbose: Details = False,
     json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
     """Time every depthwise layer as it is and rewritten with each G; report what 'auto' would do.
@@ -508,6 +529,7 @@ def tune(
     Example: onnx-diagwise tune model.onnx --provider cuda --batch 64
     """
     _check_flags("auto", include, exclude, min_channels)
+    _log_details(verbose)
     config = _runtime(provider, provider_option, threads, opt_level)
     input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     _check_json_path(json_path)

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
+from .cuda_libs import prepare_gpu_provider
 from .errors import DiagwiseError
 from .model_io import PROTOBUF_LIMIT, save_model
 from .tensors import weight_bytes
@@ -134,12 +135,7 @@ def create_session(model: ModelProto | str | os.PathLike, config: RuntimeConfig,
         raise DiagwiseError(
             f"provider {provider} is not available in this onnxruntime ({ort.__version__}; available: "
             f"{', '.join(available)}); install {package}")
-    preload_problem = ""
-    if provider in GPU_PROVIDERS and hasattr(ort, "preload_dlls"):
-        try:
-            ort.preload_dlls()  # CUDA / cuDNN from the nvidia-* wheels, if present
-        except Exception as exc:  # noqa: BLE001 - reported below if the provider then fails to load
-            preload_problem = f"; onnxruntime.preload_dlls() failed: {exc}"
+    library_problem = prepare_gpu_provider(ort) if provider in GPU_PROVIDERS else ""
     providers: list[Any] = [(provider, dict(config.provider_options or {}))]
     if provider != "CPUExecutionProvider":
         providers.append("CPUExecutionProvider")  # nodes the provider cannot run
@@ -154,7 +150,7 @@ def create_session(model: ModelProto | str | os.PathLike, config: RuntimeConfig,
     if not got or got[0] != provider:
         raise DiagwiseError(
             f"asked for {provider} but onnxruntime ran on {got[0] if got else 'nothing'}: the provider failed "
-            f"to load (CUDA / cuDNN libraries missing or mismatched?){preload_problem}")
+            f"to load: {library_problem or 'CUDA / cuDNN libraries mismatched? (-v shows which were loaded)'}")
     return session
 
 
