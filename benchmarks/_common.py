@@ -23,18 +23,37 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="results basename (default: by provider)")
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None, script: str) -> argparse.Namespace:
+    """Parse ARGV (None: the command line) and keep the command that was run, for the results."""
+    args = parser.parse_args(argv)
+    args.command = f"python benchmarks/{script} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return args
+
+
 def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
     return RuntimeConfig(args.provider, parse_key_values(args.provider_option, "--provider-option"), args.threads)
+
+
+def layout_configs(config: RuntimeConfig, dtype: str) -> dict[str, RuntimeConfig]:
+    """The configurations to compare: on CUDA both layouts (TF32 off for float32), else as given."""
+    if config.provider_full != "CUDAExecutionProvider":
+        return {"": config}
+    options = dict(config.provider_options or {})
+    if dtype == "float32":
+        options.setdefault("use_tf32", "0")
+    return {layout: RuntimeConfig(config.provider, {**options, "prefer_nhwc": flag}, config.threads,
+                                  config.opt_level)
+            for layout, flag in (("nchw", "0"), ("nhwc", "1"))}
 
 
 def write_results(name: str, args: argparse.Namespace, data: dict, markdown: list[str]) -> Path:
     """Write NAME.json and NAME.md under benchmarks/results (or --out) with the command that made them."""
     base = args.out or RESULTS / f"{name}-{args.provider}"
     base.parent.mkdir(parents=True, exist_ok=True)
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = getattr(args, "command", None) or "python " + shlex.join(sys.argv)
     data = {"command": command, **data}
     base.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
-    env = data.get("environment", {})
+    env = data.get("environment") or {}
     header = [f"# {name}", "", f"Command: `{command}`", "",
               f"Environment: onnxruntime {env.get('onnxruntime')}, {env.get('provider')} "
               f"{env.get('provider_options') or ''} on {env.get('device')} (CPU: {env.get('cpu')}, "

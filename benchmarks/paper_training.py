@@ -22,10 +22,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from onnx_diagwise.bench import speedup_interval  # noqa: E402
 from onnx_diagwise.torch import convert  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -91,7 +93,10 @@ def time_training(variants: dict[str, nn.Module], args, device) -> dict[str, lis
         for _ in range(args.warmup):
             trainer.step(images, labels)
     times: dict[str, list[float]] = {name: [] for name in trainers}
-    for _ in range(args.rounds):
+    started = time.perf_counter()
+    for round_index in range(args.rounds):
+        if round_index and args.max_seconds is not None and time.perf_counter() - started > args.max_seconds:
+            break  # at least one round, then as many as the time allows
         for name, trainer in trainers.items():
             sync(device)
             start = time.perf_counter()
@@ -165,6 +170,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop timing rounds after this many seconds (at least one round runs)")
     parser.add_argument("--small", action="store_true",
                         help="CPU-sized: batch 2, 64x64, width 0.25, G in {8, full}, 1 round of 1 step")
     parser.add_argument("--out", type=Path, default=None, help="results basename")
@@ -189,7 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
     medians = {name: statistics.median(t) for name, t in times.items()}
     reference = medians["original"]
     training = [{"variant": name, "step_ms": ms * 1000, "images_per_s": args.batch / ms,
-                 "speedup": reference / ms} for name, ms in medians.items()]
+                 "speedup": reference / ms,
+                 "speedup_ci95": list(speedup_interval(np.array(times["original"]), np.array(times[name])))}
+                for name, ms in medians.items()]
     layers = [] if args.no_layers else time_layers(args.group_sizes, args, device)
     result = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "environment": environment(device),
               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -197,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     write(result, args, device)
     for row in training:
         print(f"{row['variant']:>10}: {row['step_ms']:9.2f} ms/step  {row['images_per_s']:9.1f} img/s  "
-              f"{row['speedup']:.2f}x")
+              f"{row['speedup']:.2f}x ({row['speedup_ci95'][0]:.2f}-{row['speedup_ci95'][1]:.2f})")
     return result
 
 
@@ -210,8 +219,11 @@ def write(result: dict, args, device) -> None:
     env = result["environment"]
     lines = [f"# MobileNet V1 training, {amp}, batch {args.batch}, {args.size}x{args.size}, width {args.width}", "",
              f"Command: `{result['command']}`", "", f"Environment: {json.dumps(env)}", "",
-             "| variant | ms / step | images / s | speedup vs original |", "|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['step_ms']:.2f} | {r['images_per_s']:.1f} | {r['speedup']:.2f}x |"
+             "Speedup: median step time of the original over the variant's, with the 95% bootstrap interval "
+             "of that ratio over the timed rounds (an interval holding 1 is noise).", "",
+             "| variant | ms / step | images / s | speedup vs original | 95% interval |", "|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['step_ms']:.2f} | {r['images_per_s']:.1f} | {r['speedup']:.2f}x | "
+              f"{r['speedup_ci95'][0]:.2f}-{r['speedup_ci95'][1]:.2f} |"
               for r in result["training"]]
     if result["layers"]:
         labels = ["original"] + [str(g) for g in args.group_sizes]

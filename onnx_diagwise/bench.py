@@ -44,6 +44,8 @@ class LatencyStats:
     ratio: float  # median / the first model's median (< 1 is faster)
     speedup: float  # the first model's median / median (> 1 is faster)
     speedup_ci95: tuple[float, float] | None = None  # bootstrap interval of the speedup (not for the first)
+    max_abs_diff: float | None = None  # largest output difference from the first model (compare=True)
+    max_ref_abs: float | None = None  # largest |value| of the first model's outputs, the scale of that difference
 
 
 @dataclass
@@ -140,6 +142,7 @@ class _Runner:
     def __init__(self, model, config: RuntimeConfig, feeds: dict[str, np.ndarray], iobinding: bool,
                  profile_prefix: str | None = None, optimized_path: str | None = None):
         ort = import_ort()
+        self.binding = None
         self.session = create_session(model, config, profile_prefix, optimized_path)
         names = [i.name for i in self.session.get_inputs()]
         feeds = {k: v for k, v in feeds.items() if k in names}
@@ -156,6 +159,14 @@ class _Runner:
         for output in self.session.get_outputs():
             binding.bind_output(output.name, device)
         self.run = lambda: self.session.run_with_iobinding(binding)
+        self.binding = binding
+
+    def outputs(self) -> list[np.ndarray]:
+        """The outputs of one more run, on the host."""
+        if self.binding is None:
+            return self.run()
+        self.run()
+        return self.binding.copy_outputs_to_cpu()
 
 
 def _stats(name: str, samples: list[float], batch: int, reference: list[float]) -> LatencyStats:
@@ -191,14 +202,21 @@ def benchmark(
     profile_runs: int = 20,
     names: list[str] | None = None,
     seed: int = 0,
+    configs: list[RuntimeConfig] | None = None,
+    compare: bool = False,
 ) -> BenchReport:
     """Time MODELS side by side; ratios are relative to the first.
 
     iterations (rounds) or seconds (total timing budget) bound the run; default 50 rounds.
-    iobinding defaults to on for GPU providers."""
+    iobinding defaults to on for GPU providers.  configs gives each model its own provider
+    options (e.g. the same model under two layouts); compare records each model's largest
+    output difference from the first model's, from the sessions just timed."""
     if not models:
         raise DiagwiseError("bench needs at least one model")
-    config = config or RuntimeConfig()
+    config = config or (configs[0] if configs else RuntimeConfig())
+    configs = configs or [config] * len(models)
+    if len(configs) != len(models) or len({c.provider_full for c in configs}) != 1:
+        raise DiagwiseError("configs needs one RuntimeConfig per model, all on the same provider")
     inputs = inputs or InputOptions()
     if warmup < 0:
         raise DiagwiseError(f"--warmup must be >= 0; got {warmup}")
@@ -215,7 +233,7 @@ def benchmark(
     _check_same_inputs(protos, names)
     feeds = make_inputs(protos[0], inputs, seed=seed)
     batch = _batch_of(feeds)
-    runners = [_Runner(m, config, feeds, iobinding) for m in models]
+    runners = [_Runner(m, c, feeds, iobinding) for m, c in zip(models, configs)]
 
     for runner in runners:
         for _ in range(warmup):
@@ -238,10 +256,25 @@ def benchmark(
     report = BenchReport(stats, batch, environment(config, protos[0], batch),
                          samples_ms={n: [x * 1000.0 for x in s] for n, s in zip(names, samples)})
     report.environment.update({"warmup": warmup, "rounds": done, "iobinding": iobinding})
+    if len({repr(c.to_dict()) for c in configs}) > 1:
+        report.environment["model_configs"] = {n: c.to_dict() for n, c in zip(names, configs)}
+    if compare:
+        _compare_outputs(runners, stats)
     if profile:
         report.profiles = [_profile(m, p, n, config, feeds, iobinding, profile_runs)
                            for m, p, n in zip(models, protos, names)]
     return report
+
+
+def _compare_outputs(runners: list[_Runner], stats: list[LatencyStats]) -> None:
+    reference = [np.asarray(o, dtype=np.float64) for o in runners[0].outputs()]
+    scale = max((float(np.abs(r).max()) for r in reference if r.size), default=0.0)
+    for runner, stat in zip(runners, stats):
+        outputs = [np.asarray(o, dtype=np.float64) for o in runner.outputs()]
+        if [o.shape for o in outputs] != [r.shape for r in reference]:
+            raise DiagwiseError(f"'{stat.name}' has outputs of other shapes than the first model's")
+        diffs = [float(np.abs(o - r).max()) for o, r in zip(outputs, reference) if r.size]
+        stat.max_abs_diff, stat.max_ref_abs = max(diffs, default=0.0), scale
 
 
 def _check_same_inputs(protos: list[ModelProto], names: list[str]) -> None:

@@ -69,17 +69,24 @@ def test_bench_bad_usage(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 
-def test_device_suite_plan_runs_on_cpu(tmp_path):
-    """The one-command plan for a GPU session, at CPU size: every step must run."""
-    import subprocess
-    import sys
+def test_compare_reports_each_models_output_difference(rewritten):
+    broken = onnx.load(rewritten)
+    weight = next(t for t in broken.graph.initializer if t.name == broken.graph.node[0].input[1])
+    values = onnx.numpy_helper.to_array(weight) * 1.01  # the first conv off by 1%
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    report = benchmark([MV1, rewritten, broken], RuntimeConfig("cpu", threads=1), warmup=0, iterations=1,
+                       compare=True, names=["original", "rewritten", "broken"])
+    original, same, off = report.models
+    assert original.max_abs_diff == 0.0 and original.max_ref_abs > 0
+    assert same.max_abs_diff <= 1e-5 * same.max_ref_abs
+    assert off.max_abs_diff > 1e-3 * off.max_ref_abs
+    assert benchmark([MV1], warmup=0, iterations=1).models[0].max_abs_diff is None  # only when asked
 
-    bundle = tmp_path / "suite.tar.gz"
-    r = subprocess.run([sys.executable, str(SAMPLE_DIR.parent / "benchmarks" / "suite.py"), "--provider", "cpu",
-                        "--quick", "--out", str(tmp_path / "suite"), "--bundle", str(bundle)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    summary = json.loads((tmp_path / "suite" / "summary.json").read_text())
-    assert [s["exit"] for s in summary["steps"]] == [0, 0, 0]
-    assert all(v is True for v in summary["validate"].values()) and len(summary["validate"]) == 14
-    assert bundle.stat().st_size > 0
+
+def test_each_model_can_have_its_own_session_options():
+    configs = [RuntimeConfig("cpu", threads=1), RuntimeConfig("cpu", threads=2)]
+    report = benchmark([MV1, MV1], warmup=0, iterations=2, configs=configs, names=["one", "two"])
+    per_model = report.environment["model_configs"]
+    assert report.environment["threads"] == 1 and [per_model[n]["threads"] for n in ("one", "two")] == [1, 2]
+    with pytest.raises(Exception, match="one RuntimeConfig per model"):
+        benchmark([MV1, MV1], configs=configs[:1])

@@ -186,6 +186,9 @@ def test_paper_benchmark_small(tmp_path):
     result = paper_training.main(["--small", "--device", "cpu", "--out", str(tmp_path / "small")])
     assert [r["variant"] for r in result["training"]] == ["original", "G=8", "G=full"]
     assert result["training"][0]["speedup"] == 1.0
+    for row in result["training"]:
+        low, high = row["speedup_ci95"]
+        assert low <= row["speedup"] <= high
     assert len(result["layers"]) == 13 and result["layers"][0]["channels"] == 8
     assert (tmp_path / "small.md").read_text().startswith("# MobileNet V1 training")
 
