@@ -218,7 +218,7 @@ def validate_samples(provider: str, out: Path, max_seconds: float | None) -> int
             results[path.stem] = {"error": "not run: time budget"}
             continue
         try:
-            report = validate(path, rewrite(path).model, RuntimeConfig(provider), InputOptions(dims={"T": 64}),
+            report = validate(path, rewrite(path).model, RuntimeConfig(provider), InputOptions(),
                               check_n=1)
             results[path.stem] = report.to_dict()
         except DiagwiseError as exc:

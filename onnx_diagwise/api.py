@@ -11,6 +11,7 @@ from typing import Callable, Mapping
 from onnx import ModelProto
 
 from .detect import detect
+from .dims import with_input_shapes
 from .errors import DiagwiseError
 from .model_io import PROTOBUF_LIMIT, as_model
 from .plan import GroupSize, parse_group_size, plan
@@ -27,9 +28,11 @@ ModelOrPath = ModelProto | str | os.PathLike
 DEFAULT_WARN_GROWTH = 2.0
 
 
-def _planned(model: ModelProto, policy, include, exclude, min_channels, node_group_sizes, dynamic):
-    """Detect and plan; dynamic weights get their shapes from inference."""
-    value_types = infer_value_types(model)
+def _planned(model: ModelProto, policy, include, exclude, min_channels, node_group_sizes, dynamic,
+             input_shapes=None):
+    """Detect and plan; dynamic weights and FLOPs get their shapes from inference (with INPUT_SHAPES
+    for the graph inputs' symbolic dims, where given)."""
+    value_types = infer_value_types(model, input_shapes)
     shapes = {name: dims for name, (_, dims) in value_types.items()}
     return plan(detect(model, value_types), policy, include, exclude, min_channels, node_group_sizes,
                 shapes=shapes, dynamic=dynamic)
@@ -43,13 +46,17 @@ def inspect(
     min_channels: int | None = None,
     node_group_sizes: Mapping[str, int] | None = None,
     dynamic: bool = True,
+    input_shapes: Mapping[str, list[int]] | None = None,
 ) -> RewriteReport:
-    """Report every grouped convolution and what rewrite() would do with it; changes nothing."""
+    """Report every grouped convolution and what rewrite() would do with it; changes nothing.
+
+    input_shapes sizes the inputs' symbolic dims for the FLOPs (see onnx_diagwise.dims)."""
     policy = parse_group_size(group_size)
     if policy == "auto":
         raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune (onnx-diagwise tune)")
     model = as_model(model_or_path)
-    planned = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic)
+    planned = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic,
+                       dict(input_shapes or {}))
     return RewriteReport(str(policy), [p.decision for p in planned], model_stats(model))
 
 
@@ -66,11 +73,14 @@ class TuneOptions:
     timer: Timer | None = None  # None: onnxruntime on `provider`
     progress: Callable[[int, int, str], None] | None = None
 
-    def make_timer(self) -> Timer:
+    @property
+    def config(self) -> RuntimeConfig:
+        return self.provider if isinstance(self.provider, RuntimeConfig) else RuntimeConfig(self.provider)
+
+    def make_timer(self, inputs: InputOptions | None = None) -> Timer:
         if self.timer is not None:
             return self.timer
-        config = self.provider if isinstance(self.provider, RuntimeConfig) else RuntimeConfig(self.provider)
-        return OrtTimer(config, self.inputs or InputOptions())
+        return OrtTimer(self.config, inputs or self.inputs or InputOptions())
 
     def make_cache(self) -> TuneCache:
         return TuneCache((self.cache_dir or default_cache_dir()) if self.use_cache else None)
@@ -81,7 +91,10 @@ def tune(model_or_path: ModelOrPath, options: TuneOptions | None = None, include
     """Measure every depthwise layer on the target provider and report the G that pays, if any."""
     options = options or TuneOptions()
     model = as_model(model_or_path)
-    return tune_layers(model, options.make_timer(), options.inputs, include, exclude, min_channels,
+    inputs = options.inputs
+    if options.timer is None:  # size symbolic dims once, not in every timing run
+        inputs, _ = with_input_shapes(model, inputs, options.config)
+    return tune_layers(model, options.make_timer(inputs), inputs, include, exclude, min_channels,
                        options.min_speedup, options.time_budget, options.make_cache(), options.progress)
 
 
@@ -96,6 +109,7 @@ def rewrite(
     copy: bool = True,
     tune_options: TuneOptions | None = None,
     dynamic: bool = True,
+    input_shapes: Mapping[str, list[int]] | None = None,
 ) -> RewriteResult:
     """Rewrite every chosen depthwise Conv into a block-diagonal grouped Conv.
 
@@ -103,8 +117,9 @@ def rewrite(
     what makes the model faster (result.tuning says why).  dynamic=False leaves
     nodes whose weight is a graph input or computed alone.  A ModelProto argument is
     copied first (copy=False rewrites it in place, which saves memory in pipelines
-    that no longer need the original)."""
+    that no longer need the original).  input_shapes sizes symbolic input dims for the FLOPs."""
     start = time.perf_counter()
+    input_shapes = dict(input_shapes or {})
     model = as_model(model_or_path, copy=copy)
     before = model_stats(model)
     tuning = None
@@ -112,12 +127,12 @@ def rewrite(
     if policy == "auto":
         tuning = tune(model, tune_options, include, exclude, min_channels)
         pinned = {**tuning.choices, **(node_group_sizes or {})}
-        planned = _planned(model, 1, include, exclude, min_channels, pinned, dynamic)
+        planned = _planned(model, 1, include, exclude, min_channels, pinned, dynamic, input_shapes)
         for item in planned:
             if item.conv is None and item.decision.name in tuning.reasons:
                 item.decision.reason = tuning.reasons[item.decision.name]
     else:
-        planned = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic)
+        planned = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic, input_shapes)
     apply_plan(model, planned)
     for item in planned:
         if item.conv is not None:

@@ -25,7 +25,8 @@ from onnx import ModelProto
 
 from .errors import DiagwiseError
 from .model_io import as_model
-from .runtime import InputOptions, RuntimeConfig, create_session, import_ort, input_specs, make_inputs
+from .dims import make_inputs, with_input_shapes
+from .runtime import InputOptions, RuntimeConfig, create_session, import_ort, input_specs
 
 
 @dataclass
@@ -231,6 +232,7 @@ def benchmark(
     names = names or [str(m) if not isinstance(m, ModelProto) else f"model {i}" for i, m in enumerate(models)]
     protos = [as_model(m) for m in models]
     _check_same_inputs(protos, names)
+    inputs, _ = with_input_shapes(protos[0], inputs, configs[0])
     feeds = make_inputs(protos[0], inputs, seed=seed)
     batch = _batch_of(feeds)
     runners = [_Runner(m, c, feeds, iobinding) for m, c in zip(models, configs)]

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__, api
-from .errors import CheckFailed, DiagwiseError
+from .errors import CheckFailed, DiagwiseError, RuntimeMissing, UnsizedDims
 from .model_io import check_output_path, external_data_path, load_model, save_model
 from .plan import compile_pattern, parse_group_size
 from .bench import benchmark
@@ -27,8 +27,9 @@ from .render import (bench_table, compare_table, depthwise_time_table, nodes_tab
                      summary_line, tune_table, validation_lines)
 from .revert import revert as revert_model
 from .tune import TuneCache, clear_cache, default_cache_dir
-from .runtime import (InputOptions, RuntimeConfig, load_input_data, make_inputs, parse_dims,
-                      parse_input_shapes, parse_key_values)
+from .dims import InputShapes, with_input_shapes
+from .runtime import (InputOptions, RuntimeConfig, load_input_data, parse_dims, parse_input_shapes,
+                      parse_key_values)
 from .validation import validate as validate_models
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns and squeeze the tables.
@@ -196,17 +197,33 @@ def inspect(
     include: Optional[str] = typer.Option(None, help="Only nodes whose name matches this regex."),
     exclude: Optional[str] = typer.Option(None, help="Skip nodes whose name matches this regex."),
     min_channels: Optional[int] = typer.Option(None, help="Skip nodes with fewer channels."),
+    batch: Batch = 1,
+    dim: Dim = [],
+    overwrite_input_shape: InputShape = [],
     json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    verbose: Details = False,
 ) -> None:
     """List every depthwise / grouped Conv and what [bold]rewrite[/bold] would do with it.
+
+    FLOPs need the inputs' sizes: symbolic dims are sized as for the check (onnxruntime tries
+    sizes when it is installed); dims that cannot be sized leave the FLOPs unknown.
 
     Example: onnx-diagwise inspect model.onnx --group-size full
     """
     _check_flags(group_size, include, exclude, min_channels)
+    _log_details(verbose)
     _check_json_path(json_path)
+    input_options = _inputs(batch, dim, overwrite_input_shape, [], None)
     loaded = load_model(model)
-    report = api.inspect(loaded.model, group_size, include, exclude, min_channels)
-    _write_json(json_path, {"model": str(model), **report.to_dict()})
+    try:
+        _, sized = with_input_shapes(loaded.model, input_options)
+    except (UnsizedDims, RuntimeMissing) as exc:  # sizes are tried on onnxruntime; inspect works without
+        sized = None
+        logging.getLogger("onnx_diagwise").info(f"FLOPs not counted: {exc}")
+    report = api.inspect(loaded.model, group_size, include, exclude, min_channels,
+                         input_shapes=sized.shapes if sized else None)
+    _write_json(json_path, {"model": str(model), "input_shapes": sized.to_dict() if sized else None,
+                            **report.to_dict()})
     if str(json_path) != "-":
         if report.nodes:
             out.print(nodes_table(report, f"{model}: depthwise and grouped Conv nodes"))
@@ -235,13 +252,13 @@ def _open_for_writing(input: Path, output: Path):
     return loaded
 
 
-def _check_inputs(model, input_options: InputOptions, escape: str | None) -> None:
-    """Unknown dims or bad input data: fail before any work, and say how else to get on."""
+def _sized_inputs(model, input_options: InputOptions, config: RuntimeConfig | None,
+                  escape: str | None = None) -> tuple[InputOptions, InputShapes]:
+    """Size the inputs' symbolic dims once, before any work (the rule: onnx_diagwise.dims; -v prints it)."""
     try:
-        make_inputs(model, input_options)
+        return with_input_shapes(model, input_options, config)
     except DiagwiseError as exc:
-        why = f"the check runs the model; or pass {escape}" if escape else "--group-size auto runs the model"
-        raise DiagwiseError(f"{exc} ({why})") from None
+        raise DiagwiseError(f"{exc} ({escape})" if escape else str(exc)) from None
 
 
 def _save_checked(result, loaded, input: Path, output: Path, external_data: bool | None, check: bool,
@@ -270,10 +287,12 @@ def _save_checked(result, loaded, input: Path, output: Path, external_data: bool
 
 
 def _print_written(result, loaded, output: Path, validation, used_external: bool, file_after: int,
-                   json_path: Path | None, verbose: bool, quiet: bool, input: Path) -> None:
+                   json_path: Path | None, verbose: bool, quiet: bool, input: Path,
+                   sized: InputShapes | None) -> None:
     report = result.report
     _write_json(json_path, {
         "input": str(input), "output": str(output), "external_data": used_external,
+        "input_shapes": sized.to_dict() if sized else None,
         "file_bytes_before": loaded.file_bytes, "file_bytes_after": file_after,
         **report.to_dict(),
         "check": validation.to_dict() if validation else None,
@@ -353,17 +372,20 @@ def rewrite(
         config = _runtime(provider, provider_option, threads, opt_level)
         input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     loaded = _open_for_writing(input, output)
+    sized = None
     if check or auto:
-        _check_inputs(loaded.model, input_options, "--no-check" if not auto else None)
+        escape = None if auto else "the check runs the model; --no-check skips it"
+        input_options, sized = _sized_inputs(loaded.model, input_options, config, escape)
     with _progress_bar(quiet or not auto) as progress:
         tune_options = (_tune_options(config, input_options, min_speedup, time_budget, no_cache, cache_dir,
                                       progress) if auto else None)
         result = api.rewrite(loaded.model, group_size, include, exclude, min_channels,
                              node_group_sizes=pinned, warn_growth=warn_growth, copy=False,
-                             tune_options=tune_options, dynamic=not skip_dynamic)
+                             tune_options=tune_options, dynamic=not skip_dynamic,
+                             input_shapes=sized.shapes if sized else None)
     written = _save_checked(result, loaded, input, output, external_data, check, config, input_options, check_n,
                             atol, rtol, allow_tf32, "rewritten")
-    _print_written(result, loaded, output, *written, json_path, verbose, quiet, input)
+    _print_written(result, loaded, output, *written, json_path, verbose, quiet, input, sized)
 
 
 @app.command("revert")
@@ -401,12 +423,14 @@ def revert_command(
         config = _runtime(provider, provider_option, threads, "all")
         input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     loaded = _open_for_writing(input, output)
+    sized = None
     if check:
-        _check_inputs(loaded.model, input_options, "--no-check")
+        input_options, sized = _sized_inputs(loaded.model, input_options, config,
+                                             "the check runs the model; --no-check skips it")
     result = revert_model(loaded.model, copy=False)
     written = _save_checked(result, loaded, input, output, external_data, check, config, input_options, check_n,
                             atol, rtol, False, "reverted")
-    _print_written(result, loaded, output, *written, json_path, verbose, quiet, input)
+    _print_written(result, loaded, output, *written, json_path, verbose, quiet, input, sized)
 
 
 @app.command()
@@ -438,10 +462,12 @@ def validate(
     config = _runtime(provider, provider_option, threads, opt_level)
     input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     _check_json_path(json_path)
-    for path in (original, candidate):
-        load_model(path)  # one clear line for a missing or broken file
+    original_model = load_model(original).model  # one clear line for a missing or broken file
+    load_model(candidate)
+    input_options, sized = _sized_inputs(original_model, input_options, config)
     report = validate_models(original, candidate, config, input_options, check_n, atol, rtol, allow_tf32, seed)
-    _write_json(json_path, {"original": str(original), "candidate": str(candidate), **report.to_dict()})
+    _write_json(json_path, {"original": str(original), "candidate": str(candidate),
+                            "input_shapes": sized.to_dict(), **report.to_dict()})
     if str(json_path) != "-":
         for line in validation_lines(report):
             out.print(line, soft_wrap=True)
@@ -483,11 +509,13 @@ def bench(
     if plot is not None:
         require_matplotlib()
         _check_json_path(plot)
-    for path in models:
+    first = load_model(models[0]).model
+    for path in models[1:]:
         load_model(path)
+    input_options, sized = _sized_inputs(first, input_options, config)
     report = benchmark(models, config, input_options, warmup, iterations, seconds, iobinding, profile,
                        names=[str(m) for m in models])
-    _write_json(json_path, report.to_dict())
+    _write_json(json_path, {"input_shapes": sized.to_dict(), **report.to_dict()})
     if plot is not None:
         plot_bench(report, plot)
     if str(json_path) == "-":
@@ -536,11 +564,11 @@ def tune(
     if plot is not None:
         require_matplotlib()
     loaded = load_model(model)
-    make_inputs(loaded.model, input_options)
+    input_options, sized = _sized_inputs(loaded.model, input_options, config)
     with _progress_bar(str(json_path) == "-") as progress:
         options = _tune_options(config, input_options, min_speedup, time_budget, no_cache, cache_dir, progress)
         report = api.tune(loaded.model, options, include, exclude, min_channels)
-    _write_json(json_path, {"model": str(model), **report.to_dict()})
+    _write_json(json_path, {"model": str(model), "input_shapes": sized.to_dict(), **report.to_dict()})
     if plot is not None:
         plot_tuning(report, plot)
     if str(json_path) != "-":

@@ -74,7 +74,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     try:
         # The checker serializes what it checks: give it the model without weight bytes.
         # Weights that get rewritten are checked against their shape when read.
-        onnx.checker.check_model(skeleton(model, keep_dims=False))
+        onnx.checker.check_model(_lenient(skeleton(model, keep_dims=False)))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
         raise DiagwiseError(f"'{path}' is not a valid ONNX model: {first}") from None
@@ -98,6 +98,16 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
             ) from None
     file_bytes = path.stat().st_size + sum(f.stat().st_size for f in external_files)
     return LoadedModel(model, path, file_bytes, external_files)
+
+
+def _lenient(model: ModelProto) -> ModelProto:
+    """The checker requires a shape on graph inputs and outputs, onnxruntime does not (an output
+    whose rank is unknown is common in exported detectors): give such values an empty shape."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        tensor_type = value.type.tensor_type
+        if value.type.HasField("tensor_type") and not tensor_type.HasField("shape"):
+            tensor_type.shape.SetInParent()
+    return model
 
 
 def as_model(model_or_path: ModelProto | str | os.PathLike, copy: bool = False) -> ModelProto:

@@ -17,7 +17,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
 from .cuda_libs import prepare_gpu_provider
-from .errors import DiagwiseError
+from .errors import DiagwiseError, RuntimeMissing
 from .model_io import PROTOBUF_LIMIT, save_model
 from .tensors import weight_bytes
 
@@ -44,7 +44,7 @@ def import_ort():
     try:
         import onnxruntime
     except ImportError:
-        raise DiagwiseError(
+        raise RuntimeMissing(
             "onnxruntime is not installed: pip install 'onnx-diagwise[cpu]' (or '[gpu]' for CUDA)"
         ) from None
     return onnxruntime
@@ -260,81 +260,6 @@ def load_input_data(pairs: list[str], npz: str | None) -> dict[str, np.ndarray]:
         except (OSError, ValueError) as exc:
             raise DiagwiseError(f"--input-data {name}: cannot read '{path}' as .npy: {exc}") from None
     return data
-
-
-def resolve_shapes(specs: list[InputSpec], options: InputOptions) -> dict[str, list[int]]:
-    """Concrete shapes for every input, or an error naming the first unknown dim."""
-    given = dict(options.shapes or {})
-    if "" in given:
-        if len(specs) != 1:
-            raise DiagwiseError("--overwrite-input-shape without a name works only for a one-input model")
-        given[specs[0].name] = given.pop("")
-    names = {s.name for s in specs}
-    for name in given:
-        if name not in names:
-            raise DiagwiseError(f"--overwrite-input-shape names '{name}', which is not a model input "
-                                f"(inputs: {', '.join(sorted(names))})")
-    dims_by_name = dict(options.dims or {})
-    if options.batch < 1:
-        raise DiagwiseError(f"--batch must be >= 1; got {options.batch}")
-    shapes = {}
-    for spec in specs:
-        if spec.name in given:
-            shape = given[spec.name]
-            if len(shape) != len(spec.dims):
-                raise DiagwiseError(f"--overwrite-input-shape {spec.name}: rank {len(shape)} does not match "
-                                    f"the model's rank {len(spec.dims)}")
-            shapes[spec.name] = shape
-            continue
-        shape = []
-        for axis, dim in enumerate(spec.dims):
-            if isinstance(dim, int) and dim > 0:
-                shape.append(dim)
-            elif isinstance(dim, str) and dim in dims_by_name:
-                shape.append(dims_by_name[dim])
-            elif axis == 0:
-                shape.append(options.batch)  # a leading symbolic dim is the batch
-            else:
-                label = f"'{dim}'" if dim else "unnamed"
-                hint = f"--dim {dim}=VALUE or " if dim else ""
-                raise DiagwiseError(
-                    f"input '{spec.name}' dim {axis} ({label}) is unknown: pass {hint}"
-                    f"--overwrite-input-shape {spec.name}:{','.join(str(d) if isinstance(d, int) and d > 0 else '?' for d in spec.dims)}")
-        shapes[spec.name] = shape
-    return shapes
-
-
-def make_inputs(model: ModelProto, options: InputOptions, seed: int = 0) -> dict[str, np.ndarray]:
-    """Feeds for every input: the real data given, or seeded random data by dtype."""
-    specs = input_specs(model)
-    data = dict(options.data or {})
-    names = {s.name for s in specs}
-    for name in data:
-        if name not in names:
-            raise DiagwiseError(f"input data names '{name}', which is not a model input "
-                                f"(inputs: {', '.join(sorted(names))})")
-    missing = [s for s in specs if s.name not in data]
-    shapes = resolve_shapes(missing, options) if missing else {}
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for spec in specs:
-        if spec.name in data:
-            feeds[spec.name] = _check_data(spec, data[spec.name])
-        else:
-            feeds[spec.name] = random_tensor(rng, spec.dtype, shapes[spec.name])
-    return feeds
-
-
-def _check_data(spec: InputSpec, array: np.ndarray) -> np.ndarray:
-    if array.dtype != spec.dtype:
-        if array.dtype.kind != spec.dtype.kind:
-            raise DiagwiseError(f"input data for '{spec.name}' is {array.dtype}, the model wants {spec.dtype}")
-        array = array.astype(spec.dtype)
-    if len(array.shape) != len(spec.dims) or any(
-            isinstance(d, int) and d > 0 and d != a for d, a in zip(spec.dims, array.shape)):
-        raise DiagwiseError(f"input data for '{spec.name}' has shape {list(array.shape)}, the model wants "
-                            f"{[d if d else '?' for d in spec.dims]}")
-    return array
 
 
 def random_tensor(rng: np.random.Generator, dtype: np.dtype, shape: list[int]) -> np.ndarray:

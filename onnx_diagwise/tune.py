@@ -34,7 +34,8 @@ from .detect import DepthwiseConv, detect
 from .errors import DiagwiseError
 from .plan import plan
 from .rewriter import apply_plan
-from .runtime import InputOptions, RuntimeConfig, import_ort, input_specs, resolve_shapes
+from .dims import resolve_input_shapes
+from .runtime import InputOptions, RuntimeConfig, import_ort
 from .shapes import infer_shapes
 
 CANDIDATES = (2, 4, 8, 16, 32, 64)
@@ -323,7 +324,7 @@ def tune(
     start = clock()
     cache = cache or TuneCache(None)
     context = timer.context()
-    input_shapes = resolve_shapes([s for s in input_specs(model) if s.name not in (inputs.data or {})], inputs)
+    input_shapes = resolve_input_shapes(model, inputs).shapes
     input_shapes.update({k: list(v.shape) for k, v in (inputs.data or {}).items()})
     shapes = infer_shapes(model, input_shapes)
 

@@ -11,7 +11,8 @@ from onnx import ModelProto
 
 from .errors import DiagwiseError
 from .model_io import as_model
-from .runtime import InputOptions, RuntimeConfig, create_session, make_inputs
+from .dims import make_inputs, with_input_shapes
+from .runtime import InputOptions, RuntimeConfig, create_session
 
 # Default (atol, rtol) by output dtype.  fp16/bf16 accumulate in fewer bits, and a
 # block-diagonal conv sums the same products in another order.
@@ -169,6 +170,7 @@ def validate(
     run_config = RuntimeConfig(config.provider, options, config.threads, config.opt_level, config.spin)
 
     original_proto = as_model(original)
+    inputs, _ = with_input_shapes(original_proto, inputs, run_config)  # symbolic dims sized once, for every run
     runs = 1 if inputs.data else check_n
     feeds = [make_inputs(original_proto, inputs, seed=seed + run) for run in range(runs)]
     # One session at a time: two sessions of a large model would hold both in memory.

@@ -159,11 +159,13 @@ def test_time_budget_is_respected():
 
 def test_unknown_input_shape_and_bad_options():
     conformer = SAMPLE_DIR / "conformer_conv1d.onnx"
-    with pytest.raises(DiagwiseError, match="--dim T=VALUE"):
-        tune(conformer, _options(FakeTimer({144: {1: 1.0}})))
-    report = tune(conformer, _options(FakeTimer({144: {1: 1.0, 2: 2.0, 4: 2.0, 8: 2.0, 16: 2.0, 144: 2.0}}),
-                                      inputs=InputOptions(dims={"T": 40})))
+    times = FakeTimer({144: {1: 1.0, 2: 2.0, 4: 2.0, 8: 2.0, 16: 2.0, 144: 2.0}})
+    report = tune(conformer, _options(times, inputs=InputOptions(dims={"T": 40})))
     assert report.layers[0].input_shape == [1, 144, 40]
+    report = tune(conformer, _options(times))  # T sized by trying: the first sequence length that runs
+    assert report.layers[0].input_shape == [1, 144, 128]
+    with pytest.raises(DiagwiseError, match="no dim named 'time'"):
+        tune(conformer, _options(times, inputs=InputOptions(dims={"time": 40})))
     with pytest.raises(DiagwiseError, match="--min-speedup"):
         tune(MV1, _options(FakeTimer(_mv1_times()), min_speedup=-1))
     with pytest.raises(DiagwiseError, match="--time-budget"):
