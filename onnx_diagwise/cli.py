@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__, api
 from .errors import CheckFailed, DiagwiseError, RuntimeMissing, UnsizedDims
-from .model_io import check_output_path, external_data_path, load_model, save_model
+from .model_io import check_output_path, load_model, save_model
 from .plan import compile_pattern, parse_group_size
 from .bench import benchmark
 from .plot import plot_bench, plot_tuning, require_matplotlib
@@ -243,13 +243,13 @@ CheckN = Annotated[int, typer.Option("--check-n", help="Input sets for the check
 
 
 def _open_for_writing(input: Path, output: Path):
-    """Load INPUT after making sure OUTPUT can be written and clobbers nothing of the input's."""
+    """Load INPUT after making sure OUTPUT can be written and clobbers nothing of the input's;
+    also return where OUTPUT's external data goes."""
     if not input.exists():
         raise DiagwiseError(f"input model '{input}' does not exist")
-    check_output_path(output, input)
+    check_output_path(output, [input])
     loaded = load_model(input)
-    check_output_path(output, input, protected=loaded.external_files)
-    return loaded
+    return loaded, check_output_path(output, [input, *loaded.external_files])
 
 
 def _sized_inputs(model, input_options: InputOptions, config: RuntimeConfig | None,
@@ -261,7 +261,8 @@ def _sized_inputs(model, input_options: InputOptions, config: RuntimeConfig | No
         raise DiagwiseError(f"{exc} ({escape})" if escape else str(exc)) from None
 
 
-def _save_checked(result, loaded, input: Path, output: Path, external_data: bool | None, check: bool,
+def _save_checked(result, loaded, input: Path, output: Path, data_path: Path, external_data: bool | None,
+                  check: bool,
                   config: RuntimeConfig | None, input_options: InputOptions | None, check_n: int,
                   atol: float | None, rtol: float | None, allow_tf32: bool, what: str):
     """Write RESULT.model to OUTPUT, after validating the written file against INPUT when CHECK."""
@@ -281,17 +282,17 @@ def _save_checked(result, loaded, input: Path, output: Path, external_data: bool
     if external_data is None and loaded.has_external_data:
         external_data = True
     used_external = save_model(result.model, output, external_data, keep_model=False,
-                               before_commit=check_written if check and changed else None)
-    file_after = output.stat().st_size + (external_data_path(output).stat().st_size if used_external else 0)
-    return validation, used_external, file_after
+                               before_commit=check_written if check and changed else None, data_path=data_path)
+    file_after = output.stat().st_size + (data_path.stat().st_size if used_external else 0)
+    return validation, used_external and data_path, file_after
 
 
-def _print_written(result, loaded, output: Path, validation, used_external: bool, file_after: int,
+def _print_written(result, loaded, output: Path, validation, data_path: Path | bool, file_after: int,
                    json_path: Path | None, verbose: bool, quiet: bool, input: Path,
                    sized: InputShapes | None) -> None:
     report = result.report
     _write_json(json_path, {
-        "input": str(input), "output": str(output), "external_data": used_external,
+        "input": str(input), "output": str(output), "external_data": str(data_path) if data_path else None,
         "input_shapes": sized.to_dict() if sized else None,
         "file_bytes_before": loaded.file_bytes, "file_bytes_after": file_after,
         **report.to_dict(),
@@ -312,7 +313,7 @@ def _print_written(result, loaded, output: Path, validation, used_external: bool
     out.print(summary_line(report))
     if validation is not None:
         out.print(f"check: {validation.summary()}")
-    data_note = f" (+ weights in {output}.data)" if used_external else ""
+    data_note = f" (+ weights in {data_path})" if data_path else ""
     out.print(f"saved {output}{data_note}, {size(file_after)}")
 
 
@@ -371,7 +372,7 @@ def rewrite(
     if check or auto:
         config = _runtime(provider, provider_option, threads, opt_level)
         input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
-    loaded = _open_for_writing(input, output)
+    loaded, data_path = _open_for_writing(input, output)
     sized = None
     if check or auto:
         escape = None if auto else "the check runs the model; --no-check skips it"
@@ -383,8 +384,8 @@ def rewrite(
                              node_group_sizes=pinned, warn_growth=warn_growth, copy=False,
                              tune_options=tune_options, dynamic=not skip_dynamic,
                              input_shapes=sized.shapes if sized else None)
-    written = _save_checked(result, loaded, input, output, external_data, check, config, input_options, check_n,
-                            atol, rtol, allow_tf32, "rewritten")
+    written = _save_checked(result, loaded, input, output, data_path, external_data, check, config, input_options,
+                            check_n, atol, rtol, allow_tf32, "rewritten")
     _print_written(result, loaded, output, *written, json_path, verbose, quiet, input, sized)
 
 
@@ -422,14 +423,14 @@ def revert_command(
     if check:
         config = _runtime(provider, provider_option, threads, "all")
         input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
-    loaded = _open_for_writing(input, output)
+    loaded, data_path = _open_for_writing(input, output)
     sized = None
     if check:
         input_options, sized = _sized_inputs(loaded.model, input_options, config,
                                              "the check runs the model; --no-check skips it")
     result = revert_model(loaded.model, copy=False)
-    written = _save_checked(result, loaded, input, output, external_data, check, config, input_options, check_n,
-                            atol, rtol, False, "reverted")
+    written = _save_checked(result, loaded, input, output, data_path, external_data, check, config, input_options,
+                            check_n, atol, rtol, False, "reverted")
     _print_written(result, loaded, output, *written, json_path, verbose, quiet, input, sized)
 
 

@@ -133,9 +133,18 @@ def check_opsets(model: ModelProto, where: str) -> None:
             )
 
 
-def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None = None,
-                      protected: list[Path] | None = None) -> Path:
-    """Fail early, before any work, if OUTPUT cannot be written or would clobber the input."""
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether A and B are one file on disk (through hard links and symlinks too)."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_path(output: str | os.PathLike, protected: list[Path] | None = None) -> Path:
+    """Fail early, before any work, if OUTPUT cannot be written or is one of the PROTECTED files
+    (the input model and every file its tensors reference); return where OUTPUT's external data
+    would go: OUTPUT.data, or a free name beside it when that is a protected file."""
     output = Path(output)
     parent = output.parent if str(output.parent) else Path(".")
     if output.exists() and output.is_dir():
@@ -145,16 +154,18 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike |
     if not parent.is_dir():
         raise DiagwiseError(f"output directory '{parent}' is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise DiagwiseError(f"output directory '{parent}' is not writable")
-    if input_path is not None and output.exists() and os.path.samefile(output, input_path):
-        raise DiagwiseError(f"output '{output}' is the input model; choose another path")
-    data_file = external_data_path(output)
-    for path in protected or ():
-        if path.exists() and data_file.exists() and os.path.samefile(data_file, path):
-            raise DiagwiseError(
-                f"output data file '{data_file}' is the input's external data; choose another path"
-            )
-    return output
+        raise DiagwiseError(f"output '{output}': directory '{parent}' is not writable")
+    protected = list(protected or ())
+    for index, path in enumerate(protected):
+        if _same_file(output, path):
+            what = "the input model" if index == 0 else f"the input's external data file '{path}'"
+            raise DiagwiseError(f"output '{output}' is {what}; writing it would destroy the input, "
+                                "choose another path")
+    data_path, number = external_data_path(output), 0
+    while any(_same_file(data_path, path) for path in protected) or data_path == output:
+        number += 1
+        data_path = output.with_name(f"{output.name}.{number}.data")
+    return data_path
 
 
 def external_data_path(output: Path) -> Path:
@@ -162,11 +173,12 @@ def external_data_path(output: Path) -> Path:
 
 
 def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool | None = None,
-               keep_model: bool = True, before_commit: Callable[[Path], None] | None = None) -> bool:
+               keep_model: bool = True, before_commit: Callable[[Path], None] | None = None,
+               data_path: str | os.PathLike | None = None) -> bool:
     """Write MODEL to OUTPUT atomically; return whether external data was used.
 
     external_data=None chooses it when the model would pass protobuf's 2 GiB limit.
-    Weights go to '<OUTPUT>.data' beside the model. Both files are written under
+    Weights go to DATA_PATH ('<OUTPUT>.data' by default), beside the model. Both files are written under
     temporary names in the output directory and renamed into place only once
     complete, so a failure never leaves a partial or clobbered file.  MODEL is left
     as it was; with keep_model=False the tensors written to the data file are not
@@ -174,6 +186,9 @@ def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool
     before_commit(path) runs on the complete temporary file before the rename; if it
     raises, nothing is written."""
     output = Path(output)
+    data_path = Path(data_path) if data_path is not None else external_data_path(output)
+    if data_path.parent != output.parent:
+        raise DiagwiseError(f"external data '{data_path}' must be in the folder of '{output}'")
     if external_data is None:
         external_data = weight_bytes(model) > PROTOBUF_LIMIT - 64 * 2**20
     parent = output.parent if str(output.parent) else Path(".")
@@ -182,7 +197,7 @@ def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool
     except OSError as exc:
         raise DiagwiseError(f"cannot write '{output}': {exc.strerror or exc}") from None
     tmp_model = tmp_dir / output.name
-    tmp_data = external_data_path(tmp_model)
+    tmp_data = tmp_dir / data_path.name
     try:
         try:
             if external_data:
@@ -198,7 +213,7 @@ def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool
         if before_commit is not None:
             before_commit(tmp_model)
         if external_data:
-            os.replace(tmp_data, external_data_path(output))
+            os.replace(tmp_data, data_path)
         os.replace(tmp_model, output)
     except OSError as exc:
         raise DiagwiseError(f"cannot write '{output}': {exc.strerror or exc}") from None

@@ -147,17 +147,6 @@ def test_existing_output_is_replaced_only_on_success(tmp_path):
     onnx.checker.check_model(onnx.load(out))
 
 
-def test_external_data_output_would_overwrite_input_data(tmp_path):
-    model = onnx.load(SAMPLE)
-    onnx.save_model(model, tmp_path / "in.onnx", save_as_external_data=True,
-                    location="out.onnx.data", size_threshold=0)
-    before = digest(tmp_path / "out.onnx.data")
-    r = cli("rewrite", tmp_path / "in.onnx", tmp_path / "out.onnx")
-    assert_one_line_error(r, 2, "is the input's external data")
-    assert digest(tmp_path / "out.onnx.data") == before
-    assert not (tmp_path / "out.onnx").exists()
-
-
 def test_skip_dynamic_flag(tmp_path):
     from onnx import helper
 

@@ -1,0 +1,104 @@
+"""Nothing the input needs is ever overwritten: the input model, its external data (whatever the
+name), through hard links and symlinks; OUT's data moves to a free name when it would clash."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+
+from helpers import SAMPLE_DIR, cli
+
+SAMPLE = SAMPLE_DIR / "mobilenetv2_block.onnx"
+
+
+def external_model(folder: Path, name: str = "m.onnx", location: str = "m.onnx.data") -> Path:
+    path = folder / name
+    onnx.save_model(onnx.load(SAMPLE), path, save_as_external_data=True, location=location, size_threshold=0)
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.is_symlink()}
+
+
+def refused(r, folder: Path, before: dict[str, bytes], *words: str) -> None:
+    """Exit 2, one line holding one of WORDS, and the folder exactly as it was."""
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert any(w in r.stderr for w in words), r.stderr
+    assert snapshot(folder) == before  # nothing written, nothing changed
+
+
+@pytest.mark.parametrize("command", ["rewrite", "revert"])
+def test_output_that_is_the_input_data_file_is_refused(tmp_path, command):
+    model = external_model(tmp_path)
+    before = snapshot(tmp_path)
+    r = cli(command, model, tmp_path / "m.onnx.data")  # the mistake that destroyed a model
+    refused(r, tmp_path, before, "is the input's external data file")
+
+
+def test_data_file_of_any_name_is_protected(tmp_path):
+    model = external_model(tmp_path, location="weights.bin")
+    before = snapshot(tmp_path)
+    refused(cli("rewrite", model, tmp_path / "weights.bin"), tmp_path, before, "external data file")
+
+
+def test_output_that_is_the_input_is_refused_through_links(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(SAMPLE.read_bytes())
+    os.link(model, tmp_path / "hard.onnx")
+    (tmp_path / "soft.onnx").symlink_to(model)
+    before = snapshot(tmp_path)
+    for output in (model, tmp_path / "hard.onnx", tmp_path / "soft.onnx"):
+        refused(cli("rewrite", model, output), tmp_path, before, "is the input model")
+    refused(cli("rewrite", tmp_path / "soft.onnx", model), tmp_path, before, "is the input model")
+
+
+def test_output_symlinked_to_the_input_data_is_refused(tmp_path):
+    model = external_model(tmp_path)
+    (tmp_path / "soft.data").symlink_to(tmp_path / "m.onnx.data")
+    before = snapshot(tmp_path)
+    refused(cli("rewrite", model, tmp_path / "soft.data"), tmp_path, before, "external data file")
+
+
+def test_output_hard_linked_to_the_input_data_is_refused(tmp_path):
+    model = external_model(tmp_path)
+    os.link(tmp_path / "m.onnx.data", tmp_path / "hard.data")
+    before = snapshot(tmp_path)
+    # onnx itself will not read external data that has a second hard link; refused either way
+    refused(cli("rewrite", model, tmp_path / "hard.data"), tmp_path, before, "external data file",
+            "multiple hard links")
+
+
+def test_output_data_moves_to_a_free_name_when_the_input_data_has_its_name(tmp_path):
+    model = external_model(tmp_path, "in.onnx", location="out.onnx.data")  # OUT's data name, taken
+    data_before = (tmp_path / "out.onnx.data").read_bytes()
+    r = cli("rewrite", model, tmp_path / "out.onnx", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.onnx.data").read_bytes() == data_before
+    assert (tmp_path / "out.onnx.1.data").exists()
+    written = onnx.load(tmp_path / "out.onnx")  # loads its own data
+    locations = {e.value for t in written.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == set() or locations == {"out.onnx.1.data"}
+    assert '"external_data": ' in r.stdout and "out.onnx.1.data" in r.stdout
+
+
+def test_symlinked_data_name_also_moves(tmp_path):
+    model = external_model(tmp_path)
+    (tmp_path / "out.onnx.data").symlink_to(tmp_path / "m.onnx.data")
+    data_before = (tmp_path / "m.onnx.data").read_bytes()
+    r = cli("rewrite", model, tmp_path / "out.onnx")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m.onnx.data").read_bytes() == data_before and (tmp_path / "out.onnx.1.data").is_file()
+    onnx.checker.check_model(str(tmp_path / "out.onnx"))
+
+
+def test_output_next_to_an_input_whose_data_is_named_like_the_model(tmp_path):
+    """The input's data file is OUT itself plus '.data'... and OUT's own data name is the input."""
+    model = external_model(tmp_path, "x.onnx.data", location="x.onnx.data.bin")
+    r = cli("rewrite", model, tmp_path / "x.onnx", "--external-data")
+    assert r.returncode == 0, r.stderr
+    assert onnx.load(model) is not None and (tmp_path / "x.onnx.1.data").is_file()
