@@ -82,6 +82,22 @@ def _pinned(values: list[str]) -> dict[str, int]:
     return pinned
 
 
+def _tolerance(values: list[str], flag: str):
+    """--atol 1e-4 / --atol y=1e-4 (repeatable): None, one value, or {output name ('' = all): value}."""
+    if not values:
+        return None
+    parsed: dict[str, float] = {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        try:
+            parsed[name] = float(number)
+        except ValueError:
+            raise DiagwiseError(f"{flag} expects a number or NAME=NUMBER; got '{value}'") from None
+        if not parsed[name] >= 0:
+            raise DiagwiseError(f"{flag} must be >= 0; got '{value}'")
+    return parsed[""] if list(parsed) == [""] else parsed
+
+
 def _log_details(verbose: bool) -> None:
     """-v: the library's detail lines (e.g. which CUDA libraries were loaded) on stderr."""
     logger = logging.getLogger("onnx_diagwise")
@@ -139,8 +155,13 @@ InputShape = Annotated[list[str], typer.Option(
 InputData = Annotated[list[str], typer.Option(
     "--input-data", help="NAME:FILE.npy real data for one input. Repeatable.")]
 InputsNpz = Annotated[Optional[Path], typer.Option("--inputs", help="An .npz with real data for the inputs.")]
-Atol = Annotated[Optional[float], typer.Option("--atol", help="Absolute tolerance (default by dtype).")]
-Rtol = Annotated[Optional[float], typer.Option("--rtol", help="Relative tolerance (default by dtype).")]
+TOLERANCE_RULE = ("An element passes when |candidate - original| <= atol + rtol * |original|. Defaults scale "
+                  "with each output: rtol 1e-5 (float32/64), 1e-3 (float16), 1e-2 (bfloat16), 5e-3 (TF32), "
+                  "and atol = rtol * the output's largest |value|; integers and bools must be equal.")
+Atol = Annotated[list[str], typer.Option(
+    "--atol", help="Absolute tolerance: V for every output, or NAME=V for one. Repeatable. " + TOLERANCE_RULE)]
+Rtol = Annotated[list[str], typer.Option(
+    "--rtol", help="Relative tolerance: V for every output, or NAME=V for one. Repeatable.")]
 Details = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Print details on stderr, e.g. which CUDA libraries were loaded.")]
 AllowTf32 = Annotated[bool, typer.Option("--allow-tf32", help="On CUDA, compare fp32 with TF32 enabled.")]
@@ -264,7 +285,7 @@ def _sized_inputs(model, input_options: InputOptions, config: RuntimeConfig | No
 def _save_checked(result, loaded, input: Path, output: Path, data_path: Path, external_data: bool | None,
                   check: bool,
                   config: RuntimeConfig | None, input_options: InputOptions | None, check_n: int,
-                  atol: float | None, rtol: float | None, allow_tf32: bool, what: str):
+                  atol, rtol, allow_tf32: bool, what: str):
     """Write RESULT.model to OUTPUT, after validating the written file against INPUT when CHECK."""
     validation = None
 
@@ -345,8 +366,8 @@ def rewrite(
     overwrite_input_shape: InputShape = [],
     input_data: InputData = [],
     inputs: InputsNpz = None,
-    atol: Atol = None,
-    rtol: Rtol = None,
+    atol: Atol = [],
+    rtol: Rtol = [],
     allow_tf32: AllowTf32 = False,
     min_speedup: MinSpeedup = 0.05,
     time_budget: TimeBudget = None,
@@ -365,6 +386,7 @@ def rewrite(
     """
     _check_flags(group_size, include, exclude, min_channels)
     _log_details(verbose)
+    atol, rtol = _tolerance(atol, "--atol"), _tolerance(rtol, "--rtol")
     pinned = _pinned(node_group_size)
     _check_json_path(json_path)
     auto = parse_group_size(group_size) == "auto"
@@ -407,8 +429,8 @@ def revert_command(
     overwrite_input_shape: InputShape = [],
     input_data: InputData = [],
     inputs: InputsNpz = None,
-    atol: Atol = None,
-    rtol: Rtol = None,
+    atol: Atol = [],
+    rtol: Rtol = [],
 ) -> None:
     """Turn block-diagonal grouped convolutions (this tool's or anyone's) back into depthwise ones.
 
@@ -419,6 +441,7 @@ def revert_command(
     """
     _check_json_path(json_path)
     _log_details(verbose)
+    atol, rtol = _tolerance(atol, "--atol"), _tolerance(rtol, "--rtol")
     config = input_options = None
     if check:
         config = _runtime(provider, provider_option, threads, "all")
@@ -444,8 +467,8 @@ def validate(
     opt_level: OptLevel = "all",
     check_n: int = typer.Option(3, "--check-n", help="Random input sets (seeds --seed, --seed+1, ...)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first random input set."),
-    atol: Atol = None,
-    rtol: Rtol = None,
+    atol: Atol = [],
+    rtol: Rtol = [],
     allow_tf32: AllowTf32 = False,
     batch: Batch = 1,
     dim: Dim = [],
@@ -460,6 +483,7 @@ def validate(
     Example: onnx-diagwise validate model.onnx model.diag.onnx --provider cuda --check-n 5
     """
     _log_details(verbose)
+    atol, rtol = _tolerance(atol, "--atol"), _tolerance(rtol, "--rtol")
     config = _runtime(provider, provider_option, threads, opt_level)
     input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     _check_json_path(json_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from onnx import ModelProto
@@ -14,16 +14,16 @@ from .model_io import as_model
 from .dims import make_inputs, with_input_shapes
 from .runtime import InputOptions, RuntimeConfig, create_session
 
-# Default (atol, rtol) by output dtype.  fp16/bf16 accumulate in fewer bits, and a
-# block-diagonal conv sums the same products in another order.
-TOLERANCES = {
-    "float64": (1e-5, 1e-5),
-    "float32": (1e-5, 1e-5),
-    "float16": (1e-2, 1e-2),
-    "bfloat16": (5e-2, 5e-2),
-}
-# fp32 under TF32 (CUDA, when allowed) keeps 10 mantissa bits.
-TF32_TOLERANCE = (1e-2, 1e-2)
+# Tolerances scale with each output: an element passes when |actual - expected| <= atol + rtol * |expected|,
+# with the default atol = rtol * max|expected| of that output, so an error is judged against the
+# output's own size (an absolute 1e-5 would pass a whole output of small values scaled by 0.99).
+# The defaults, by the precision an output is computed in, leave about 10x room over the summation-
+# order differences of exact rewrites of whole networks (fp32: 9e-7 of the scale, fp16: 1.1e-4).
+DEFAULT_RTOL = {"float64": 1e-5, "float32": 1e-5, "float16": 1e-3, "bfloat16": 1e-2}
+# fp32 under TF32 (CUDA, when allowed) keeps 10 mantissa bits, like fp16.
+TF32_RTOL = 5e-3
+# A user's --atol / --rtol: one value for every output, or per output name.
+Tolerance = float | Mapping[str, float] | None
 
 
 @dataclass
@@ -33,10 +33,11 @@ class OutputComparison:
     message: str
     shape: list[int] | None = None
     dtype: str | None = None
-    atol: float | None = None
+    atol: float | None = None  # absolute, as applied (the default one scaled to the output)
     rtol: float | None = None
+    scale: float | None = None  # max |expected|: the output's magnitude
     max_abs: float | None = None
-    max_rel: float | None = None
+    max_rel: float | None = None  # over elements with |expected| > atol (not near zero)
     mismatches: int = 0
     elements: int = 0
     worst_index: list[int] | None = None
@@ -68,17 +69,42 @@ class ValidationReport:
                 "config": self.config, "outputs": [asdict(o) for o in self.outputs]}
 
 
-def tolerance_for(dtype: np.dtype, atol: float | None, rtol: float | None, tf32: bool) -> tuple[float, float]:
-    """(atol, rtol): exact for integers and bools, by dtype for floats; explicit values win."""
+def tolerance_for(dtype: np.dtype, scale: float, atol: float | None = None, rtol: float | None = None,
+                  tf32: bool = False) -> tuple[float, float]:
+    """(atol, rtol) for an output of DTYPE whose values reach SCALE: exact for integers and bools;
+    for floats rtol by dtype and atol = rtol * SCALE.  A value the user gives is used as it is."""
     if dtype.kind in "biuSU":
         return (0.0 if atol is None else atol, 0.0 if rtol is None else rtol)
-    default = TF32_TOLERANCE if tf32 and dtype == np.float32 else TOLERANCES.get(dtype.name, (1e-5, 1e-5))
-    return (default[0] if atol is None else atol, default[1] if rtol is None else rtol)
+    default = TF32_RTOL if tf32 and dtype == np.float32 else DEFAULT_RTOL.get(dtype.name, 1e-5)
+    return (default * scale if atol is None else atol, default if rtol is None else rtol)
+
+
+def for_output(tolerance: Tolerance, name: str) -> float | None:
+    """The user's tolerance for output NAME: per-name, else the one for all ('' key), else None."""
+    if tolerance is None or isinstance(tolerance, (int, float)):
+        return tolerance
+    return tolerance.get(name, tolerance.get(""))
+
+
+def check_tolerances(atol: Tolerance, rtol: Tolerance, outputs: list[str]) -> None:
+    for flag, tolerance in (("--atol", atol), ("--rtol", rtol)):
+        values = tolerance.items() if isinstance(tolerance, Mapping) else [("", tolerance)]
+        for name, value in values:
+            if name and name not in outputs:
+                raise DiagwiseError(f"{flag} names '{name}', which is not an output of the model "
+                                    f"(outputs: {', '.join(outputs)})")
+            if value is not None and not value >= 0:  # NaN too
+                raise DiagwiseError(f"{flag} must be >= 0; got {value}")
+
+
+def _number(value) -> str:
+    return f"{value:.1e}" if isinstance(value, float) else str(value)
 
 
 def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
             atol: float | None = None, rtol: float | None = None, tf32: bool = False) -> OutputComparison:
-    """Compare ACTUAL to EXPECTED as numpy.isclose does (|a - e| <= atol + rtol * |e|, NaN == NaN)."""
+    """Compare ACTUAL to EXPECTED as numpy.isclose does (|a - e| <= atol + rtol * |e|, NaN == NaN),
+    with tolerance_for's scale-aware defaults."""
     if actual is None:
         return OutputComparison(name, False, "missing from the candidate's outputs")
     expected, actual = np.asarray(expected), np.asarray(actual)
@@ -88,17 +114,20 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
     if expected.dtype != actual.dtype:
         return OutputComparison(name, False, f"dtype {actual.dtype} differs from the original's {expected.dtype}",
                                 shape=list(expected.shape), dtype=str(expected.dtype))
-    a_tol, r_tol = tolerance_for(expected.dtype, atol, rtol, tf32)
+    exact = expected.dtype.kind in "biuSU"
+    e = expected if exact else expected.astype(np.float64)
+    a = actual if exact else actual.astype(np.float64)
+    finite = np.abs(e[np.isfinite(e)]) if not exact else np.abs(e.astype(np.float64))
+    scale = float(finite.max()) if finite.size else 0.0
+    a_tol, r_tol = tolerance_for(expected.dtype, scale, atol, rtol, tf32)
     result = OutputComparison(name, True, "", shape=list(expected.shape), dtype=str(expected.dtype),
-                              atol=a_tol, rtol=r_tol, elements=int(expected.size))
-    tol_text = f"(atol {a_tol:.0e}, rtol {r_tol:.0e})"
+                              atol=a_tol, rtol=r_tol, scale=scale, elements=int(expected.size))
+    tol_text = f"(atol {a_tol:.1e}, rtol {r_tol:.0e})"
     if expected.size == 0:
         result.message = f"empty output {tol_text}"
         return result
-    exact = expected.dtype.kind in "biuSU"
-    e = expected.astype(np.float64) if not exact else expected
-    a = actual.astype(np.float64) if not exact else actual
     if not exact:
+        same = (a == e) | (np.isnan(a) & np.isnan(e))  # equal infinities and NaN where NaN are equal
         new_nans = np.isnan(a) & ~np.isnan(e)
         if new_nans.any():
             result.passed = False
@@ -107,26 +136,29 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
             result.message = (f"{result.mismatches}/{e.size} elements are NaN where the original has none "
                               f"(first at {result.worst_index})")
             return result
-        both_nan = np.isnan(a) & np.isnan(e)
-        diff = np.where(both_nan, 0.0, np.abs(a - e))
+        with np.errstate(invalid="ignore"):
+            diff = np.where(same, 0.0, np.abs(a - e))
+        diff = np.where(np.isnan(diff), np.inf, diff)  # inf vs -inf, or a number vs inf
+        ok = same | (diff <= a_tol + r_tol * np.abs(e))
+        significant = np.abs(e) > a_tol  # relative errors of values near zero say nothing
         with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.where(diff == 0, 0.0, diff / np.abs(e))
-        ok = diff <= a_tol + r_tol * np.abs(e)
-        ok |= both_nan
+            rel = np.where(significant & ~same, diff / np.abs(e), 0.0)
     else:
         diff = (a != e).astype(np.float64)
         rel = diff
         ok = a == e
-    result.max_abs = float(np.nanmax(diff))
-    result.max_rel = float(np.nanmax(rel))
+    result.max_abs = float(diff.max())
+    result.max_rel = float(rel.max()) if rel.size else 0.0
     result.mismatches = int((~ok).sum())
-    worst = np.unravel_index(int(np.nanargmax(diff)), diff.shape)
+    worst = np.unravel_index(int(np.argmax(np.where(ok, 0.0, diff + 1.0) if result.mismatches else diff)),
+                             diff.shape)
     result.worst_index = [int(i) for i in worst]
-    stats = f"max abs {result.max_abs:.1e}, max rel {result.max_rel:.1e} {tol_text}"
+    stats = (f"max abs {result.max_abs:.1e} of values up to {scale:.3g}, max rel {result.max_rel:.1e} "
+             f"{tol_text}")
     if result.mismatches:
         result.passed = False
         result.message = (f"{result.mismatches}/{e.size} elements differ; {stats}; worst at {result.worst_index}: "
-                          f"{actual[worst]!r} vs original {expected[worst]!r}")
+                          f"{_number(actual[worst].item())} vs original {_number(expected[worst].item())}")
     else:
         result.message = stats
     return result
@@ -147,14 +179,15 @@ def validate(
     config: RuntimeConfig | None = None,
     inputs: InputOptions | None = None,
     check_n: int = 3,
-    atol: float | None = None,
-    rtol: float | None = None,
+    atol: Tolerance = None,
+    rtol: Tolerance = None,
     allow_tf32: bool = False,
     seed: int = 0,
 ) -> ValidationReport:
     """Run both models CHECK_N times (seeds SEED, SEED+1, ...; once with real data) and compare
     every output of the original by name.  Paths are given to onnxruntime as they are.
-    Both models must be deterministic: each runs once per input set, one after the other."""
+    Both models must be deterministic: each runs once per input set, one after the other.
+    ATOL / RTOL: one value, or {output name: value}; None: scale-aware defaults (tolerance_for)."""
     config = config or RuntimeConfig()
     inputs = inputs or InputOptions()
     if check_n < 1:
@@ -176,6 +209,7 @@ def validate(
     # One session at a time: two sessions of a large model would hold both in memory.
     session = create_session(original, run_config)
     output_names = [o.name for o in session.get_outputs()]
+    check_tolerances(atol, rtol, output_names)
     expected = [session.run(None, f) for f in feeds]
     del session
     session = create_session(candidate, run_config)
@@ -187,7 +221,7 @@ def validate(
     worst: dict[str, OutputComparison] = {}
     for run_expected, run_actual in zip(expected, actual):
         for name, value in zip(output_names, run_expected):
-            result = compare(name, value, run_actual.get(name), atol, rtol, tf32)
+            result = compare(name, value, run_actual.get(name), for_output(atol, name), for_output(rtol, name), tf32)
             worst[name] = _merge(worst.get(name), result)
     return ValidationReport(run_config.provider_full, runs, [worst[n] for n in output_names], tf32,
                             run_config.to_dict())

@@ -93,18 +93,33 @@ def test_compare_rules():
     assert not compare("y", e, close, atol=1e-7, rtol=1e-7).passed
 
 
-def test_tolerance_defaults():
-    assert tolerance_for(np.dtype(np.float32), None, None, tf32=False) == (1e-5, 1e-5)
-    assert tolerance_for(np.dtype(np.float32), None, None, tf32=True) == (1e-2, 1e-2)
-    assert tolerance_for(np.dtype(np.float16), None, None, tf32=False) == (1e-2, 1e-2)
-    assert tolerance_for(np.dtype(np.int64), None, None, tf32=False) == (0.0, 0.0)
-    assert tolerance_for(np.dtype(np.float16), 0.5, None, tf32=False) == (0.5, 1e-2)
+def test_tolerance_defaults_scale_with_the_output():
+    assert tolerance_for(np.dtype(np.float32), 4.0) == (4e-5, 1e-5)
+    assert tolerance_for(np.dtype(np.float32), 4.0, tf32=True) == (2e-2, 5e-3)
+    assert tolerance_for(np.dtype(np.float16), 0.5) == (5e-4, 1e-3)
+    assert tolerance_for(np.dtype(np.int64), 9.0) == (0.0, 0.0)
+    assert tolerance_for(np.dtype(np.float16), 8.0, atol=0.5) == (0.5, 1e-3)  # the user's value as it is
+
+
+def test_small_outputs_scaled_by_one_percent_fail():
+    """With an absolute 1e-5 this output of values around 1e-5 would pass even scaled by 0.99."""
+    e = np.random.default_rng(0).uniform(-2e-5, 2e-5, 1000).astype(np.float32)
+    r = compare("y", e, e * np.float32(0.99))
+    assert not r.passed and r.scale == pytest.approx(float(np.abs(e).max()))
+    assert "of values up to 2e-05" in r.message and f"atol {r.atol:.1e}" in r.message
+
+
+def test_max_rel_ignores_values_near_zero():
+    e = np.array([1.0, 1e-9, 0.5], np.float32)
+    r = compare("y", e, np.array([1.0, 2e-9, 0.5], np.float32))
+    assert r.passed and r.max_rel == 0.0  # 1e-9 -> 2e-9 is within atol, and not a 100% error to report
 
 
 def test_fp16_sample_validates():
     path = SAMPLE_DIR / "mobilenetv2_block_fp16.onnx"
     report = validate(path, rewrite(path).model)
-    assert report.passed and report.outputs[0].dtype == "float16" and report.outputs[0].atol == 1e-2
+    output = report.outputs[0]
+    assert report.passed and output.dtype == "float16" and output.atol == pytest.approx(1e-3 * output.scale)
 
 
 def test_missing_output_and_integer_outputs():
@@ -225,3 +240,37 @@ def test_scalar_bool_input_and_subgraphs_validate():
     path = SAMPLE_DIR / "if_branch.onnx"
     for seed in (0, 1, 2):
         assert validate(path, rewrite(path).model, seed=seed).passed
+
+
+def _scaled(model: onnx.ModelProto, factor: float) -> onnx.ModelProto:
+    """MODEL with every float output multiplied by FACTOR (computed in the output's dtype)."""
+    scaled = onnx.ModelProto()
+    scaled.CopyFrom(model)
+    graph = scaled.graph
+    for output in graph.output:
+        elem = output.type.tensor_type.elem_type
+        dtype = helper.tensor_dtype_to_np_dtype(elem)
+        if np.dtype(dtype).kind != "f":
+            continue
+        inner = f"{output.name}__unscaled"
+        for node in list(graph.node):
+            node.output[:] = [inner if o == output.name else o for o in node.output]
+        graph.initializer.append(numpy_helper.from_array(np.array(factor, dtype), f"{output.name}__factor"))
+        graph.node.append(helper.make_node("Mul", [inner, f"{output.name}__factor"], [output.name]))
+    return scaled
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLE_DIR.glob("*.onnx")), ids=lambda p: p.stem)
+def test_scaled_outputs_are_caught_and_exact_rewrites_pass(path):
+    model = onnx.load(path)
+    assert validate(model, rewrite(model).model, check_n=1).passed
+    floats = [o.name for o in model.graph.output
+              if np.dtype(helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type)).kind == "f"]
+    if not floats:
+        pytest.skip("integer outputs only: compared exactly")
+    report = validate(model, _scaled(model, 0.99), check_n=1)
+    assert all(not o.passed for o in report.outputs if o.name in floats), [o.line() for o in report.outputs]
+    fp32 = [o for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT]
+    if fp32:  # a 1e-4 change is below float16's spacing (9.8e-4): it is caught where outputs are float32
+        report = validate(model, _scaled(model, 1.0001), check_n=1)
+        assert all(not o.passed for o in report.outputs if o.name in {f.name for f in fp32})
