@@ -119,6 +119,8 @@ def rewrite(
     copied first (copy=False rewrites it in place, which saves memory in pipelines
     that no longer need the original).  input_shapes sizes symbolic input dims for the FLOPs."""
     start = time.perf_counter()
+    if not warn_growth > 1:
+        raise DiagwiseError(f"--warn-growth must be > 1; got {warn_growth}")
     input_shapes = dict(input_shapes or {})
     model = as_model(model_or_path, copy=copy)
     before = model_stats(model)

@@ -26,7 +26,7 @@ from onnx import ModelProto
 from .errors import DiagwiseError
 from .model_io import as_model
 from .dims import make_inputs, with_input_shapes
-from .runtime import InputOptions, RuntimeConfig, create_session, import_ort, input_specs
+from .runtime import InputOptions, RuntimeConfig, create_session, import_ort, input_specs, run_session
 
 
 @dataclass
@@ -147,6 +147,7 @@ class _Runner:
         self.session = create_session(model, config, profile_prefix, optimized_path)
         names = [i.name for i in self.session.get_inputs()]
         feeds = {k: v for k, v in feeds.items() if k in names}
+        self.feeds = feeds
         if not iobinding:
             self.run = lambda: self.session.run(None, feeds)
             return
@@ -161,6 +162,11 @@ class _Runner:
             binding.bind_output(output.name, device)
         self.run = lambda: self.session.run_with_iobinding(binding)
         self.binding = binding
+
+    def first_run(self, name: str) -> None:
+        """One untimed run that turns onnxruntime's refusal of the inputs into a one-line error."""
+        feeds = {i.name: self.feeds[i.name] for i in self.session.get_inputs() if i.name in self.feeds}
+        run_session(self.session, feeds, f"'{name}'")
 
     def outputs(self) -> list[np.ndarray]:
         """The outputs of one more run, on the host."""
@@ -236,6 +242,8 @@ def benchmark(
     feeds = make_inputs(protos[0], inputs, seed=seed)
     batch = _batch_of(feeds)
     runners = [_Runner(m, c, feeds, iobinding) for m, c in zip(models, configs)]
+    for runner, name in zip(runners, names):
+        runner.first_run(name)
 
     for runner in runners:
         for _ in range(warmup):

@@ -4,8 +4,9 @@ The rule: sizes the user gives win (--overwrite-input-shape, --dim NAME=V); a le
 dim is the batch (--batch); every other symbolic dim gets the first candidate size with which
 the model runs.  Candidates depend on what the dim looks like: image sizes (64, then 224, ...;
 multiples of the network's total stride) for the spatial dims of 4-D and 5-D inputs or dims
-named like height/width; sequence lengths (128, 64, 256, ...) for the last dim of 3-D inputs or
-dims named like time/length; small counts otherwise.  All dims move to their next candidate
+named like height/width; 3, 1, 4, ... for the channels of 4-D and 5-D inputs; sequence lengths
+(128, 64, 256, ...) for the last dim of 3-D inputs or dims named like time/length; small counts
+otherwise.  All dims move to their next candidate
 together; dims with the same name always get the same size.
 """
 
@@ -28,6 +29,7 @@ log = logging.getLogger("onnx_diagwise")
 
 IMAGE_SIZES = (64, 224, 256, 320, 512, 640, 32)
 SEQUENCE_LENGTHS = (128, 64, 256, 16, 512, 1024)
+CHANNELS = (3, 1, 4, 16, 64)  # image channels first
 COUNTS = (16, 64, 1, 8, 128)
 IMAGE_NAMES = re.compile(r"^(h|w|height|width|img_?h|img_?w|image_?(height|width)|y|x)$|height|width", re.I)
 SEQUENCE_NAMES = re.compile(r"time|seq|len|frame|token|sample|step|^t$|^l$", re.I)
@@ -86,6 +88,8 @@ def _kind(spec: InputSpec, axis: int, name: str | None) -> str:
     rank = len(spec.dims)
     if rank in (4, 5) and axis >= 2 and spec.dtype.kind == "f":
         return "image"
+    if rank in (4, 5) and axis == 1:
+        return "channels"
     if rank in (2, 3) and axis == rank - 1 or rank == 3 and axis == 1 and spec.dtype.kind == "f":
         return "sequence"
     return "count"
@@ -94,7 +98,7 @@ def _kind(spec: InputSpec, axis: int, name: str | None) -> str:
 def candidates(kind: str, stride: int) -> list[int]:
     if kind == "image":
         return [s for s in IMAGE_SIZES if s % stride == 0] or [64 * stride]
-    return list(SEQUENCE_LENGTHS if kind == "sequence" else COUNTS)
+    return list({"sequence": SEQUENCE_LENGTHS, "channels": CHANNELS}.get(kind, COUNTS))
 
 
 def _given_sizes(specs: list[InputSpec], options: InputOptions) -> tuple[dict, dict, dict, list[SymbolicDim]]:

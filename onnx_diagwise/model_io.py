@@ -75,7 +75,10 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         # The checker serializes what it checks: give it the model without weight bytes.
         # Weights that get rewritten are checked against their shape when read.
         onnx.checker.check_model(_lenient(skeleton(model, keep_dims=False)))
-    except onnx.checker.ValidationError as exc:
+    except UnicodeDecodeError:
+        raise DiagwiseError(f"'{path}' is not a valid ONNX model: a name or string in it is not UTF-8 "
+                            "(a damaged file?)") from None
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
         raise DiagwiseError(f"'{path}' is not a valid ONNX model: {first}") from None
 

@@ -109,7 +109,9 @@ def _session_options(ort, config: RuntimeConfig, profile_prefix: str | None, opt
         if config.threads < 1:
             raise DiagwiseError(f"--threads must be >= 1; got {config.threads}")
         options.intra_op_num_threads = config.threads
-    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+    # Fatal only: onnxruntime's errors come back as exceptions, which are reported in one line;
+    # its log would print each a second time (and warns of unused initializers, which is noise here).
+    options.log_severity_level = 4
     if not config.spin:
         # Spinning workers of one session steal cores from the next one timed after it.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -152,6 +154,19 @@ def create_session(model: ModelProto | str | os.PathLike, config: RuntimeConfig,
             f"asked for {provider} but onnxruntime ran on {got[0] if got else 'nothing'}: the provider failed "
             f"to load: {library_problem or 'CUDA / cuDNN libraries mismatched? (-v shows which were loaded)'}")
     return session
+
+
+def run_session(session, feeds: dict, what: str):
+    """session.run, with onnxruntime's refusal of these inputs (wrong shape for the weights, say)
+    turned into one line naming the inputs: a user's mistake, not a bug."""
+    try:
+        return session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        shapes = ", ".join(f"'{k}' {getattr(v, 'dtype', '?')}{list(getattr(v, 'shape', []))}" for k, v in feeds.items())
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        expected = ", ".join(f"'{i.name}' {i.type}{i.shape}" for i in session.get_inputs())
+        raise DiagwiseError(f"onnxruntime could not run {what} with inputs {shapes} (it expects {expected}): "
+                            f"{first}") from None
 
 
 class _model_source:

@@ -12,7 +12,7 @@ from onnx import ModelProto
 from .errors import DiagwiseError
 from .model_io import as_model
 from .dims import make_inputs, with_input_shapes
-from .runtime import InputOptions, RuntimeConfig, create_session
+from .runtime import InputOptions, RuntimeConfig, create_session, run_session
 
 # Tolerances scale with each output: an element passes when |actual - expected| <= atol + rtol * |expected|,
 # with the default atol = rtol * max|expected| of that output, so an error is judged against the
@@ -134,7 +134,8 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
             result.mismatches = int(new_nans.sum())
             result.worst_index = [int(i) for i in np.argwhere(new_nans)[0]]
             result.message = (f"{result.mismatches}/{e.size} elements are NaN where the original has none "
-                              f"(first at {result.worst_index})")
+                              f"(first at {result.worst_index}); where a layer's inputs hold inf, a "
+                              "block-diagonal weight's zeros make NaN (0 x inf)")
             return result
         with np.errstate(invalid="ignore"):
             diff = np.where(same, 0.0, np.abs(a - e))
@@ -162,6 +163,18 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
     else:
         result.message = stats
     return result
+
+
+def _check_comparable(original_inputs: dict[str, tuple[str, int]], candidate_session) -> None:
+    """The candidate must take the original's inputs (a subset of them), of the same types and ranks."""
+    for value in candidate_session.get_inputs():
+        if value.name not in original_inputs:
+            raise DiagwiseError(f"the models cannot be compared: the candidate's input '{value.name}' is not an "
+                                f"input of the original (its inputs: {', '.join(original_inputs)})")
+        kind, rank = original_inputs[value.name]
+        if (value.type, len(value.shape)) != (kind, rank):
+            raise DiagwiseError(f"the models cannot be compared: input '{value.name}' is {value.type} of rank "
+                                f"{len(value.shape)} in the candidate, {kind} of rank {rank} in the original")
 
 
 def _merge(old: OutputComparison | None, new: OutputComparison) -> OutputComparison:
@@ -192,6 +205,8 @@ def validate(
     inputs = inputs or InputOptions()
     if check_n < 1:
         raise DiagwiseError(f"--check-n must be >= 1; got {check_n}")
+    if seed < 0:
+        raise DiagwiseError(f"--seed must be >= 0; got {seed}")
     options = dict(config.provider_options or {})
     tf32 = False
     if config.provider_full == "CUDAExecutionProvider":
@@ -210,12 +225,15 @@ def validate(
     session = create_session(original, run_config)
     output_names = [o.name for o in session.get_outputs()]
     check_tolerances(atol, rtol, output_names)
-    expected = [session.run(None, f) for f in feeds]
+    original_inputs = {i.name: (i.type, len(i.shape)) for i in session.get_inputs()}
+    expected = [run_session(session, f, "the original") for f in feeds]
     del session
     session = create_session(candidate, run_config)
+    _check_comparable(original_inputs, session)
     candidate_names = [o.name for o in session.get_outputs()]
     candidate_inputs = {i.name for i in session.get_inputs()}
-    actual = [dict(zip(candidate_names, session.run(None, {k: v for k, v in f.items() if k in candidate_inputs})))
+    actual = [dict(zip(candidate_names, run_session(session, {k: v for k, v in f.items() if k in candidate_inputs},
+                                                    "the candidate")))
               for f in feeds]
     del session
     worst: dict[str, OutputComparison] = {}

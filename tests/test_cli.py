@@ -106,7 +106,31 @@ BAD_FLAGS = {
     "pin unknown": (["--node-group-size", "nothere=4"], "'nothere'"),
     "typer int": (["--warn-growth", "lots"], "--warn-growth"),
     "unknown flag": (["--frobnicate"], "No such option: --frobnicate"),
+    "warn-growth": (["--warn-growth", "0.5"], "--warn-growth must be > 1"),
+    "atol negative": (["--atol", "-1e-3"], "--atol must be >= 0"),
+    "atol word": (["--atol", "tight"], "--atol expects a number or NAME=NUMBER"),
+    "rtol unknown output": (["--rtol", "nope=1e-3"], "--rtol names 'nope', which is not an output"),
+    "check-n": (["--check-n", "0"], "--check-n must be >= 1"),
+    "batch": (["--batch", "0"], "--batch must be >= 1"),
+    "dim unknown": (["--dim", "height=8"], "no dim named 'height'"),
+    "shape fixed dim": (["--overwrite-input-shape", "input:1,4,56,56"], "dim 1 is fixed at"),
+    "threads": (["--threads", "0"], "--threads must be >= 1"),
+    "provider": (["--provider", "tpu"], "unknown provider 'tpu'"),
 }
+
+
+def test_bad_numbers_on_other_commands(tmp_path):
+    cases = [
+        (["validate", SAMPLE, SAMPLE, "--seed", "-1"], "--seed must be >= 0"),
+        (["validate", SAMPLE, SAMPLE, "--atol", "-1"], "--atol must be >= 0"),
+        (["bench", SAMPLE, "--warmup", "-1"], "--warmup must be >= 0"),
+        (["bench", SAMPLE, "--seconds", "0"], "--seconds must be > 0"),
+        (["tune", SAMPLE, "--min-speedup", "-0.1"], "--min-speedup must be >= 0"),
+        (["tune", SAMPLE, "--time-budget", "0"], "--time-budget must be > 0"),
+        (["inspect", SAMPLE, "--dim", "T=3"], "no dim named 'T'"),
+    ]
+    for args, expected in cases:
+        assert_one_line_error(cli(*args), 2, expected)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FLAGS))

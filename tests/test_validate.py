@@ -274,3 +274,68 @@ def test_scaled_outputs_are_caught_and_exact_rewrites_pass(path):
     if fp32:  # a 1e-4 change is below float16's spacing (9.8e-4): it is caught where outputs are float32
         report = validate(model, _scaled(model, 1.0001), check_n=1)
         assert all(not o.passed for o in report.outputs if o.name in {f.name for f in fp32})
+
+
+def test_non_finite_weights_and_activations(tmp_path):
+    """NaN/Inf in a depthwise weight stay in its own channel (exact); inf reaching a later
+    depthwise layer turns its block-diagonal zeros into NaN, which the check reports."""
+    model = depthwise_model(channels=8, spatial=(6, 6))
+    weight = next(t for t in model.graph.initializer if t.name == model.graph.node[0].input[1])
+    values = numpy_helper.to_array(weight).copy()
+    values[1, 0, 0, 0], values[2, 0, 1, 1] = np.nan, np.inf
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    path = tmp_path / "nonfinite.onnx"
+    onnx.save(model, path)
+    r = cli("rewrite", path, tmp_path / "out.onnx", "--group-size", "4")
+    assert r.returncode == 0, r.stderr  # NaN where the original has NaN is equal
+    second = helper.make_node("Conv", ["y", model.graph.node[0].input[1]], ["z"], group=8,
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="dw2")
+    model.graph.node.append(second)
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    onnx.save(model, path)
+    r = cli("rewrite", path, tmp_path / "out2.onnx", "--group-size", "4")
+    assert r.returncode == 1 and "0 x inf" in r.stderr and not (tmp_path / "out2.onnx").exists()
+
+
+def test_damaged_copies_of_every_sample_are_bad_input_not_bugs(tmp_path, capsys):
+    """Random byte damage: every copy rewrites (exit 0), fails the check (1) or is refused (2)."""
+    import random
+
+    from onnx_diagwise.cli import main
+
+    rng = random.Random(0)
+    samples = sorted(SAMPLE_DIR.glob("*.onnx"))
+    codes = []
+    for index in range(60):
+        data = bytearray(rng.choice(samples).read_bytes())
+        for _ in range(rng.choice([1, 2, 8])):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        path = tmp_path / f"{index}.onnx"
+        path.write_bytes(bytes(data))
+        code = main(["rewrite", str(path), str(tmp_path / f"{index}.out.onnx"), "-q"])
+        stderr = capsys.readouterr().err
+        assert code in (0, 1, 2), (index, stderr)
+        if code == 2:
+            assert len(stderr.strip().splitlines()) == 1, stderr
+        codes.append(code)
+    assert codes.count(2) >= 5  # the damage was real
+
+
+def test_inputs_onnxruntime_refuses_and_models_that_cannot_be_compared(tmp_path):
+    weight = numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")
+    conv = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "C", 16, 16])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    onnx.save(helper.make_model(conv, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "conv.onnx")
+    half = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 3, 16, 16])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
+    onnx.save(helper.make_model(half, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "half.onnx")
+    conv_path = tmp_path / "conv.onnx"
+    for command in (["validate", conv_path, conv_path], ["bench", conv_path, "-n", "1"]):
+        r = cli(*command, "--overwrite-input-shape", "x:1,4,16,16")  # 4 channels into a 3-channel conv
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "could not run" in r.stderr and "'x' float32[1, 4, 16, 16]" in r.stderr and "'N', 'C'" in r.stderr
+    assert cli("validate", conv_path, conv_path).returncode == 0  # C sized by trying: 3 runs
+    r = cli("validate", conv_path, tmp_path / "half.onnx")
+    assert r.returncode == 2 and "cannot be compared: input 'x' is tensor(float16)" in r.stderr
