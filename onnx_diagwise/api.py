@@ -13,7 +13,7 @@ from onnx import ModelProto
 from .detect import detect
 from .dims import with_input_shapes
 from .errors import DiagwiseError
-from .model_io import PROTOBUF_LIMIT, as_model
+from .model_io import MIN_OPSET, PROTOBUF_LIMIT, as_model
 from .plan import GroupSize, parse_group_size, plan
 from .report import NodeDecision, RewriteReport, RewriteResult, human_bytes, model_stats
 from .rewriter import apply_plan
@@ -34,8 +34,12 @@ def _planned(model: ModelProto, policy, include, exclude, min_channels, node_gro
     for the graph inputs' symbolic dims, where given)."""
     value_types = infer_value_types(model, input_shapes)
     shapes = {name: dims for name, (_, dims) in value_types.items()}
+    why_not = "dynamic weights left alone (--skip-dynamic)"
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+    if dynamic and opset < MIN_OPSET:  # the run-time expansion's Reshape/Mul have no onnxruntime kernels there
+        dynamic, why_not = False, f"the run-time expansion needs opset >= {MIN_OPSET}; the model has {opset}"
     return plan(detect(model, value_types), policy, include, exclude, min_channels, node_group_sizes,
-                shapes=shapes, dynamic=dynamic)
+                shapes=shapes, dynamic=dynamic, why_not_dynamic=why_not)
 
 
 def inspect(

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__, api
@@ -102,10 +103,17 @@ def _log_details(verbose: bool) -> None:
     """-v: the library's detail lines (e.g. which CUDA libraries were loaded) on stderr."""
     logger = logging.getLogger("onnx_diagwise")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+        logger.addHandler(_StderrHandler())
+        logger.propagate = False
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+class _StderrHandler(logging.Handler):
+    """Library log lines on the error console: warnings marked as such, details as they are."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = escape(record.getMessage())
+        err.print(f"[yellow]warning:[/yellow] {text}" if record.levelno >= logging.WARNING else text, soft_wrap=True)
 
 
 def _check_flags(group_size: str, include: str | None, exclude: str | None,

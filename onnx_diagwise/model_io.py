@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -15,10 +16,12 @@ from onnx import ModelProto, TensorProto
 from .errors import DiagwiseError
 from .tensors import iter_tensors, skeleton, tensor_nbytes, weight_bytes
 
-# onnxruntime has no kernels below opset 7; above what the installed onnx knows
-# we cannot check the model.
+# onnxruntime guarantees opset 7 and later, yet runs older models (Conv means the same since
+# opset 1): older ones get a warning.  Past what the installed onnx knows, we cannot check a model.
 MIN_OPSET = 7
 MAX_OPSET = onnx.defs.onnx_opset_version()
+log = logging.getLogger("onnx_diagwise")
+_warned_old: set[tuple[str, int, int]] = set()  # each old model once, though it is read more than once
 
 # Protobuf cannot serialize a message of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -116,7 +119,7 @@ def _lenient(model: ModelProto) -> ModelProto:
 def as_model(model_or_path: ModelProto | str | os.PathLike, copy: bool = False) -> ModelProto:
     """The model itself (copied if COPY), or the model loaded and checked from a path."""
     if isinstance(model_or_path, ModelProto):
-        check_opsets(model_or_path, "model")
+        check_opsets(model_or_path, "the model")
         if not copy:
             return model_or_path
         model = ModelProto()
@@ -128,12 +131,18 @@ def as_model(model_or_path: ModelProto | str | os.PathLike, copy: bool = False) 
 
 
 def check_opsets(model: ModelProto, where: str) -> None:
+    """Refuse opsets newer than onnx knows; warn of ones older than onnxruntime guarantees."""
     for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx") and not MIN_OPSET <= opset.version <= MAX_OPSET:
-            raise DiagwiseError(
-                f"'{where}' uses ai.onnx opset {opset.version}; supported opsets are "
-                f"{MIN_OPSET} to {MAX_OPSET} (onnx {onnx.__version__})"
-            )
+        if opset.domain not in ("", "ai.onnx"):
+            continue
+        if opset.version > MAX_OPSET:
+            raise DiagwiseError(f"'{where}' uses ai.onnx opset {opset.version}; onnx {onnx.__version__} knows "
+                                f"opsets up to {MAX_OPSET} (a newer onnx may)")
+        key = (model.graph.name, len(model.graph.node), opset.version)
+        if opset.version < MIN_OPSET and key not in _warned_old:
+            _warned_old.add(key)
+            log.warning(f"'{where}' uses ai.onnx opset {opset.version}, older than the {MIN_OPSET} onnxruntime "
+                        "guarantees; going on with the opset unchanged (Conv has meant the same since opset 1)")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -92,10 +92,11 @@ def plan(
     node_group_sizes: Mapping[str, int] | None = None,
     shapes: dict | None = None,
     dynamic: bool = True,
+    why_not_dynamic: str = "dynamic weights left alone (--skip-dynamic)",
 ) -> list[PlannedNode]:
     """A decision for every grouped convolution: depthwise candidates in order, then skipped ones.
 
-    dynamic=False leaves nodes with dynamic weights (graph inputs, computed) alone."""
+    dynamic=False leaves nodes with dynamic weights (graph inputs, computed) alone, saying why_not_dynamic."""
     policy = parse_group_size(group_size)
     if policy == "auto":
         raise DiagwiseError("group size 'auto' needs measurement: use rewrite() or tune(), not plan()")
@@ -123,7 +124,7 @@ def plan(
         )
         reason = _filter_reason(conv, include_re, exclude_re, min_channels)
         if reason is None and conv.dynamic and not dynamic:
-            reason = f"weight is a {conv.dynamic.description}; dynamic weights left alone (--skip-dynamic)"
+            reason = f"weight is a {conv.dynamic.description}; {why_not_dynamic}"
         if conv.name in pinned:
             g = pinned[conv.name]
             if g < 1 or conv.channels % g:
