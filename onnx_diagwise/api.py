@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,10 +145,27 @@ def rewrite(
         if item.conv is not None:
             item.decision.action = "rewritten"
     after = model_stats(model)
-    report = RewriteReport(str(policy), [p.decision for p in planned], before, after,
-                           warnings=_growth_warnings(before.weight_bytes, after.weight_bytes, warn_growth),
+    warnings = _noop_warnings(planned, policy, include, before.depthwise_convs) + _growth_warnings(before.weight_bytes, after.weight_bytes,
+                                                                          warn_growth)
+    report = RewriteReport(str(policy), [p.decision for p in planned], before, after, warnings=warnings,
                            elapsed_s=time.perf_counter() - start)
     return RewriteResult(model, report, tuning)
+
+
+def _noop_warnings(planned, policy, include: str | None, depthwise: int) -> list[str]:
+    """A rewrite that changes nothing says why, so that no one ships a copy believing it rewritten
+    (auto keeping the original is a measured outcome, reported by its own summary)."""
+    if any(p.conv is not None for p in planned) or policy == "auto":
+        return []
+    if not depthwise:
+        why = "the model has no depthwise convolution"
+    elif policy == 1:
+        why = "--group-size 1 keeps every layer depthwise (G = 1)"
+    elif include and not any(re.search(include, p.decision.name) for p in planned):
+        why = f"--include '{include}' matches no depthwise convolution"
+    else:
+        why = f"each of the {depthwise} depthwise convolution(s) was left alone (the reasons: -v)"
+    return [f"nothing rewritten: {why}; the output is a copy of the input"]
 
 
 def _growth_warnings(before: int, after: int, warn_growth: float) -> list[str]:

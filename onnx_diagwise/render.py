@@ -39,7 +39,8 @@ def nodes_table(report: RewriteReport, title: str) -> Table:
 
 def summary_line(report: RewriteReport) -> str:
     if not report.nodes:
-        return "no grouped Conv nodes found"
+        return ("no block-diagonal convolutions to revert" if report.group_size == "revert"
+                else "no depthwise or grouped convolutions found")
     verb = ("reverted" if report.group_size == "revert" else "rewritten") if report.after is not None \
         else "to rewrite"
     line = (f"{len(report.nodes)} grouped Conv node(s): {len(report.rewritten)} {verb}, "

@@ -168,6 +168,9 @@ def revert(model_or_path: ModelOrPath, copy: bool = True) -> RewriteResult:
         set_group(item.node, item.channels)
     report = RewriteReport("revert", [item.decision for item in found], before, model_stats(model),
                            elapsed_s=time.perf_counter() - start)
+    if not any(item.decision.action == "reverted" for item in found):
+        report.warnings.append("no block-diagonal convolutions to revert: the output is a copy of the input"
+                               + (f" ({len(found)} grouped convolution(s) left alone, reasons with -v)" if found else ""))
     return RewriteResult(model, report)
 
 

@@ -186,3 +186,35 @@ def test_skip_dynamic_flag(tmp_path):
     [node] = json.loads(r.stdout)["nodes"]
     assert node["action"] == "rewritten" and node["form"] == "dynamic"
     assert json.loads(r.stdout)["check"]["passed"] is True
+
+
+def _plain_conv(tmp_path: Path) -> Path:
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    path = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+NOOPS = {
+    "no depthwise": (lambda tmp: ["rewrite", _plain_conv(tmp)], "nothing rewritten: the model has no depthwise"),
+    "include": (lambda tmp: ["rewrite", SAMPLE, "--include", "^nomatch$"], "--include '^nomatch$' matches no"),
+    "group size 1": (lambda tmp: ["rewrite", SAMPLE, "-g", "1"], "--group-size 1 keeps every layer depthwise"),
+    "revert": (lambda tmp: ["revert", SAMPLE], "no block-diagonal convolutions to revert"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOOPS))
+def test_no_silent_noops(tmp_path, case):
+    make, expected = NOOPS[case]
+    out = tmp_path / "out.onnx"
+    r = cli(*make(tmp_path), out)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and expected in lines[0], r.stderr
+    assert out.exists()  # the copy is written, as asked
