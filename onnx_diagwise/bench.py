@@ -328,7 +328,11 @@ def _profile(model, proto: ModelProto, name: str, config: RuntimeConfig, feeds, 
         times[node].append(float(event.get("dur", 0)))
         op_types[node] = event.get("args", {}).get("op_name", "?")
     source = _source_conv(proto)
-    nodes = [NodeTime(n, op_types[n], float(np.mean(t)), groups.get(n), source(n)) for n, t in times.items()]
+    # The model's own group: onnxruntime's NCHWc layout pads channels (a 72-channel layer runs as group 80).
+    own_groups = {node.name: next((a.i for a in node.attribute if a.name == "group"), 1)
+                  for node in proto.graph.node if node.op_type == "Conv"}
+    nodes = [NodeTime(n, op_types[n], float(np.mean(t)), own_groups.get(source(n), groups.get(n)), source(n))
+             for n, t in times.items()]
     nodes.sort(key=lambda n: -n.mean_us)
     by_op: dict[str, float] = defaultdict(float)
     for n in nodes:

@@ -90,3 +90,14 @@ def test_each_model_can_have_its_own_session_options():
     assert report.environment["threads"] == 1 and [per_model[n]["threads"] for n in ("one", "two")] == [1, 2]
     with pytest.raises(Exception, match="one RuntimeConfig per model"):
         benchmark([MV1, MV1], configs=configs[:1])
+
+
+def test_profile_group_is_the_models_own(tmp_path):
+    """onnxruntime's NCHWc layout pads a 72-channel layer to group 80; the table shows 72."""
+    sample = MV1.parent / "mobilenetv3_block.onnx"
+    report = benchmark([sample], RuntimeConfig("cpu", threads=1), warmup=0, iterations=1, profile=True,
+                       profile_runs=1)
+    [row] = report.depthwise_nodes()
+    own = {n.name: next(a.i for a in n.attribute if a.name == "group") for n in onnx.load(sample).graph.node
+           if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+    assert row["groups"] == [own[row["source"]]] == [72]
