@@ -38,8 +38,11 @@ _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 200))
 out = Console(highlight=False, width=_WIDTH)
 err = Console(stderr=True, highlight=False, width=_WIDTH)
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
     add_completion=False,
+    context_settings=HELP_OPTIONS,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -55,7 +58,8 @@ app = typer.Typer(
     ),
 )
 
-GROUP_SIZE_HELP = ("Channels per group G: an integer N (largest divisor of C <= N), "
+GROUP_SIZE_HELP = ("Channels per group G: 'auto' (measure every layer on --provider and rewrite only what makes the "
+                   "model faster; rewrite only), an integer N (largest divisor of C <= N), "
                    "'paper' (N=32, the authors' choice) or 'full' (G=C, one dense conv).")
 
 
@@ -170,6 +174,7 @@ Atol = Annotated[list[str], typer.Option(
     "--atol", help="Absolute tolerance: V for every output, or NAME=V for one. Repeatable. " + TOLERANCE_RULE)]
 Rtol = Annotated[list[str], typer.Option(
     "--rtol", help="Relative tolerance: V for every output, or NAME=V for one. Repeatable.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings.")]
 Details = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Print details on stderr, e.g. which CUDA libraries were loaded.")]
 AllowTf32 = Annotated[bool, typer.Option("--allow-tf32", help="On CUDA, compare fp32 with TF32 enabled.")]
@@ -187,6 +192,16 @@ CacheDir = Annotated[Optional[Path], typer.Option(
 def _tune_options(config: RuntimeConfig, inputs: InputOptions, min_speedup: float, time_budget: float | None,
                   no_cache: bool, cache_dir: Path | None, progress) -> api.TuneOptions:
     return api.TuneOptions(config, inputs, min_speedup, time_budget, cache_dir, not no_cache, None, progress)
+
+
+@contextmanager
+def _working(text: str, quiet: bool = False):
+    """A spinner on stderr while something that can take a while runs; only on a terminal."""
+    if quiet or not err.is_terminal:
+        yield
+        return
+    with err.status(text):
+        yield
 
 
 @contextmanager
@@ -231,6 +246,7 @@ def inspect(
     overwrite_input_shape: InputShape = [],
     json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
     verbose: Details = False,
+    quiet: Quiet = False,
 ) -> None:
     """List every depthwise / grouped Conv and what [bold]rewrite[/bold] would do with it.
 
@@ -253,7 +269,7 @@ def inspect(
                          input_shapes=sized.shapes if sized else None)
     _write_json(json_path, {"model": str(model), "input_shapes": sized.to_dict() if sized else None,
                             **report.to_dict()})
-    if str(json_path) != "-":
+    if str(json_path) != "-" and not quiet:
         if report.nodes:
             out.print(nodes_table(report, f"{model}: depthwise and grouped Conv nodes"))
         out.print(summary_line(report))
@@ -265,7 +281,6 @@ ExternalData = Annotated[Optional[bool], typer.Option(
     help="Save weights to OUTPUT.data. Default: as the input did, or when the model passes 2 GiB.")]
 Verbose = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Also print the per-node table, and which CUDA libraries were loaded.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings.")]
 Check = Annotated[bool, typer.Option("--check/--no-check",
                                      help="Validate the result against the original before writing it.")]
 CheckN = Annotated[int, typer.Option("--check-n", help="Input sets for the check.")]
@@ -402,20 +417,23 @@ def rewrite(
     if check or auto:
         config = _runtime(provider, provider_option, threads, opt_level)
         input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
-    loaded, data_path = _open_for_writing(input, output)
+    with _working(f"loading {input}", quiet):
+        loaded, data_path = _open_for_writing(input, output)
     sized = None
     if check or auto:
         escape = None if auto else "the check runs the model; --no-check skips it"
-        input_options, sized = _sized_inputs(loaded.model, input_options, config, escape)
-    with _progress_bar(quiet or not auto) as progress:
+        with _working("sizing the inputs", quiet):
+            input_options, sized = _sized_inputs(loaded.model, input_options, config, escape)
+    with _progress_bar(quiet or not auto) as progress, _working("rewriting", quiet or auto):
         tune_options = (_tune_options(config, input_options, min_speedup, time_budget, no_cache, cache_dir,
                                       progress) if auto else None)
         result = api.rewrite(loaded.model, group_size, include, exclude, min_channels,
                              node_group_sizes=pinned, warn_growth=warn_growth, copy=False,
                              tune_options=tune_options, dynamic=not skip_dynamic,
                              input_shapes=sized.shapes if sized else None)
-    written = _save_checked(result, loaded, input, output, data_path, external_data, check, config, input_options,
-                            check_n, atol, rtol, allow_tf32, "rewritten")
+    with _working("checking and saving" if check else "saving", quiet):
+        written = _save_checked(result, loaded, input, output, data_path, external_data, check, config,
+                                input_options, check_n, atol, rtol, allow_tf32, "rewritten")
     _print_written(result, loaded, output, *written, json_path, verbose, quiet, input, sized)
 
 
@@ -454,14 +472,18 @@ def revert_command(
     if check:
         config = _runtime(provider, provider_option, threads, "all")
         input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
-    loaded, data_path = _open_for_writing(input, output)
+    with _working(f"loading {input}", quiet):
+        loaded, data_path = _open_for_writing(input, output)
     sized = None
     if check:
-        input_options, sized = _sized_inputs(loaded.model, input_options, config,
-                                             "the check runs the model; --no-check skips it")
-    result = revert_model(loaded.model, copy=False)
-    written = _save_checked(result, loaded, input, output, data_path, external_data, check, config, input_options,
-                            check_n, atol, rtol, False, "reverted")
+        with _working("sizing the inputs", quiet):
+            input_options, sized = _sized_inputs(loaded.model, input_options, config,
+                                                 "the check runs the model; --no-check skips it")
+    with _working("reverting", quiet):
+        result = revert_model(loaded.model, copy=False)
+    with _working("checking and saving" if check else "saving", quiet):
+        written = _save_checked(result, loaded, input, output, data_path, external_data, check, config,
+                                input_options, check_n, atol, rtol, False, "reverted")
     _print_written(result, loaded, output, *written, json_path, verbose, quiet, input, sized)
 
 
@@ -484,6 +506,7 @@ def validate(
     input_data: InputData = [],
     inputs: InputsNpz = None,
     verbose: Details = False,
+    quiet: Quiet = False,
     json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
     """Run two models on the same inputs and compare every output (exit 1 if any differs).
@@ -498,10 +521,11 @@ def validate(
     original_model = load_model(original).model  # one clear line for a missing or broken file
     load_model(candidate)
     input_options, sized = _sized_inputs(original_model, input_options, config)
-    report = validate_models(original, candidate, config, input_options, check_n, atol, rtol, allow_tf32, seed)
+    with _working("running both models", quiet):
+        report = validate_models(original, candidate, config, input_options, check_n, atol, rtol, allow_tf32, seed)
     _write_json(json_path, {"original": str(original), "candidate": str(candidate),
                             "input_shapes": sized.to_dict(), **report.to_dict()})
-    if str(json_path) != "-":
+    if str(json_path) != "-" and not quiet:
         for line in validation_lines(report):
             out.print(line, soft_wrap=True)
         out.print(report.summary())
@@ -529,6 +553,7 @@ def bench(
     profile: bool = typer.Option(False, "--profile", help="Per-node times from onnxruntime's profiler."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the comparison as a PNG (needs matplotlib)."),
     verbose: Details = False,
+    quiet: Quiet = False,
     json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
     """Time models side by side in one process, interleaved, on identical inputs.
@@ -551,7 +576,7 @@ def bench(
     _write_json(json_path, {"input_shapes": sized.to_dict(), **report.to_dict()})
     if plot is not None:
         plot_bench(report, plot)
-    if str(json_path) == "-":
+    if str(json_path) == "-" or quiet:
         return
     out.print(bench_table(report))
     if profile:
@@ -583,6 +608,7 @@ def tune(
     cache_dir: CacheDir = None,
     plot: Optional[Path] = typer.Option(None, "--plot", help="Per-layer speedup of every G as a PNG."),
     verbose: Details = False,
+    quiet: Quiet = False,
     json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
     """Time every depthwise layer as it is and rewritten with each G; report what 'auto' would do.
@@ -604,12 +630,13 @@ def tune(
     _write_json(json_path, {"model": str(model), "input_shapes": sized.to_dict(), **report.to_dict()})
     if plot is not None:
         plot_tuning(report, plot)
-    if str(json_path) != "-":
+    if str(json_path) != "-" and not quiet:
         out.print(tune_table(report))
         out.print(report.summary)
 
 
-cache_app = typer.Typer(help="The tuning cache of --group-size auto.", no_args_is_help=True)
+cache_app = typer.Typer(help="The tuning cache of --group-size auto.", no_args_is_help=True,
+                        context_settings=HELP_OPTIONS)
 app.add_typer(cache_app, name="cache")
 
 

@@ -24,8 +24,7 @@ def nodes_table(report: RewriteReport, title: str) -> Table:
     table = Table(title=title, title_justify="left", show_lines=False)
     for column in ("node", "form", "C", "M", "kernel", "stride", "dilation", "dtype", "weight", "G", "action",
                    "reason"):
-        table.add_column(column, no_wrap=column not in ("reason", "node"),
-                         justify="right" if column in ("C", "M", "G") else "left")
+        table.add_column(column, overflow="fold", justify="right" if column in ("C", "M", "G") else "left")
     for n in report.nodes:
         style = "green" if n.action in ("rewrite", "rewritten", "reverted") else "yellow"
         node = n.name if n.graph == "main" else f"{n.name}\n[dim]{n.graph}[/dim]"
@@ -98,24 +97,23 @@ def bench_table(report) -> Table:
     title = (f"{env['provider']} on {env['device']}, batch {report.batch}, {env['rounds']} interleaved rounds "
              f"after {env['warmup']} warm-up, iobinding {'on' if env['iobinding'] else 'off'}")
     table = Table(title=title, title_justify="left")
-    for column in ("model", "median ms", "p10 ms", "p90 ms", "mean ms", "samples/s", "ratio", "speedup",
-                   "95% interval"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    for column in ("model", "median ms", "p10 ms", "p90 ms", "mean ms", "samples/s", "speedup", "95% interval"):
+        table.add_column(column, justify="left" if column == "model" else "right", overflow="fold")
     for m in report.models:
         low, high = m.speedup_ci95 or (m.speedup, m.speedup)
         # Coloured only when the interval excludes 1: otherwise the difference is noise.
         colour = "green" if low > 1 else "red" if high < 1 else "white"
         interval = f"{low:.2f}-{high:.2f}" if m.speedup_ci95 else "-"
         table.add_row(m.name, f"{m.median_ms:.3f}", f"{m.p10_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.mean_ms:.3f}",
-                      f"{m.throughput:.1f}", f"{m.ratio:.3f}", f"[{colour}]{m.speedup:.2f}x[/{colour}]", interval)
+                      f"{m.throughput:.1f}", f"[{colour}]{m.speedup:.2f}x[/{colour}]", interval)
     return table
 
 
 def op_type_table(report) -> Table:
     table = Table(title="Kernel time per op type (us per run, onnxruntime profiler)", title_justify="left")
-    table.add_column("op type")
+    table.add_column("op type", overflow="fold")
     for p in report.profiles:
-        table.add_column(p.model, justify="right")
+        table.add_column(p.model, justify="right", overflow="fold")
     ops = list(dict.fromkeys(op for p in report.profiles for op in p.by_op_type_us))
     for op in ops:
         table.add_row(op, *[f"{p.by_op_type_us.get(op, 0.0):.1f}" for p in report.profiles])
@@ -125,9 +123,9 @@ def op_type_table(report) -> Table:
 def depthwise_time_table(report) -> Table:
     table = Table(title="Depthwise Conv nodes of the first model, per model: group / kernel us per run",
                   title_justify="left")
-    table.add_column("node")
+    table.add_column("node", overflow="fold")
     for p in report.profiles:
-        table.add_column(p.model, justify="right")
+        table.add_column(p.model, justify="right", overflow="fold")
     for row in report.depthwise_nodes():
         cells = []
         for group, t in zip(row["groups"], row["times_us"]):
@@ -142,8 +140,8 @@ def tune_table(report) -> Table:
     table = Table(title=f"Per-layer tuning on {ctx.get('provider')} ({ctx.get('device')}), "
                         f"margin {1 + report.min_speedup:.2f}x", title_justify="left")
     for column in ("node", "C", "kernel", "input shape", "original ms", "best G", "best ms", "speedup", "decision"):
-        table.add_column(column, justify="right" if column in ("C", "original ms", "best G", "best ms", "speedup")
-                         else "left")
+        table.add_column(column, overflow="fold",
+                         justify="right" if column in ("C", "original ms", "best G", "best ms", "speedup") else "left")
     for layer in report.layers:
         colour = "green" if layer.group_size > 1 else "yellow"
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731

@@ -151,10 +151,10 @@ SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_models"
 SAMPLE = SAMPLE_DIR / "mobilenetv2_block.onnx"
 
 
-def cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    """Run the real command line in a fresh process."""
+def cli(*args, cwd=None, columns: int = 200) -> subprocess.CompletedProcess:
+    """Run the real command line in a fresh process (output COLUMNS wide, as off a terminal)."""
     return subprocess.run([sys.executable, "-m", "onnx_diagwise", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env={"COLUMNS": "200", "PATH": ""})
+                          capture_output=True, text=True, cwd=cwd, env={"COLUMNS": str(columns), "PATH": ""})
 
 
 def digest(path: Path) -> str:
