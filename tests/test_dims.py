@@ -116,3 +116,20 @@ def test_rewrite_that_cannot_size_dims_fails_in_one_line(tmp_path):
     assert not (tmp_path / "out.onnx").exists()
     r = cli("rewrite", source, tmp_path / "out.onnx", "--overwrite-input-shape", "x:1,3,13,13")
     assert r.returncode == 0, r.stderr
+
+
+def test_exported_models_with_symbolic_dims_rewrite_with_defaults(tmp_path):
+    """Detectors (dynamic H/W, named and unnamed), a recognizer (dynamic W), a speech block
+    (dynamic time), an orientation classifier: the default rewrite sizes every dim itself."""
+    pytest.importorskip("torch")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import export_dynamic_models
+
+    assert export_dynamic_models.main(tmp_path) == 0
+    chosen = {name: json.loads((tmp_path / f"{name}.json").read_text())["input_shapes"]["shapes"]["x"]
+              for name in export_dynamic_models.MODELS}
+    assert chosen["text_detector"] == chosen["text_detector_unnamed"] == [1, 3, 64, 64]
+    assert chosen["text_recognizer"] == [1, 3, 48, 64] and chosen["speech_conformer"] == [1, 128, 256]
