@@ -20,8 +20,8 @@ from .report import NodeDecision, RewriteReport, RewriteResult, human_bytes, mod
 from .rewriter import apply_plan
 from .runtime import InputOptions, RuntimeConfig
 from .shapes import infer_value_types
-from .tune import OrtTimer, Timer, TuneCache, TuneReport, default_cache_dir
-from .tune import tune as tune_layers
+from .tuning import OrtTimer, Timer, TuneCache, TuneReport, default_cache_dir
+from .tuning import tune as tune_layers
 
 ModelOrPath = ModelProto | str | os.PathLike
 
@@ -67,7 +67,7 @@ def inspect(
 
 @dataclass
 class TuneOptions:
-    """How group_size='auto' measures: see onnx_diagwise.tune."""
+    """How group_size='auto' measures: see onnx_diagwise.tuning."""
 
     provider: str | RuntimeConfig = "cpu"
     inputs: InputOptions | None = None

@@ -20,14 +20,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__, api
 from .errors import CheckFailed, DiagwiseError, RuntimeMissing, UnsizedDims
-from .model_io import check_output_path, load_model, save_model
+from .model_io import load_model
 from .plan import compile_pattern, parse_group_size
 from .bench import benchmark
 from .plot import plot_bench, plot_tuning, require_matplotlib
 from .render import (bench_table, compare_table, depthwise_time_table, nodes_table, op_type_table, size,
                      summary_line, tune_table, validation_lines)
-from .revert import revert as revert_model
-from .tune import TuneCache, clear_cache, default_cache_dir
+from .files import FileResult, revert_file, rewrite_file
+from .tuning import TuneCache, clear_cache, default_cache_dir
 from .dims import InputShapes, with_input_shapes
 from .runtime import (InputOptions, RuntimeConfig, load_input_data, parse_dims, parse_input_shapes,
                       parse_key_values)
@@ -196,12 +196,13 @@ def _tune_options(config: RuntimeConfig, inputs: InputOptions, min_speedup: floa
 
 @contextmanager
 def _working(text: str, quiet: bool = False):
-    """A spinner on stderr while something that can take a while runs; only on a terminal."""
+    """A spinner on stderr while something that can take a while runs, only on a terminal; yields
+    a function that changes its text."""
     if quiet or not err.is_terminal:
-        yield
+        yield lambda new_text: None
         return
-    with err.status(text):
-        yield
+    with err.status(text) as status:
+        yield lambda new_text: status.update(new_text)
 
 
 @contextmanager
@@ -286,16 +287,6 @@ Check = Annotated[bool, typer.Option("--check/--no-check",
 CheckN = Annotated[int, typer.Option("--check-n", help="Input sets for the check.")]
 
 
-def _open_for_writing(input: Path, output: Path):
-    """Load INPUT after making sure OUTPUT can be written and clobbers nothing of the input's;
-    also return where OUTPUT's external data goes."""
-    if not input.exists():
-        raise DiagwiseError(f"input model '{input}' does not exist")
-    check_output_path(output, [input])
-    loaded = load_model(input)
-    return loaded, check_output_path(output, [input, *loaded.external_files])
-
-
 def _sized_inputs(model, input_options: InputOptions, config: RuntimeConfig | None,
                   escape: str | None = None) -> tuple[InputOptions, InputShapes]:
     """Size the inputs' symbolic dims once, before any work (the rule: onnx_diagwise.dims; -v prints it)."""
@@ -305,60 +296,26 @@ def _sized_inputs(model, input_options: InputOptions, config: RuntimeConfig | No
         raise DiagwiseError(f"{exc} ({escape})" if escape else str(exc)) from None
 
 
-def _save_checked(result, loaded, input: Path, output: Path, data_path: Path, external_data: bool | None,
-                  check: bool,
-                  config: RuntimeConfig | None, input_options: InputOptions | None, check_n: int,
-                  atol, rtol, allow_tf32: bool, what: str):
-    """Write RESULT.model to OUTPUT, after validating the written file against INPUT when CHECK."""
-    validation = None
-
-    def check_written(path: Path) -> None:
-        """onnxruntime reads the complete temporary file, so no serialized copy is held in memory."""
-        nonlocal validation
-        validation = validate_models(input, path, config, input_options, check_n, atol, rtol, allow_tf32)
-        if not validation.passed:
-            for line in validation_lines(validation):
-                err.print(line, soft_wrap=True)
-            raise CheckFailed(f"the {what} model differs from the original on {validation.provider}; "
-                              f"nothing written to '{output}' (see the FAILED lines above)")
-
-    changed = any(n.action in ("rewritten", "reverted") for n in result.report.nodes)
-    if external_data is None and loaded.has_external_data:
-        external_data = True
-    used_external = save_model(result.model, output, external_data, keep_model=False,
-                               before_commit=check_written if check and changed else None, data_path=data_path)
-    file_after = output.stat().st_size + (data_path.stat().st_size if used_external else 0)
-    return validation, used_external and data_path, file_after
-
-
-def _print_written(result, loaded, output: Path, validation, data_path: Path | bool, file_after: int,
-                   json_path: Path | None, verbose: bool, quiet: bool, input: Path,
-                   sized: InputShapes | None) -> None:
-    report = result.report
-    _write_json(json_path, {
-        "input": str(input), "output": str(output), "external_data": str(data_path) if data_path else None,
-        "input_shapes": sized.to_dict() if sized else None,
-        "file_bytes_before": loaded.file_bytes, "file_bytes_after": file_after,
-        **report.to_dict(),
-        "check": validation.to_dict() if validation else None,
-        "tuning": result.tuning.to_dict() if result.tuning else None,
-    })
+def _print_written(written: FileResult, source: Path, json_path: Path | None, verbose: bool, quiet: bool) -> None:
+    report, tuning = written.report, written.result.tuning
+    _write_json(json_path, written.to_dict(source))
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}")
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
     if quiet or str(json_path) == "-":
         return
-    if result.tuning is not None:
-        out.print(tune_table(result.tuning))
-        out.print(result.tuning.summary)
+    if tuning is not None:
+        out.print(tune_table(tuning))
+        out.print(tuning.summary)
     if verbose and report.nodes:
         out.print(nodes_table(report, "Depthwise and grouped convolutions"))
-    out.print(compare_table(report.before, report.after, loaded.file_bytes, file_after, report.elapsed_s,
+    out.print(compare_table(report.before, report.after, written.file_bytes_before, written.file_bytes_after,
+                            report.elapsed_s,
                             title=f"onnx-diagwise {'revert' if report.group_size == 'revert' else 'rewrite'}"))
     out.print(summary_line(report))
-    if validation is not None:
-        out.print(f"check: {validation.summary()}")
-    data_note = f" (+ weights in {data_path})" if data_path else ""
-    out.print(f"saved {output}{data_note}, {size(file_after)}")
+    if written.validation is not None:
+        out.print(f"check: {written.validation.summary()}")
+    data_note = f" (+ weights in {written.data_path})" if written.data_path else ""
+    out.print(f"saved {written.output}{data_note}, {size(written.file_bytes_after)}")
 
 
 @app.command()
@@ -413,28 +370,15 @@ def rewrite(
     pinned = _pinned(node_group_size)
     _check_json_path(json_path)
     auto = parse_group_size(group_size) == "auto"
-    config = input_options = None
-    if check or auto:
-        config = _runtime(provider, provider_option, threads, opt_level)
-        input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
-    with _working(f"loading {input}", quiet):
-        loaded, data_path = _open_for_writing(input, output)
-    sized = None
-    if check or auto:
-        escape = None if auto else "the check runs the model; --no-check skips it"
-        with _working("sizing the inputs", quiet):
-            input_options, sized = _sized_inputs(loaded.model, input_options, config, escape)
-    with _progress_bar(quiet or not auto) as progress, _working("rewriting", quiet or auto):
+    config = _runtime(provider, provider_option, threads, opt_level)
+    input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
+    with _progress_bar(quiet or not auto) as progress, _working("loading", quiet or auto) as step:
         tune_options = (_tune_options(config, input_options, min_speedup, time_budget, no_cache, cache_dir,
                                       progress) if auto else None)
-        result = api.rewrite(loaded.model, group_size, include, exclude, min_channels,
-                             node_group_sizes=pinned, warn_growth=warn_growth, copy=False,
-                             tune_options=tune_options, dynamic=not skip_dynamic,
-                             input_shapes=sized.shapes if sized else None)
-    with _working("checking and saving" if check else "saving", quiet):
-        written = _save_checked(result, loaded, input, output, data_path, external_data, check, config,
-                                input_options, check_n, atol, rtol, allow_tf32, "rewritten")
-    _print_written(result, loaded, output, *written, json_path, verbose, quiet, input, sized)
+        written = rewrite_file(input, output, group_size, include, exclude, min_channels, pinned, warn_growth,
+                               not skip_dynamic, tune_options, check, config, input_options, check_n, atol, rtol,
+                               allow_tf32, external_data, step)
+    _print_written(written, input, json_path, verbose, quiet)
 
 
 @app.command("revert")
@@ -468,23 +412,11 @@ def revert_command(
     _check_json_path(json_path)
     _log_details(verbose)
     atol, rtol = _tolerance(atol, "--atol"), _tolerance(rtol, "--rtol")
-    config = input_options = None
-    if check:
-        config = _runtime(provider, provider_option, threads, "all")
-        input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
-    with _working(f"loading {input}", quiet):
-        loaded, data_path = _open_for_writing(input, output)
-    sized = None
-    if check:
-        with _working("sizing the inputs", quiet):
-            input_options, sized = _sized_inputs(loaded.model, input_options, config,
-                                                 "the check runs the model; --no-check skips it")
-    with _working("reverting", quiet):
-        result = revert_model(loaded.model, copy=False)
-    with _working("checking and saving" if check else "saving", quiet):
-        written = _save_checked(result, loaded, input, output, data_path, external_data, check, config,
-                                input_options, check_n, atol, rtol, False, "reverted")
-    _print_written(result, loaded, output, *written, json_path, verbose, quiet, input, sized)
+    config = _runtime(provider, provider_option, threads, "all")
+    input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
+    with _working("loading", quiet) as step:
+        written = revert_file(input, output, check, config, input_options, check_n, atol, rtol, external_data, step)
+    _print_written(written, input, json_path, verbose, quiet)
 
 
 @app.command()
@@ -663,7 +595,10 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         return 2
     except CheckFailed as exc:
-        err.print(f"[red]check failed:[/red] {exc}", soft_wrap=True)
+        if exc.validation is not None:
+            for line in validation_lines(exc.validation):
+                err.print(line, soft_wrap=True)
+        err.print(f"[red]check failed:[/red] {escape(str(exc))}", soft_wrap=True)
         return 1
     except typer.Exit as exc:
         return exc.exit_code

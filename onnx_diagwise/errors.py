@@ -14,4 +14,8 @@ class RuntimeMissing(DiagwiseError):
 
 
 class CheckFailed(Exception):
-    """The rewritten model failed a check against the original (exit 1)."""
+    """The rewritten model failed a check against the original (exit 1); .validation says how."""
+
+    def __init__(self, message: str, validation=None):
+        super().__init__(message)
+        self.validation = validation

@@ -148,7 +148,7 @@ def test_cache_hit_on_second_run(tmp_path):
 def test_time_budget_is_respected():
     clock = Clock()
     timer = FakeTimer(_mv1_times(winner_channels=(8, 16, 32, 64, 128, 256)), clock=clock, tick=10.0)
-    from onnx_diagwise.tune import tune as tune_layers
+    from onnx_diagwise.tuning import tune as tune_layers
 
     report = tune_layers(onnx.load(MV1), timer, time_budget=15.0, clock=clock)
     assert timer.layer_calls == 2  # at t=0 and t=10; at t=20 the budget is spent
@@ -225,7 +225,7 @@ def test_cli_tune_plot(tmp_path):
 
 
 def test_separated_decides_when_more_rounds_are_needed():
-    from onnx_diagwise.tune import separated
+    from onnx_diagwise.tuning import separated
 
     rng = np.random.default_rng(0)
     tight_a, tight_b = list(1.0 + 0.001 * rng.standard_normal(30)), list(0.9 + 0.001 * rng.standard_normal(30))

@@ -1,0 +1,176 @@
+"""The whole job on files: load, rewrite (or revert), check on onnxruntime, save atomically.
+
+rewrite_file / revert_file are what `onnx-diagwise rewrite` / `revert` run: the output is
+checked before anything is written, may not clobber the input or any file the input reads,
+keeps external data when the input had it (or past 2 GiB), and is renamed into place only
+once complete and checked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from . import api
+from .dims import InputShapes, with_input_shapes
+from .errors import CheckFailed, DiagwiseError
+from .model_io import LoadedModel, check_output_path, load_model, save_model
+from .plan import GroupSize, parse_group_size
+from .report import RewriteResult
+from .reverter import revert as revert_model
+from .runtime import InputOptions, RuntimeConfig
+from .validation import Tolerance, ValidationReport, validate
+
+Step = Callable[[str], None]  # told what is being done now (for a progress display)
+
+
+@dataclass
+class FileResult:
+    """What rewrite_file / revert_file did."""
+
+    result: RewriteResult  # the report (and the tuning, for 'auto'); result.model is what was written
+    output: Path
+    data_path: Path | None  # OUTPUT's external data file, when written
+    file_bytes_before: int  # the input and its external data
+    file_bytes_after: int
+    validation: ValidationReport | None  # None when check=False or nothing changed
+    input_shapes: InputShapes | None  # how symbolic input dims were sized for the check / tuning
+
+    @property
+    def modified(self) -> bool:
+        return any(n.action in ("rewritten", "reverted") for n in self.result.report.nodes)
+
+    @property
+    def report(self):
+        return self.result.report
+
+    def to_dict(self, source: str | os.PathLike) -> dict[str, Any]:
+        return {"input": str(source), "output": str(self.output),
+                "external_data": str(self.data_path) if self.data_path else None,
+                "file_bytes_before": self.file_bytes_before, "file_bytes_after": self.file_bytes_after,
+                "input_shapes": self.input_shapes.to_dict() if self.input_shapes else None,
+                **self.report.to_dict(),
+                "check": self.validation.to_dict() if self.validation else None,
+                "tuning": self.result.tuning.to_dict() if self.result.tuning else None}
+
+
+def _open(src: Path, dst: Path) -> tuple[LoadedModel, Path]:
+    """Load SRC after making sure DST can be written and clobbers nothing SRC needs; also return
+    where DST's external data goes."""
+    if not src.exists():
+        raise DiagwiseError(f"input model '{src}' does not exist")
+    check_output_path(dst, [src])
+    loaded = load_model(src)
+    return loaded, check_output_path(dst, [src, *loaded.external_files])
+
+
+def _sized(model, inputs: InputOptions, runtime: RuntimeConfig, escape: str | None) -> tuple[InputOptions, InputShapes]:
+    try:
+        return with_input_shapes(model, inputs, runtime)
+    except DiagwiseError as exc:
+        raise DiagwiseError(f"{exc} ({escape})" if escape else str(exc)) from None
+
+
+def _save(result: RewriteResult, loaded: LoadedModel, src: Path, dst: Path, data_path: Path,
+          external_data: bool | None, check: bool, runtime: RuntimeConfig, inputs: InputOptions, check_n: int,
+          atol: Tolerance, rtol: Tolerance, allow_tf32: bool, what: str, step: Step) -> FileResult:
+    validation = None
+
+    def check_written(path: Path) -> None:
+        """onnxruntime reads the complete temporary file, so no serialized copy is held in memory."""
+        nonlocal validation
+        step(f"checking the {what} model")
+        validation = validate(src, path, runtime, inputs, check_n, atol, rtol, allow_tf32)
+        if not validation.passed:
+            raise CheckFailed(f"the {what} model differs from the original on {validation.provider}; "
+                              f"nothing written to '{dst}' (see the FAILED lines)", validation)
+
+    modified = any(n.action in ("rewritten", "reverted") for n in result.report.nodes)
+    if external_data is None and loaded.has_external_data:
+        external_data = True
+    step(f"saving {dst}")
+    used_external = save_model(result.model, dst, external_data, keep_model=False,
+                               before_commit=check_written if check and modified else None, data_path=data_path)
+    after = dst.stat().st_size + (data_path.stat().st_size if used_external else 0)
+    return FileResult(result, dst, data_path if used_external else None, loaded.file_bytes, after, validation, None)
+
+
+def rewrite_file(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    group_size: GroupSize = "paper",
+    include: str | None = None,
+    exclude: str | None = None,
+    min_channels: int | None = None,
+    node_group_sizes: Mapping[str, int] | None = None,
+    warn_growth: float = api.DEFAULT_WARN_GROWTH,
+    dynamic: bool = True,
+    tune_options: api.TuneOptions | None = None,
+    check: bool = True,
+    runtime: RuntimeConfig | None = None,
+    inputs: InputOptions | None = None,
+    check_n: int = 1,
+    atol: Tolerance = None,
+    rtol: Tolerance = None,
+    allow_tf32: bool = False,
+    external_data: bool | None = None,
+    step: Step | None = None,
+) -> FileResult:
+    """Rewrite the model at SRC and write it to DST, checked against SRC on RUNTIME (CPU by default)
+    first: raises CheckFailed (with .validation) and writes nothing if any output differs.
+
+    For group_size='auto', tune_options.provider is the runtime measured on (RUNTIME when not given)."""
+    src, dst, step = Path(src), Path(dst), step or (lambda text: None)
+    runtime = runtime or RuntimeConfig()
+    inputs = inputs or InputOptions()
+    auto = parse_group_size(group_size) == "auto"
+    step(f"loading {src}")
+    loaded, data_path = _open(src, dst)
+    sized = None
+    if check or auto:
+        step("sizing the inputs")
+        escape = None if auto else "the check runs the model; --no-check (check=False) skips it"
+        inputs, sized = _sized(loaded.model, inputs, runtime, escape)
+    if auto:
+        tune_options = replace(tune_options or api.TuneOptions(runtime), inputs=inputs)
+    step("tuning" if auto else "rewriting")
+    result = api.rewrite(loaded.model, group_size, include, exclude, min_channels, node_group_sizes, warn_growth,
+                         copy=False, tune_options=tune_options, dynamic=dynamic,
+                         input_shapes=sized.shapes if sized else None)
+    written = _save(result, loaded, src, dst, data_path, external_data, check, runtime, inputs, check_n, atol, rtol,
+                    allow_tf32, "rewritten", step)
+    written.input_shapes = sized
+    return written
+
+
+def revert_file(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    check: bool = True,
+    runtime: RuntimeConfig | None = None,
+    inputs: InputOptions | None = None,
+    check_n: int = 1,
+    atol: Tolerance = None,
+    rtol: Tolerance = None,
+    external_data: bool | None = None,
+    step: Step | None = None,
+) -> FileResult:
+    """Turn the block-diagonal convolutions of SRC back into depthwise ones and write DST, checked
+    against SRC first (as rewrite_file)."""
+    src, dst, step = Path(src), Path(dst), step or (lambda text: None)
+    runtime = runtime or RuntimeConfig()
+    inputs = inputs or InputOptions()
+    step(f"loading {src}")
+    loaded, data_path = _open(src, dst)
+    sized = None
+    if check:
+        step("sizing the inputs")
+        inputs, sized = _sized(loaded.model, inputs, runtime, "the check runs the model; --no-check (check=False) skips it")
+    step("reverting")
+    result = revert_model(loaded.model, copy=False)
+    written = _save(result, loaded, src, dst, data_path, external_data, check, runtime, inputs, check_n, atol, rtol,
+                    False, "reverted", step)
+    written.input_shapes = sized
+    return written
