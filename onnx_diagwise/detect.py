@@ -196,8 +196,15 @@ def weight_zero_point(scope: Scope, node: NodeProto, index: int | None, out_chan
 
 
 def dequantize_source(scope: Scope, weight_name: str, reads: dict[str, int]):
-    """(DequantizeLinear node, its scope) if the Conv weight is dequantized, else None; a str on failure."""
+    """(DequantizeLinear node, its scope) if the Conv weight is dequantized, else None; a str on failure.
+
+    Casts between the two are followed (DequantizeLinear -> Cast -> Conv is what fp16 converters
+    write when they keep DequantizeLinear in float32): the quantized tensor is still the weight."""
     definition = resolve(scope, weight_name)
+    while (definition is not None and definition.kind == "node" and definition.node.op_type == "Cast"
+           and definition.node.domain in DEFAULT_DOMAINS and reads.get(weight_name, 0) <= 1):
+        weight_name = definition.node.input[0]
+        definition = resolve(definition.scope, weight_name)
     if definition is None or definition.kind != "node":
         return None
     dq = definition.node

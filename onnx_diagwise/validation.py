@@ -7,12 +7,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
-from onnx import ModelProto
+from onnx import ModelProto, TensorProto
 
 from .errors import DiagwiseError
 from .model_io import as_model
 from .dims import make_inputs, with_input_shapes
 from .runtime import InputOptions, RuntimeConfig, create_session, run_session
+from .shapes import infer_value_types
 
 # Tolerances scale with each output: an element passes when |actual - expected| <= atol + rtol * |expected|,
 # with the default atol = rtol * max|expected| of that output, so an error is judged against the
@@ -22,6 +23,10 @@ from .runtime import InputOptions, RuntimeConfig, create_session, run_session
 DEFAULT_RTOL = {"float64": 1e-5, "float32": 1e-5, "float16": 1e-3, "bfloat16": 1e-2}
 # fp32 under TF32 (CUDA, when allowed) keeps 10 mantissa bits, like fp16.
 TF32_RTOL = 5e-3
+# Ops that move or reshape values without computing: an output behind them has the precision of their input.
+LAYOUT_OPS = {"Identity", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Slice", "Gather",
+              "Concat", "Split", "Pad", "Tile", "DepthToSpace", "SpaceToDepth"}
+LOW_PRECISION = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
 # A user's --atol / --rtol: one value for every output, or per output name.
 Tolerance = float | Mapping[str, float] | None
 
@@ -33,6 +38,7 @@ class OutputComparison:
     message: str
     shape: list[int] | None = None
     dtype: str | None = None
+    precision: str | None = None  # the dtype the output is computed in, when lower than its own (a Cast)
     atol: float | None = None  # absolute, as applied (the default one scaled to the output)
     rtol: float | None = None
     scale: float | None = None  # max |expected|: the output's magnitude
@@ -70,12 +76,14 @@ class ValidationReport:
 
 
 def tolerance_for(dtype: np.dtype, scale: float, atol: float | None = None, rtol: float | None = None,
-                  tf32: bool = False) -> tuple[float, float]:
+                  tf32: bool = False, precision: str | None = None) -> tuple[float, float]:
     """(atol, rtol) for an output of DTYPE whose values reach SCALE: exact for integers and bools;
-    for floats rtol by dtype and atol = rtol * SCALE.  A value the user gives is used as it is."""
+    for floats rtol by the precision it is computed in (PRECISION, else DTYPE) and atol = rtol * SCALE.
+    A value the user gives is used as it is."""
     if dtype.kind in "biuSU":
         return (0.0 if atol is None else atol, 0.0 if rtol is None else rtol)
-    default = TF32_RTOL if tf32 and dtype == np.float32 else DEFAULT_RTOL.get(dtype.name, 1e-5)
+    computed = precision or dtype.name
+    default = TF32_RTOL if tf32 and computed == "float32" else DEFAULT_RTOL.get(computed, 1e-5)
     return (default * scale if atol is None else atol, default if rtol is None else rtol)
 
 
@@ -101,10 +109,33 @@ def _number(value) -> str:
     return f"{value:.1e}" if isinstance(value, float) else str(value)
 
 
+def computed_in(model: ModelProto) -> dict[str, str]:
+    """{output: 'float16' or 'bfloat16'} for the float outputs that are a Cast of lower-precision values
+    (through layout ops), as fp16 converters with keep_io_types write: such an output carries the
+    rounding of float16 compute and is compared as float16."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    types = infer_value_types(model)
+    found = {}
+    for output in model.graph.output:
+        name, steps = output.name, 0
+        while name in producers and steps < 64:
+            node, steps = producers[name], steps + 1
+            if node.op_type == "Cast":
+                source = types.get(node.input[0], (None, None))[0]
+                if source in LOW_PRECISION:
+                    found[output.name] = LOW_PRECISION[source]
+                break
+            if node.op_type not in LAYOUT_OPS or not node.input:
+                break
+            name = node.input[0]
+    return found
+
+
 def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
-            atol: float | None = None, rtol: float | None = None, tf32: bool = False) -> OutputComparison:
+            atol: float | None = None, rtol: float | None = None, tf32: bool = False,
+            precision: str | None = None) -> OutputComparison:
     """Compare ACTUAL to EXPECTED as numpy.isclose does (|a - e| <= atol + rtol * |e|, NaN == NaN),
-    with tolerance_for's scale-aware defaults."""
+    with tolerance_for's scale-aware defaults (for the PRECISION the output is computed in)."""
     if actual is None:
         return OutputComparison(name, False, "missing from the candidate's outputs")
     expected, actual = np.asarray(expected), np.asarray(actual)
@@ -119,10 +150,11 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
     a = actual if exact else actual.astype(np.float64)
     finite = np.abs(e[np.isfinite(e)]) if not exact else np.abs(e.astype(np.float64))
     scale = float(finite.max()) if finite.size else 0.0
-    a_tol, r_tol = tolerance_for(expected.dtype, scale, atol, rtol, tf32)
-    result = OutputComparison(name, True, "", shape=list(expected.shape), dtype=str(expected.dtype),
+    lower = precision if precision and not exact and precision != expected.dtype.name else None
+    a_tol, r_tol = tolerance_for(expected.dtype, scale, atol, rtol, tf32, lower)
+    result = OutputComparison(name, True, "", shape=list(expected.shape), dtype=str(expected.dtype), precision=lower,
                               atol=a_tol, rtol=r_tol, scale=scale, elements=int(expected.size))
-    tol_text = f"(atol {a_tol:.1e}, rtol {r_tol:.0e})"
+    tol_text = f"(atol {a_tol:.1e}, rtol {r_tol:.0e}" + (f"; computed in {lower}" if lower else "") + ")"
     if expected.size == 0:
         result.message = f"empty output {tol_text}"
         return result
@@ -218,6 +250,7 @@ def validate(
     run_config = RuntimeConfig(config.provider, options, config.threads, config.opt_level, config.spin)
 
     original_proto = as_model(original)
+    precisions = computed_in(original_proto)
     inputs, _ = with_input_shapes(original_proto, inputs, run_config)  # symbolic dims sized once, for every run
     runs = 1 if inputs.data else check_n
     feeds = [make_inputs(original_proto, inputs, seed=seed + run) for run in range(runs)]
@@ -239,7 +272,8 @@ def validate(
     worst: dict[str, OutputComparison] = {}
     for run_expected, run_actual in zip(expected, actual):
         for name, value in zip(output_names, run_expected):
-            result = compare(name, value, run_actual.get(name), for_output(atol, name), for_output(rtol, name), tf32)
+            result = compare(name, value, run_actual.get(name), for_output(atol, name), for_output(rtol, name), tf32,
+                             precisions.get(name))
             worst[name] = _merge(worst.get(name), result)
     return ValidationReport(run_config.provider_full, runs, [worst[n] for n in output_names], tf32,
                             run_config.to_dict())
