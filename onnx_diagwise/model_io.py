@@ -280,11 +280,12 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _without(message, skip: str):
-    """A copy of MESSAGE without the field named SKIP (no copy of that field's bytes)."""
+def _fields(message, keep: Callable[[int], bool]) -> bytes:
+    """The wire format of MESSAGE's fields whose numbers pass KEEP, in field order (no copy of the
+    bytes of the fields left out)."""
     copy = type(message)()
     for descriptor, value in message.ListFields():
-        if descriptor.name == skip:
+        if not keep(descriptor.number):
             continue
         repeated = (descriptor.is_repeated if hasattr(descriptor, "is_repeated")
                     else descriptor.label == descriptor.LABEL_REPEATED)
@@ -294,28 +295,36 @@ def _without(message, skip: str):
             getattr(copy, descriptor.name).CopyFrom(value)
         else:
             setattr(copy, descriptor.name, value)
-    return copy
+    return copy.SerializeToString()
 
 
 def _write_proto(model: ModelProto, f) -> None:
-    """Write MODEL's wire format piece by piece, one initializer at a time.
+    """Write MODEL's wire format piece by piece, one initializer at a time: the same bytes as
+    onnx.save, without holding two extra copies of every weight as SerializeToString would.
 
-    SerializeToString of the whole model would hold two extra copies of every
-    weight at once.  Protobuf fields may come in any order and repeated fields
-    concatenate, so the parsed result is the same model."""
+    Protobuf writes fields in field-number order, so the model is cut there: ModelProto's fields
+    before graph (7), the graph, the fields after it; inside the graph, node (1) and name (2),
+    then each initializer (5), then the fields after them."""
+    graph_number, initializer_number = 7, 5
     graph_tag, initializer_tag = b"\x3a", b"\x2a"  # field 7 / field 5, length-delimited
-    head = _without(model, "graph").SerializeToString()
+    head = _fields(model, lambda n: n < graph_number)
+    tail = _fields(model, lambda n: n > graph_number)
+    graph_head = _fields(model.graph, lambda n: n < initializer_number)
+    graph_tail = _fields(model.graph, lambda n: n > initializer_number)
     # graph.ByteSize() would encode the whole graph at once (upb computes sizes by
     # encoding); sizes add up field by field, so measure one initializer at a time.
-    rest = _without(model.graph, "initializer").SerializeToString()
     sizes = [tensor.ByteSize() for tensor in model.graph.initializer]
-    graph_size = len(rest) + sum(1 + len(_varint(n)) + n for n in sizes)
-    if len(head) + 1 + len(_varint(graph_size)) + graph_size > PROTOBUF_LIMIT:
+    graph_size = len(graph_head) + sum(1 + len(_varint(n)) + n for n in sizes) + len(graph_tail)
+    total = len(head) + len(tail) + (1 + len(_varint(graph_size)) + graph_size if model.HasField("graph") else 0)
+    if total > PROTOBUF_LIMIT:
         # Writing it would work, but no protobuf parser could read it back.
         raise ValueError("the model passes protobuf's 2 GiB limit")
     f.write(head)
-    f.write(graph_tag + _varint(graph_size))
-    f.write(rest)
-    for tensor, size in zip(model.graph.initializer, sizes):
-        f.write(initializer_tag + _varint(size))
-        f.write(tensor.SerializeToString())
+    if model.HasField("graph"):
+        f.write(graph_tag + _varint(graph_size))
+        f.write(graph_head)
+        for tensor, size in zip(model.graph.initializer, sizes):
+            f.write(initializer_tag + _varint(size))
+            f.write(tensor.SerializeToString())
+        f.write(graph_tail)
+    f.write(tail)

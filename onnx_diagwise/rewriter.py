@@ -21,6 +21,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from .detect import DepthwiseConv, WeightSource
 from .graphs import all_names, iter_scopes, unique_name, use_counts
+from .tensors import tensor_like
 from .plan import PlannedNode
 from .weights import dynamic_mask, expand_depthwise, expand_transposed
 
@@ -59,7 +60,7 @@ class WeightEditor:
         reads = self.counts[namespace]
         key = (namespace, source.names[-1], key)
         if key not in self.replaced:
-            tensor = numpy_helper.from_array(array)
+            tensor = tensor_like(array, source.tensor)
             if all(reads[n] == 1 for n in source.names):
                 self._replace_in_place(source, tensor, namespace, set(source.names) | set(shaped_names))
                 return

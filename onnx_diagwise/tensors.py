@@ -11,7 +11,8 @@ import math
 from typing import Iterator
 
 import onnx
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
+import numpy as np
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from .graphs import iter_scopes
 
@@ -109,3 +110,14 @@ def skeleton(model: ModelProto, keep_dims: bool = True) -> ModelProto:
         stripped.node.extend(strip_node(n) for n in function.node)
     copy.graph.CopyFrom(strip_graph(model.graph))
     return copy
+
+
+def tensor_like(array: np.ndarray, like: TensorProto) -> TensorProto:
+    """ARRAY as a tensor stored the way LIKE is: in raw_data, or in its typed field (float_data,
+    int32_data, ...) when LIKE uses one, so that a rewrite and its revert give back the same bytes."""
+    typed = not like.HasField("raw_data") and like.data_location != TensorProto.EXTERNAL and any(
+        len(getattr(like, field)) for field in ("float_data", "int32_data", "int64_data", "double_data",
+                                                "uint64_data"))
+    if not typed:
+        return numpy_helper.from_array(array)
+    return helper.make_tensor(like.name, like.data_type, array.shape, array.flatten(), raw=False)
