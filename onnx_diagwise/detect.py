@@ -358,6 +358,17 @@ def _dynamic(node, label, scope, form, group, source: DynamicWeight, value_types
                          dynamic=source)
 
 
+def unhandled_conv(node: NodeProto, label: str, scope: Scope) -> SkippedConv | None:
+    """A grouped convolution of a kind this tool does not handle (onnxruntime's com.microsoft.nchwc.Conv
+    or QLinearConv, other vendors' ops), so that reports list it with the reason instead of hiding it."""
+    group = attribute(node, "group", 1)
+    if "conv" not in node.op_type.lower() or not isinstance(group, int) or group <= 1:
+        return None
+    op = f"{node.domain or 'ai.onnx'}.{node.op_type}"
+    return SkippedConv(label, node, scope, f"{op} (group={group}) is not a form this tool handles; left as it is",
+                       form=op, channels=group)
+
+
 def detect(model: ModelProto, value_types: dict | None = None) -> Detection:
     """Every depthwise node (candidates) and every other grouped one (skipped, with a reason).
 
@@ -371,6 +382,9 @@ def detect(model: ModelProto, value_types: dict | None = None) -> Detection:
         for index, node in enumerate(scope.body.node):
             spec = node_form(node)
             if spec is None:
+                unhandled = unhandled_conv(node, node_label(node, index), scope)
+                if unhandled is not None:
+                    skipped.append(unhandled)
                 continue
             found = _classify(node, node_label(node, index), scope, spec, reads, value_types or {})
             if isinstance(found, DepthwiseConv):

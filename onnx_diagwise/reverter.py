@@ -19,7 +19,7 @@ from onnx import NodeProto, numpy_helper
 from .api import ModelOrPath
 from .detect import (DEFAULT_DOMAINS, FLOAT_TYPES, QUANT_TYPES, WeightSource, constant_array, dequantize_source,
                      weight_zero_point,
-                     attribute, find_weight, node_form)
+                     attribute, find_weight, node_form, unhandled_conv)
 from .graphs import Scope, iter_scopes, node_label, resolve, use_counts
 from .model_io import as_model
 from .report import NodeDecision, RewriteReport, RewriteResult, model_stats
@@ -148,12 +148,15 @@ def revert(model_or_path: ModelOrPath, copy: bool = True) -> RewriteResult:
     model = as_model(model_or_path, copy=copy)
     before = model_stats(model)
     counts = use_counts(model)
-    found = []
+    found, unhandled = [], []
     for scope in iter_scopes(model):
         for index, node in enumerate(scope.body.node):
-            item = _candidate(node, node_label(node, index), scope, counts[scope.namespace])
+            label = node_label(node, index)
+            item = _candidate(node, label, scope, counts[scope.namespace])
             if item is not None:
                 found.append(item)
+            elif node_form(node) is None and (other := unhandled_conv(node, label, scope)) is not None:
+                unhandled.append((other, _holds_block_diagonal(node, scope)))
     editor = WeightEditor(model)
     for item in found:
         if item.decision.action != "reverted":
@@ -166,12 +169,33 @@ def revert(model_or_path: ModelOrPath, copy: bool = True) -> RewriteResult:
             editor.replace(item.weight, item.reader, item.scope.namespace, item.collapsed, "depthwise",
                            original if original != base else f"{base}_depthwise", item.shaped)
         set_group(item.node, item.channels)
-    report = RewriteReport("revert", [item.decision for item in found], before, model_stats(model),
+    others = [NodeDecision(name=o.name, graph=o.graph, action="skipped", reason=o.reason, form=o.form,
+                           channels=o.channels) for o, _ in unhandled]
+    report = RewriteReport("revert", [item.decision for item in found] + others, before, model_stats(model),
                            elapsed_s=time.perf_counter() - start)
+    remaining = [o.name for o, diagonal in unhandled if diagonal]
+    if remaining:
+        report.warnings.append(f"block-diagonal weights remain in {len(remaining)} node(s) of a form revert does not "
+                               f"handle ({', '.join(remaining)}): revert the model before onnxruntime's optimizer "
+                               "rewrites its convolutions")
     if not any(item.decision.action == "reverted" for item in found):
         report.warnings.append("no block-diagonal convolutions to revert: the output is a copy of the input"
                                + (f" ({len(found)} grouped convolution(s) left alone, reasons with -v)" if found else ""))
     return RewriteResult(model, report)
+
+
+def _holds_block_diagonal(node: NodeProto, scope: Scope) -> bool:
+    """Whether an unhandled convolution's constant float weight [C*M, G, k...] is block-diagonal
+    with G > 1 (as rewrite() leaves it); unknown layouts count as not."""
+    group = attribute(node, "group", 1)
+    source = find_weight(scope, node.input[1]) if len(node.input) > 1 else None
+    if not isinstance(source, WeightSource) or source.tensor.data_type not in FLOAT_TYPES:
+        return False
+    dims = list(source.tensor.dims)
+    if not 3 <= len(dims) <= 5 or dims[1] <= 1 or dims[0] % (group * dims[1]):
+        return False
+    weight = numpy_helper.to_array(source.tensor)
+    return is_block_diagonal(weight, dims[0] // (group * dims[1]))
 
 
 def _remove_expansion(item: _Revertible, editor: WeightEditor, counts) -> None:
