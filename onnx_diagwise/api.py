@@ -11,6 +11,7 @@ from typing import Callable, Mapping
 
 from onnx import ModelProto
 
+from .adapters import to_proto, uses_original_type
 from .detect import detect
 from .dims import with_input_shapes
 from .errors import DiagwiseError
@@ -23,6 +24,7 @@ from .shapes import infer_value_types
 from .tuning import OrtTimer, Timer, TuneCache, TuneReport, default_cache_dir
 from .tuning import tune as tune_layers
 
+# also an onnx_ir.Model, an onnx_graphsurgeon.Graph or a torch.onnx.ONNXProgram (see adapters)
 ModelOrPath = ModelProto | str | os.PathLike
 
 # Warn when the rewrite multiplies the model's weight bytes by more than this.
@@ -59,7 +61,8 @@ def inspect(
     policy = parse_group_size(group_size)
     if policy == "auto":
         raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune (onnx-diagwise tune)")
-    model = as_model(model_or_path)
+    proto, _ = to_proto(model_or_path)
+    model = as_model(proto)
     planned = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic,
                        dict(input_shapes or {}))
     return RewriteReport(str(policy), [p.decision for p in planned], model_stats(model))
@@ -95,7 +98,7 @@ def tune(model_or_path: ModelOrPath, options: TuneOptions | None = None, include
          exclude: str | None = None, min_channels: int | None = None) -> TuneReport:
     """Measure every depthwise layer on the target provider and report the G that pays, if any."""
     options = options or TuneOptions()
-    model = as_model(model_or_path)
+    model = as_model(to_proto(model_or_path)[0])
     inputs = options.inputs
     if options.timer is None:  # size symbolic dims once, not in every timing run
         inputs, _ = with_input_shapes(model, inputs, options.config)
@@ -127,7 +130,8 @@ def rewrite(
     if not warn_growth > 1:
         raise DiagwiseError(f"--warn-growth must be > 1; got {warn_growth}")
     input_shapes = dict(input_shapes or {})
-    model = as_model(model_or_path, copy=copy)
+    proto, back = to_proto(model_or_path)
+    model = as_model(proto, copy=copy and not uses_original_type(model_or_path))  # a conversion is a copy already
     before = model_stats(model)
     tuning = None
     policy = parse_group_size(group_size)
@@ -149,7 +153,7 @@ def rewrite(
                                                                           warn_growth)
     report = RewriteReport(str(policy), [p.decision for p in planned], before, after, warnings=warnings,
                            elapsed_s=time.perf_counter() - start)
-    return RewriteResult(model, report, tuning)
+    return RewriteResult(back(model), report, tuning)
 
 
 def _noop_warnings(planned, policy, include: str | None, depthwise: int) -> list[str]:

@@ -141,6 +141,6 @@ class RewriteReport:
 
 @dataclass
 class RewriteResult:
-    model: ModelProto
+    model: Any  # the type rewrite() was given: ModelProto (also for a path), onnx_ir.Model, gs.Graph, ONNXProgram
     report: RewriteReport
     tuning: Any = None  # the TuneReport, when the group size was "auto"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import NodeProto, numpy_helper
 
+from .adapters import to_proto, uses_original_type
 from .api import ModelOrPath
 from .detect import (DEFAULT_DOMAINS, FLOAT_TYPES, QUANT_TYPES, WeightSource, constant_array, dequantize_source,
                      weight_zero_point,
@@ -145,7 +146,8 @@ def _skip(decision, node: NodeProto, scope: Scope, group: int, dims: list[int]) 
 def revert(model_or_path: ModelOrPath, copy: bool = True) -> RewriteResult:
     """Collapse every block-diagonal grouped convolution back to a depthwise one."""
     start = time.perf_counter()
-    model = as_model(model_or_path, copy=copy)
+    proto, back = to_proto(model_or_path)
+    model = as_model(proto, copy=copy and not uses_original_type(model_or_path))
     before = model_stats(model)
     counts = use_counts(model)
     found, unhandled = [], []
@@ -181,7 +183,7 @@ def revert(model_or_path: ModelOrPath, copy: bool = True) -> RewriteResult:
     if not any(item.decision.action == "reverted" for item in found):
         report.warnings.append("no block-diagonal convolutions to revert: the output is a copy of the input"
                                + (f" ({len(found)} grouped convolution(s) left alone, reasons with -v)" if found else ""))
-    return RewriteResult(model, report)
+    return RewriteResult(back(model), report)
 
 
 def _holds_block_diagonal(node: NodeProto, scope: Scope) -> bool:

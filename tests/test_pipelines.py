@@ -1,0 +1,111 @@
+"""Export pipelines: onnx_ir models, onnx-graphsurgeon graphs and torch.onnx programs go in, the
+same type comes out, with the numbers and the report of the ModelProto path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from helpers import SAMPLE_DIR
+from onnx_diagwise import inspect, revert, rewrite
+from onnx_diagwise.runtime import RuntimeConfig, create_session
+
+ir = pytest.importorskip("onnx_ir")
+gs = pytest.importorskip("onnx_graphsurgeon")
+SAMPLES = sorted(SAMPLE_DIR.glob("*.onnx"))
+
+
+def outputs(model: onnx.ModelProto) -> list[np.ndarray]:
+    session = create_session(model, RuntimeConfig("cpu"))
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for value in session.get_inputs():
+        shape = [d if isinstance(d, int) else (1 if i == 0 else 16) for i, d in enumerate(value.shape)]
+        kind = value.type
+        feeds[value.name] = (np.asarray(rng.random(shape) < 0.5) if "bool" in kind else
+                             rng.uniform(-1, 1, shape).astype(np.float16 if "float16" in kind else np.float32))
+    return session.run(None, feeds)
+
+
+def decisions(report) -> list[tuple]:
+    return [(n.name, n.action, n.reason, n.group_size) for n in report.nodes]
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
+def test_every_type_gives_the_same_rewrite(path):
+    proto = onnx.load(path)
+    by_path = rewrite(path)
+    by_proto = rewrite(proto)
+    by_ir = rewrite(ir.serde.deserialize_model(proto))
+    by_gs = rewrite(gs.import_onnx(proto))
+    assert isinstance(by_ir.model, ir.Model) and isinstance(by_gs.model, gs.Graph)
+    assert isinstance(by_proto.model, onnx.ModelProto) and isinstance(by_path.model, onnx.ModelProto)
+    expected = decisions(by_proto.report)
+    assert decisions(by_path.report) == decisions(by_ir.report) == decisions(by_gs.report) == expected
+    serialized = by_proto.model.SerializeToString()
+    assert by_path.model.SerializeToString() == serialized
+    # onnx_ir writes its own field order: compare through the same serializer
+    assert ir.serde.serialize_model(by_ir.model).SerializeToString() == ir.serde.serialize_model(
+        ir.serde.deserialize_model(by_proto.model)).SerializeToString()
+    from_gs = gs.export_onnx(by_gs.model)  # the same weights; the node order may differ (onnxruntime's sums too)
+    gs_tensors = gs.import_onnx(from_gs).tensors()  # the main graph's
+    for tensor in by_proto.model.graph.initializer:
+        if tensor.name in gs_tensors:  # those read only inside subgraphs are listed there
+            np.testing.assert_array_equal(gs_tensors[tensor.name].values, onnx.numpy_helper.to_array(tensor))
+    for got, want in zip(outputs(from_gs), outputs(by_proto.model)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert decisions(inspect(gs.import_onnx(proto))) == decisions(inspect(proto))
+
+
+def test_graphsurgeon_keeps_names_opsets_and_metadata():
+    proto = onnx.load(SAMPLE_DIR / "mobilenetv2_block.onnx")
+    graph = gs.import_onnx(proto)
+    result = rewrite(graph, group_size=8)
+    exported = gs.export_onnx(result.model)
+    assert exported.graph.name == proto.graph.name
+    assert [n.name for n in exported.graph.node] == [n.name for n in proto.graph.node]
+    assert {(o.domain, o.version) for o in exported.opset_import} == {(o.domain, o.version) for o in proto.opset_import}
+    assert [n.action for n in revert(result.model).report.nodes] == ["reverted"] * 2
+    assert graph is not result.model  # the input is not modified
+    assert [n.op for n in graph.nodes] == [n.op_type for n in proto.graph.node]
+
+
+def test_passes_compose_in_a_pass_manager():
+    import onnx_ir.passes.common as common
+
+    from onnx_diagwise.passes import DiagonalwisePass, RevertPass
+
+    proto = onnx.load(SAMPLE_DIR / "mobilenet_v1_025.onnx")
+    model = ir.serde.deserialize_model(proto)
+    rewrite_pass = DiagonalwisePass(group_size=8)
+    manager = ir.passes.PassManager([rewrite_pass, common.RemoveUnusedNodesPass()])
+    result = manager(model)
+    assert result.modified and result.model is model and len(rewrite_pass.report.rewritten) == 13
+    np.testing.assert_allclose(outputs(ir.serde.serialize_model(model))[0], outputs(proto)[0], rtol=1e-5, atol=1e-5)
+    assert not DiagonalwisePass(group_size=8)(model).modified  # already rewritten: nothing to do
+    back = ir.passes.PassManager([RevertPass()])(model)
+    assert back.modified and ir.serde.serialize_model(model).SerializeToString() == ir.serde.serialize_model(
+        ir.serde.deserialize_model(proto)).SerializeToString()
+
+
+def test_torch_dynamo_program_in_program_out():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    module = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.nn.ReLU()).eval()
+    program = torch.onnx.export(module, (torch.randn(1, 16, 12, 12),), dynamo=True, verbose=False)
+    result = rewrite(program, group_size=8)
+    assert type(result.model) is type(program)
+    assert [n.action for n in result.report.nodes] == ["rewritten"]
+    x = torch.randn(1, 16, 12, 12)
+    np.testing.assert_allclose(result.model(x)[0].numpy(), module(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_import_onnx_diagwise_imports_none_of_them():
+    code = ("import sys, onnx_diagwise; "
+            "print([m for m in ('onnx_ir', 'onnx_graphsurgeon', 'torch') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
