@@ -1,6 +1,7 @@
 """What the rewrite itself costs: time and peak memory of `onnx-diagwise rewrite --no-check`
 next to a plain onnx.load + onnx.save of the same model (and, for information, of the
-default rewrite, which also runs both models in onnxruntime to check the result).
+default rewrite, which also runs both models in onnxruntime to check the result), and with
+--ir the same through onnx-ir: ir.load + ir.save, and ir.load + DiagonalwisePass + ir.save.
 
     python benchmarks/rewrite_cost.py [--blocks 40] [--channels 1024] [--repeats 3] [--json PATH]
 
@@ -33,6 +34,17 @@ if mode == "onnx":
     import onnx
     start = time.perf_counter()
     onnx.save(onnx.load(src), dst)
+elif mode == "ir":
+    import onnx_ir as ir
+    start = time.perf_counter()
+    ir.save(ir.load(src), dst)
+elif mode == "ir-pass":
+    import onnx_ir as ir
+    from onnx_diagwise.passes import DiagonalwisePass
+    start = time.perf_counter()
+    model = ir.load(src)
+    assert DiagonalwisePass(group_size=sys.argv[4] if not sys.argv[4].isdigit() else int(sys.argv[4]))(model).modified
+    ir.save(model, dst)
 else:
     from onnx_diagwise.cli import main
     start = time.perf_counter()
@@ -81,6 +93,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--group-size", default="paper")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--ir", action="store_true", help="also measure the onnx-ir path (needs onnx-ir)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,6 +108,10 @@ def main() -> None:
             runs["onnx-diagwise rewrite"].append(
                 measure("diagwise", src, Path(tmp) / "out.onnx", extra + ["--no-check"]))
             runs["rewrite + check on CPU"].append(measure("diagwise", src, Path(tmp) / "checked.onnx", extra))
+            if args.ir:
+                runs.setdefault("onnx_ir load+save", []).append(measure("ir", src, Path(tmp) / "ir.onnx", []))
+                runs.setdefault("DiagonalwisePass (onnx_ir)", []).append(
+                    measure("ir-pass", src, Path(tmp) / "ir-pass.onnx", [args.group_size]))
         out_size = (Path(tmp) / "out.onnx").stat().st_size
 
     rows = {name: {"seconds": statistics.median(r["seconds"] for r in rs),
