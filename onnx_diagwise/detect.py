@@ -124,6 +124,7 @@ class SkippedConv:
     kernel: list[int] | None = None
     dtype: str | None = None
     weight_source: str | None = None
+    block_diagonal_g: int | None = None  # set when the weight is block-diagonal already (G; G = C for group 1)
 
     @property
     def graph(self) -> str:
@@ -221,7 +222,7 @@ def _classify(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads: 
               value_types: dict) -> DepthwiseConv | SkippedConv | None:
     group = attribute(node, "group", 1)
     if group <= 1:
-        return None
+        return _dense_diagonal(node, label, scope, spec, reads)
     form = spec.form
 
     def skip(reason: str, **kw) -> SkippedConv:
@@ -290,6 +291,27 @@ def _classify(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads: 
                          dtype=dtype, weight=source, reader=reader, zero_point=zero_point)
 
 
+def _dense_diagonal(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads) -> SkippedConv | None:
+    """A group = 1 float Conv whose weight [C*M, C, k...] is diagonal: rewrite()'s G = C (full) form,
+    block-diagonal with one block.  Any other dense conv is no grouped conv at all (None)."""
+    if spec.form not in ("float", "FusedConv") or len(node.input) <= spec.weight_input:
+        return None
+    source = find_weight(scope, node.input[spec.weight_input])
+    if not isinstance(source, WeightSource) or source.tensor.data_type not in FLOAT_TYPES:
+        return None
+    dims = list(source.tensor.dims)
+    if not 3 <= len(dims) <= 5 or dims[1] <= 1 or dims[0] % dims[1]:
+        return None
+    weight = np.asarray(numpy_helper.to_array(source.tensor))
+    multiplier = dims[0] // dims[1]
+    if np.any(weight[0, 1:]) or not is_block_diagonal(weight, multiplier):  # row 0 first: most convs stop there
+        return None
+    return SkippedConv(label, node, scope, f"already block-diagonal (G={dims[1]}, group=1); nothing to do",
+                       form=spec.form, channels=dims[1], multiplier=multiplier, kernel=dims[2:],
+                       dtype=FLOAT_TYPES[source.tensor.data_type], weight_source=source.kind,
+                       block_diagonal_g=dims[1])
+
+
 def _geometry(node: NodeProto, rank: int) -> tuple:
     pads = attribute(node, "pads")
     auto_pad = attribute(node, "auto_pad", b"NOTSET")
@@ -320,7 +342,8 @@ def _grouped(node, label, scope, form, group, dims, tensor, info, zero_point_at)
         if not isinstance(fill, str) and is_block_diagonal(np.asarray(numpy_helper.to_array(tensor)), multiplier,
                                                            fill):
             return SkippedConv(label, node, scope, f"already block-diagonal (G={dims[1]}, group={group}); "
-                               "nothing to do", form=form, channels=in_channels, multiplier=multiplier, **info)
+                               "nothing to do", form=form, channels=in_channels, multiplier=multiplier,
+                               block_diagonal_g=dims[1], **info)
     return SkippedConv(label, node, scope, f"grouped conv with {dims[1]} input channels per group, not depthwise",
                        form=form, channels=in_channels, **info)
 
@@ -332,7 +355,7 @@ def _classify_transposed(node, label, scope, group, dims, source, info, reader) 
                 np.asarray(numpy_helper.to_array(source.tensor)), in_per_group):
             return SkippedConv(label, node, scope, f"already block-diagonal (G={in_per_group}, group={group}); "
                                "nothing to do", form="ConvTranspose", channels=dims[0],
-                               multiplier=dims[1] // in_per_group, **info)
+                               multiplier=dims[1] // in_per_group, block_diagonal_g=in_per_group, **info)
         return SkippedConv(label, node, scope, f"grouped ConvTranspose with {dims[0] // group} input channels "
                            "per group, not depthwise", form="ConvTranspose", channels=dims[0], **info)
     rank = len(dims) - 2

@@ -65,7 +65,8 @@ def compare_table(before: ModelStats, after: ModelStats, file_before: int | None
     table.add_column("Written model", justify="right")
     rows = [
         ("Depthwise convs", before.depthwise_convs, after.depthwise_convs, str),
-        ("Grouped convs", before.grouped_convs, after.grouped_convs, str),
+        ("Block-diagonal convs", before.block_diagonal_convs, after.block_diagonal_convs, str),
+        ("Other grouped convs", before.grouped_convs, after.grouped_convs, str),
         ("All convs", before.convs, after.convs, str),
         ("Parameters", before.parameters, after.parameters, count),
         ("Weights", before.weight_bytes, after.weight_bytes, size),

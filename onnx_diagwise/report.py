@@ -6,9 +6,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from onnx import ModelProto, helper
+from onnx import ModelProto
 
-from .detect import node_form
+from .detect import NODE_FORMS, detect, node_form
+from .shapes import infer_value_types
 from .graphs import iter_scopes
 from .tensors import iter_tensors, tensor_elements, weight_bytes
 
@@ -55,10 +56,12 @@ class NodeDecision:
 
 @dataclass
 class ModelStats:
-    """The before/after numbers of the onnxsim-style summary table."""
+    """The before/after numbers of the onnxsim-style summary table; the convolutions are counted
+    by detect's classification, the one rewrite, revert and inspect use."""
 
     depthwise_convs: int
-    grouped_convs: int  # group > 1 but not depthwise
+    block_diagonal_convs: int  # rewritten ones (any form), G = C (group 1) included
+    grouped_convs: int  # other grouped convolutions
     convs: int
     parameters: int
     weight_bytes: int
@@ -69,39 +72,20 @@ class ModelStats:
 
 
 def model_stats(model: ModelProto) -> ModelStats:
-    """Counts for the before/after table.  A convolution of any form (Conv, FusedConv,
-    QLinearConv, ConvInteger, ConvTranspose) is depthwise when its weight has one input
-    channel per group; weight shapes are followed through Identity and DequantizeLinear."""
+    """Counts for the before/after table."""
     ops: Counter = Counter()
-    depthwise = grouped = convs = 0
-    shapes = {}
+    convs = 0
     for scope in iter_scopes(model):
-        if not scope.is_function:
-            shapes.update({t.name: list(t.dims) for t in scope.body.initializer})
         for node in scope.body.node:
             ops[node.op_type] += 1
-            if node.op_type == "Constant":
-                for attr in node.attribute:
-                    if attr.HasField("t"):
-                        shapes[node.output[0]] = list(attr.t.dims)
-            if node.op_type in ("Identity", "DequantizeLinear") and node.input[0] in shapes:
-                shapes[node.output[0]] = shapes[node.input[0]]
-            spec = node_form(node)
-            if spec is None:
-                continue
-            convs += 1
-            group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
-            if group > 1:
-                weight = node.input[spec.weight_input] if len(node.input) > spec.weight_input else ""
-                shape = shapes.get(weight)
-                one_per_group = shape is not None and len(shape) > 1 and (
-                    shape[0] == group if spec.transposed else shape[1] == 1)
-                if one_per_group:
-                    depthwise += 1
-                else:
-                    grouped += 1
+            convs += node_form(node) is not None
+    found = detect(model, infer_value_types(model))
+    block_diagonal = sum(1 for s in found.skipped if s.block_diagonal_g)
+    handled = {spec.form for spec in NODE_FORMS.values()} | {"QDQ", "dynamic"}
+    grouped = sum(1 for s in found.skipped if not s.block_diagonal_g and s.form in handled)
     parameters = sum(tensor_elements(t) for t in iter_tensors(model))
-    return ModelStats(depthwise, grouped, convs, parameters, weight_bytes(model), dict(sorted(ops.items())))
+    return ModelStats(len(found.candidates), block_diagonal, grouped, convs, parameters, weight_bytes(model),
+                      dict(sorted(ops.items())))
 
 
 @dataclass

@@ -192,8 +192,10 @@ def test_non_depthwise_group_conv_and_other_domains():
     model.opset_import.append(helper.make_opsetid("my.domain", 1))
     report = inspect(model, group_size=4)
     by_name = {n.name: n for n in report.nodes}
-    assert set(by_name) == {"dw", "grouped"}  # other domains are not ours to touch
+    assert set(by_name) == {"dw", "grouped", "custom"}  # other domains: listed, never touched
     assert "not depthwise" in by_name["grouped"].reason
+    assert by_name["custom"].action == "skipped" and by_name["custom"].form == "my.domain.Conv"
+    assert "not a form this tool handles" in by_name["custom"].reason
     result = rewrite(model, group_size=4).model
     custom = [n for n in result.graph.node if n.name == "custom"][0]
     assert custom.input[1] == "w" and attr(custom, "group") == 8
@@ -238,7 +240,8 @@ def test_report_bytes_flops_and_dict():
     assert n.flops_before == 2 * 16 * 9 * 100 and n.flops_after == 4 * n.flops_before
     data = result.report.to_dict()
     assert data["summary"] == {"nodes": 1, "rewritten": 1, "skipped": 0}
-    assert data["before"]["depthwise_convs"] == 1 and data["after"]["grouped_convs"] == 1
+    assert data["before"]["depthwise_convs"] == 1 and data["after"]["block_diagonal_convs"] == 1
+    assert data["after"]["grouped_convs"] == 0
     assert data["nodes"][0]["reason"].startswith("G=4, group=2")
     growth = (4 * 16 * 9 * 4 + 16 * 4) / (16 * 9 * 4 + 16 * 4)  # weight x4, bias unchanged
     assert result.report.warnings == [
@@ -324,3 +327,23 @@ def test_loop_body_with_nested_if_rewritten():
         for e, a in zip(run(model, feeds), run(result.model, feeds)):
             np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
     assert revert(result.model).model == model
+
+
+def test_one_classifier_for_reports_and_stats():
+    """The statistics count what detect classifies: a dynamic depthwise weight is depthwise before
+    and block-diagonal after; G = C (group 1) layers are listed as block-diagonal by inspect."""
+    from onnx import helper as h
+
+    from onnx_diagwise import inspect
+
+    model = depthwise_model(channels=8, bias=False)
+    weight = model.graph.initializer.pop()
+    model.graph.input.append(h.make_tensor_value_info("w", weight.data_type, list(weight.dims)))
+    model.graph.node[0].input[1] = "w"
+    result = rewrite(model, group_size=4)
+    assert [n.action for n in result.report.nodes] == ["rewritten"]
+    assert result.report.before.depthwise_convs == 1 and result.report.after.depthwise_convs == 0
+    full = rewrite(depthwise_model(channels=8), group_size="full")
+    assert full.report.after.block_diagonal_convs == 1 and full.report.after.grouped_convs == 0
+    [listed] = inspect(full.model).nodes
+    assert listed.action == "skipped" and listed.reason.startswith("already block-diagonal (G=8, group=1)")
