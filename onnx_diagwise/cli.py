@@ -26,7 +26,7 @@ from .bench import benchmark
 from .plot import plot_bench, plot_tuning, require_matplotlib
 from .render import (bench_table, compare_table, depthwise_time_table, nodes_table, op_type_table, size,
                      summary_line, tune_table, validation_lines)
-from .files import FileResult, revert_file, rewrite_file
+from .files import CheckOptions, FileResult, revert_file, rewrite_file
 from .tuning import TuneCache, clear_cache, default_cache_dir
 from .dims import InputShapes, with_input_shapes
 from .runtime import (InputOptions, RuntimeConfig, load_input_data, parse_dims, parse_input_shapes,
@@ -375,9 +375,9 @@ def rewrite(
     with _progress_bar(quiet or not auto) as progress, _working("loading", quiet or auto) as step:
         tune_options = (_tune_options(config, input_options, min_speedup, time_budget, no_cache, cache_dir,
                                       progress) if auto else None)
+        checking = CheckOptions(check, config, input_options, check_n, atol, rtol, allow_tf32)
         written = rewrite_file(input, output, group_size, include, exclude, min_channels, pinned, warn_growth,
-                               not skip_dynamic, tune_options, check, config, input_options, check_n, atol, rtol,
-                               allow_tf32, external_data, step)
+                               not skip_dynamic, tune_options, checking, external_data, step)
     _print_written(written, input, json_path, verbose, quiet)
 
 
@@ -415,7 +415,8 @@ def revert_command(
     config = _runtime(provider, provider_option, threads, "all")
     input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     with _working("loading", quiet) as step:
-        written = revert_file(input, output, check, config, input_options, check_n, atol, rtol, external_data, step)
+        checking = CheckOptions(check, config, input_options, check_n, atol, rtol)
+        written = revert_file(input, output, checking, external_data, step)
     _print_written(written, input, json_path, verbose, quiet)
 
 

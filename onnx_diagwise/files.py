@@ -9,7 +9,7 @@ once complete and checked.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -24,6 +24,19 @@ from .runtime import InputOptions, RuntimeConfig
 from .validation import Tolerance, ValidationReport, validate
 
 Step = Callable[[str], None]  # told what is being done now (for a progress display)
+
+
+@dataclass
+class CheckOptions:
+    """How a result is checked against its input before it is written (the check is on by default)."""
+
+    enabled: bool = True
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # also what 'auto' measures on
+    inputs: InputOptions = field(default_factory=InputOptions)
+    runs: int = 1  # input sets (--check-n)
+    atol: Tolerance = None
+    rtol: Tolerance = None
+    allow_tf32: bool = False
 
 
 @dataclass
@@ -66,23 +79,29 @@ def _open(src: Path, dst: Path) -> tuple[LoadedModel, Path]:
     return loaded, check_output_path(dst, [src, *loaded.external_files])
 
 
-def _sized(model, inputs: InputOptions, runtime: RuntimeConfig, escape: str | None) -> tuple[InputOptions, InputShapes]:
+def _options(check: CheckOptions | bool) -> CheckOptions:
+    return check if isinstance(check, CheckOptions) else CheckOptions(enabled=bool(check))
+
+
+def _sized(model, check: CheckOptions, escape: str | None) -> tuple[CheckOptions, InputShapes]:
+    """CHECK with the inputs' symbolic dims sized once, for the check and the tuning alike."""
     try:
-        return with_input_shapes(model, inputs, runtime)
+        inputs, sized = with_input_shapes(model, check.inputs, check.runtime)
     except DiagwiseError as exc:
         raise DiagwiseError(f"{exc} ({escape})" if escape else str(exc)) from None
+    return replace(check, inputs=inputs), sized
 
 
 def _save(result: RewriteResult, loaded: LoadedModel, src: Path, dst: Path, data_path: Path,
-          external_data: bool | None, check: bool, runtime: RuntimeConfig, inputs: InputOptions, check_n: int,
-          atol: Tolerance, rtol: Tolerance, allow_tf32: bool, what: str, step: Step) -> FileResult:
+          external_data: bool | None, check: CheckOptions, what: str, step: Step) -> FileResult:
     validation = None
 
     def check_written(path: Path) -> None:
         """onnxruntime reads the complete temporary file, so no serialized copy is held in memory."""
         nonlocal validation
         step(f"checking the {what} model")
-        validation = validate(src, path, runtime, inputs, check_n, atol, rtol, allow_tf32)
+        validation = validate(src, path, check.runtime, check.inputs, check.runs, check.atol, check.rtol,
+                              check.allow_tf32)
         if not validation.passed:
             raise CheckFailed(f"the {what} model differs from the original on {validation.provider}; "
                               f"nothing written to '{dst}' (see the FAILED lines)", validation)
@@ -92,7 +111,8 @@ def _save(result: RewriteResult, loaded: LoadedModel, src: Path, dst: Path, data
         external_data = True
     step(f"saving {dst}")
     used_external = save_model(result.model, dst, external_data, keep_model=False,
-                               before_commit=check_written if check and modified else None, data_path=data_path)
+                               before_commit=check_written if check.enabled and modified else None,
+                               data_path=data_path)
     after = dst.stat().st_size + (data_path.stat().st_size if used_external else 0)
     return FileResult(result, dst, data_path if used_external else None, loaded.file_bytes, after, validation, None)
 
@@ -108,39 +128,30 @@ def rewrite_file(
     warn_growth: float = api.DEFAULT_WARN_GROWTH,
     dynamic: bool = True,
     tune_options: api.TuneOptions | None = None,
-    check: bool = True,
-    runtime: RuntimeConfig | None = None,
-    inputs: InputOptions | None = None,
-    check_n: int = 1,
-    atol: Tolerance = None,
-    rtol: Tolerance = None,
-    allow_tf32: bool = False,
+    check: CheckOptions | bool = True,
     external_data: bool | None = None,
     step: Step | None = None,
 ) -> FileResult:
-    """Rewrite the model at SRC and write it to DST, checked against SRC on RUNTIME (CPU by default)
-    first: raises CheckFailed (with .validation) and writes nothing if any output differs.
+    """Rewrite the model at SRC and write it to DST, checked against SRC first (CheckOptions; CPU by
+    default): raises CheckFailed (with .validation) and writes nothing if any output differs.
 
-    For group_size='auto', tune_options.provider is the runtime measured on (RUNTIME when not given)."""
-    src, dst, step = Path(src), Path(dst), step or (lambda text: None)
-    runtime = runtime or RuntimeConfig()
-    inputs = inputs or InputOptions()
+    For group_size='auto', tune_options (default: on check.runtime) says how layers are measured."""
+    src, dst, step, check = Path(src), Path(dst), step or (lambda text: None), _options(check)
     auto = parse_group_size(group_size) == "auto"
     step(f"loading {src}")
     loaded, data_path = _open(src, dst)
     sized = None
-    if check or auto:
+    if check.enabled or auto:
         step("sizing the inputs")
         escape = None if auto else "the check runs the model; --no-check (check=False) skips it"
-        inputs, sized = _sized(loaded.model, inputs, runtime, escape)
+        check, sized = _sized(loaded.model, check, escape)
     if auto:
-        tune_options = replace(tune_options or api.TuneOptions(runtime), inputs=inputs)
+        tune_options = replace(tune_options or api.TuneOptions(check.runtime), inputs=check.inputs)
     step("tuning" if auto else "rewriting")
     result = api.rewrite(loaded.model, group_size, include, exclude, min_channels, node_group_sizes, warn_growth,
                          copy=False, tune_options=tune_options, dynamic=dynamic,
                          input_shapes=sized.shapes if sized else None)
-    written = _save(result, loaded, src, dst, data_path, external_data, check, runtime, inputs, check_n, atol, rtol,
-                    allow_tf32, "rewritten", step)
+    written = _save(result, loaded, src, dst, data_path, external_data, check, "rewritten", step)
     written.input_shapes = sized
     return written
 
@@ -148,29 +159,21 @@ def rewrite_file(
 def revert_file(
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    check: bool = True,
-    runtime: RuntimeConfig | None = None,
-    inputs: InputOptions | None = None,
-    check_n: int = 1,
-    atol: Tolerance = None,
-    rtol: Tolerance = None,
+    check: CheckOptions | bool = True,
     external_data: bool | None = None,
     step: Step | None = None,
 ) -> FileResult:
     """Turn the block-diagonal convolutions of SRC back into depthwise ones and write DST, checked
     against SRC first (as rewrite_file)."""
-    src, dst, step = Path(src), Path(dst), step or (lambda text: None)
-    runtime = runtime or RuntimeConfig()
-    inputs = inputs or InputOptions()
+    src, dst, step, check = Path(src), Path(dst), step or (lambda text: None), _options(check)
     step(f"loading {src}")
     loaded, data_path = _open(src, dst)
     sized = None
-    if check:
+    if check.enabled:
         step("sizing the inputs")
-        inputs, sized = _sized(loaded.model, inputs, runtime, "the check runs the model; --no-check (check=False) skips it")
+        check, sized = _sized(loaded.model, check, "the check runs the model; --no-check (check=False) skips it")
     step("reverting")
     result = revert_model(loaded.model, copy=False)
-    written = _save(result, loaded, src, dst, data_path, external_data, check, runtime, inputs, check_n, atol, rtol,
-                    False, "reverted", step)
+    written = _save(result, loaded, src, dst, data_path, external_data, check, "reverted", step)
     written.input_shapes = sized
     return written

@@ -10,7 +10,7 @@ import pytest
 
 import onnx_diagwise
 from helpers import SAMPLE, digest
-from onnx_diagwise import CheckFailed, revert_file, rewrite_file
+from onnx_diagwise import CheckFailed, CheckOptions, revert_file, rewrite_file
 from onnx_diagwise.runtime import RuntimeConfig
 
 
@@ -49,7 +49,7 @@ def test_a_failed_check_raises_with_the_report_and_writes_nothing(tmp_path, monk
 
     monkeypatch.setattr(files.api, "rewrite", planted)
     with pytest.raises(CheckFailed) as caught:
-        rewrite_file(SAMPLE, tmp_path / "out.onnx", runtime=RuntimeConfig("cpu"))
+        rewrite_file(SAMPLE, tmp_path / "out.onnx", check=CheckOptions(runtime=RuntimeConfig("cpu")))
     assert caught.value.validation is not None and not caught.value.validation.passed
     assert not (tmp_path / "out.onnx").exists() and list(tmp_path.iterdir()) == []
 
