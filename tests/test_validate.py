@@ -339,3 +339,61 @@ def test_inputs_onnxruntime_refuses_and_models_that_cannot_be_compared(tmp_path)
     assert cli("validate", conv_path, conv_path).returncode == 0  # C sized by trying: 3 runs
     r = cli("validate", conv_path, tmp_path / "half.onnx")
     assert r.returncode == 2 and "cannot be compared: input 'x' is tensor(float16)" in r.stderr
+
+
+def test_tolerance_rules_in_detail():
+    from onnx_diagwise.validation import check_tolerances, for_output
+
+    for kind in (np.int64, np.uint8, np.bool_):
+        assert tolerance_for(np.dtype(kind), 9.0) == (0.0, 0.0)
+        assert tolerance_for(np.dtype(kind), 9.0, atol=1.0, rtol=0.5) == (1.0, 0.5)  # the user's, as given
+    assert tolerance_for(np.dtype("S3"), 1.0) == (0.0, 0.0)
+    assert tolerance_for(np.dtype(np.float64), 2.0) == (2e-5, 1e-5)
+    assert tolerance_for(np.dtype(np.longdouble), 2.0) == (2e-5, 1e-5)  # a dtype without its own default
+    assert tolerance_for(np.dtype(np.float32), 2.0, tf32=True, precision="float16") == (2e-3, 1e-3)
+    assert tolerance_for(np.dtype(np.float32), 2.0, precision="bfloat16") == (2e-2, 1e-2)
+    assert for_output(None, "y") is None and for_output(0.5, "y") == 0.5
+    assert for_output({"y": 0.1, "": 0.2}, "y") == 0.1 and for_output({"y": 0.1, "": 0.2}, "z") == 0.2
+    assert for_output({"y": 0.1}, "z") is None
+    check_tolerances(0.0, {"y": 0.0}, ["y"])  # zero is allowed
+    with pytest.raises(DiagwiseError, match=r"^--atol names 'z', which is not an output of the model \(outputs: y, w\)$"):
+        check_tolerances({"z": 1.0}, None, ["y", "w"])
+    with pytest.raises(DiagwiseError, match=r"^--rtol names 'z'"):
+        check_tolerances(None, {"z": 1.0}, ["y"])
+    for bad in (-1e-9, float("nan")):
+        with pytest.raises(DiagwiseError, match=r"^--rtol must be >= 0; got"):
+            check_tolerances(None, {"y": bad}, ["y"])
+        with pytest.raises(DiagwiseError, match=r"^--atol must be >= 0; got"):
+            check_tolerances(bad, None, ["y"])
+
+
+def test_compare_fills_every_field():
+    from onnx_diagwise.validation import OutputComparison
+
+    e = np.array([1.0, -2.0, 0.5], np.float32)
+    assert compare("y", e, None) == OutputComparison("y", False, "missing from the candidate's outputs")
+    r = compare("y", e, e[:2])
+    assert (r.name, r.passed, r.shape, r.message) == ("y", False, [3], "shape [2] differs from the original's [3]")
+    r = compare("y", e, e.astype(np.float16))
+    assert (r.name, r.passed, r.shape, r.dtype) == ("y", False, [3], "float32")
+    assert r.message == "dtype float16 differs from the original's float32"
+    r = compare("y", e, e.copy())
+    assert (r.name, r.passed, r.shape, r.dtype, r.precision) == ("y", True, [3], "float32", None)
+    assert (r.atol, r.rtol, r.scale, r.elements, r.mismatches, r.max_abs, r.max_rel) == (2e-5, 1e-5, 2.0, 3, 0, 0.0, 0.0)
+    assert r.message == "max abs 0.0e+00 of values up to 2, max rel 0.0e+00 (atol 2.0e-05, rtol 1e-05)"
+    assert compare("y", e, e.copy(), tf32=True).rtol == 5e-3
+    assert compare("y", e, e.copy(), precision="float16").message.endswith("; computed in float16)")
+    assert compare("y", e, e.copy(), precision="float32").precision is None  # not lower than its own
+    one = compare("y", np.array([3.0], np.float32), np.array([3.0], np.float32))
+    assert one.passed and one.scale == 3.0 and not one.message.startswith("empty")
+    empty = compare("y", np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32))
+    assert empty.passed and empty.message.startswith("empty output") and empty.elements == 0
+    ints = compare("i", np.array([5, 6]), np.array([5, 7]), atol=1)
+    assert ints.passed and ints.atol == 1 and ints.dtype == "int64"  # the user's atol, on integers too
+    r = compare("y", e, np.array([1.0, -2.0, 0.6], np.float32))
+    assert (r.passed, r.mismatches, r.worst_index, r.elements) == (False, 1, [2], 3)
+    assert r.max_abs == pytest.approx(0.1) and r.max_rel == pytest.approx(0.2)
+    assert r.message.startswith("1/3 elements differ; max abs 1.0e-01") and r.message.endswith(
+        "worst at [2]: 6.0e-01 vs original 5.0e-01")
+    zero = compare("y", np.zeros(3, np.float32), np.zeros(3, np.float32))
+    assert zero.passed and zero.scale == 0.0 and zero.atol == 0.0
