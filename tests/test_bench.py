@@ -101,3 +101,30 @@ def test_profile_group_is_the_models_own(tmp_path):
     own = {n.name: next(a.i for a in n.attribute if a.name == "group") for n in onnx.load(sample).graph.node
            if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)}
     assert row["groups"] == [own[row["source"]]] == [72]
+
+
+def test_latency_statistics_from_samples():
+    import numpy as np
+
+    from onnx_diagwise.bench import _stats, speedup_interval
+
+    reference = [0.004, 0.002, 0.003, 0.001, 0.005]  # seconds
+    first = _stats("a", reference, 8, reference)
+    assert (first.name, first.median_ms, first.min_ms, first.runs) == ("a", 3.0, 1.0, 5)
+    assert first.mean_ms == pytest.approx(3.0) and first.std_ms == pytest.approx(np.std([4, 2, 3, 1, 5]))
+    assert first.p10_ms == pytest.approx(1.4) and first.p90_ms == pytest.approx(4.6)
+    assert first.throughput == pytest.approx(8 / 0.003) and (first.ratio, first.speedup) == (1.0, 1.0)
+    assert first.speedup_ci95 is None  # the reference has no interval against itself
+    faster = [t / 2 for t in reference]
+    second = _stats("b", faster, 8, reference)
+    assert second.ratio == pytest.approx(0.5) and second.speedup == pytest.approx(2.0)
+    low, high = second.speedup_ci95
+    assert low <= 2.0 <= high  # 5 spread-out samples: a wide interval
+    tight = [0.003 + 1e-6 * i for i in range(30)]
+    low, high = _stats("c", [t / 2 for t in tight], 8, tight).speedup_ci95
+    assert 1.99 < low <= 2.0 <= high < 2.01
+    same = speedup_interval(np.array([1.0] * 20), np.array([1.0] * 20))
+    assert same == (1.0, 1.0)
+    a, b = np.array([1.0, 1.2, 0.8, 1.1] * 5), np.array([2.0, 2.4, 1.6, 2.2] * 5)
+    assert speedup_interval(a, b) == speedup_interval(a, b)  # seeded: the same interval every time
+    assert speedup_interval(a, b)[1] < 1.0 and speedup_interval(a, b, seed=1) != speedup_interval(a, b, seed=2)

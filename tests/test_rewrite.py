@@ -347,3 +347,27 @@ def test_one_classifier_for_reports_and_stats():
     assert full.report.after.block_diagonal_convs == 1 and full.report.after.grouped_convs == 0
     [listed] = inspect(full.model).nodes
     assert listed.action == "skipped" and listed.reason.startswith("already block-diagonal (G=8, group=1)")
+
+
+def test_run_time_expansion_nodes_and_constants():
+    """A weight that is a graph input: Reshape -> Mul(eye) -> Reshape in front of the Conv, named
+    after the Conv, with int64 shapes, as documented."""
+    from onnx import helper as h
+
+    model = depthwise_model(channels=8, bias=False)
+    weight = model.graph.initializer.pop()
+    model.graph.input.append(h.make_tensor_value_info("w", weight.data_type, list(weight.dims)))
+    model.graph.node[0].input[1] = "w"
+    graph = rewrite(model, group_size=4).model.graph
+    assert [(n.op_type, n.name, list(n.input), list(n.output)) for n in graph.node] == [
+        ("Reshape", "dw_diagwise_reshape", ["w", "w_diagwise_blocks_shape"], ["w_diagwise_blocks"]),
+        ("Mul", "dw_diagwise_mask", ["w_diagwise_blocks", "w_diagwise_mask"], ["w_diagwise_masked"]),
+        ("Reshape", "dw_diagwise_weight", ["w_diagwise_masked", "w_diagwise_weight_shape"], ["w_diagwise_g4"]),
+        ("Conv", "dw", ["x", "w_diagwise_g4"], ["y"])]
+    constants = {t.name: t for t in graph.initializer}
+    assert constants["w_diagwise_blocks_shape"].data_type == onnx.TensorProto.INT64
+    assert numpy_helper.to_array(constants["w_diagwise_blocks_shape"]).tolist() == [2, 4, 1, 1, 3, 3]
+    assert numpy_helper.to_array(constants["w_diagwise_weight_shape"]).tolist() == [8, 4, 3, 3]
+    assert constants["w_diagwise_weight_shape"].data_type == onnx.TensorProto.INT64
+    mask = numpy_helper.to_array(constants["w_diagwise_mask"])
+    assert mask.dtype == np.float32 and mask[0, :, 0, :, 0, 0].tolist() == np.eye(4).tolist()
