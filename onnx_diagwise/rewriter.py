@@ -44,6 +44,7 @@ class WeightEditor:
 
     def __init__(self, model: ModelProto):
         self.counts = use_counts(model)
+        self.initial = {namespace: Counter(reads) for namespace, reads in self.counts.items()}  # before any edit
         self.taken = all_names(model)
         self.scopes = list(iter_scopes(model))
         # Replacements already made, so nodes that share a weight share its new form too.
@@ -66,6 +67,17 @@ class WeightEditor:
                 return
             self.replaced[key] = unique_name(name, self.taken)
             self._add_tensor(source, tensor, self.replaced[key])
+        if source.identities and all(self.initial[namespace][n] == 1 for n in source.names[:-1]):
+            # The reader's own Identity chain to a shared tensor: keep the chain (revert then gives
+            # back the same graph) and point its far end at the new tensor.
+            far_end, _ = source.identities[-1]
+            far_end.input[0] = self.replaced[key]
+            self._declare_shape(namespace, set(source.names[:-1]), list(array.shape))
+            reads[self.replaced[key]] += 1
+            reads[source.names[-1]] -= 1
+            if reads[source.names[-1]] == 0:
+                self._drop_tensor(source)
+            return
         node.input[index] = self.replaced[key]
         reads[self.replaced[key]] += 1
         self._release(source, reads)
@@ -75,6 +87,10 @@ class WeightEditor:
         if source.tensor.HasField("doc_string"):
             tensor.doc_string = source.tensor.doc_string
         source.tensor.CopyFrom(tensor)
+        self._declare_shape(namespace, names, list(tensor.dims))
+
+    def _declare_shape(self, namespace: str, names: set[str], dims: list[int]) -> None:
+        """The declared shapes (value_info) of NAMES follow the new weight."""
         for scope in self.scopes:
             if scope.namespace != namespace or scope.is_function:
                 continue
@@ -82,7 +98,7 @@ class WeightEditor:
                 if value.name in names and value.type.tensor_type.HasField("shape"):
                     shape = value.type.tensor_type.shape
                     del shape.dim[:]
-                    for d in tensor.dims:
+                    for d in dims:
                         shape.dim.add().dim_value = d
 
     def _add_tensor(self, source: WeightSource, tensor: TensorProto, name: str) -> None:
@@ -108,10 +124,14 @@ class WeightEditor:
                 node, scope = source.identities[index]
                 scope.body.node.remove(node)
                 continue  # the Identity read the next name in the chain
-            if source.constant is not None:
-                source.scope.body.node.remove(source.constant)
-            else:
-                source.scope.body.initializer.remove(source.tensor)
+            WeightEditor._drop_tensor(source)
+
+    @staticmethod
+    def _drop_tensor(source: WeightSource) -> None:
+        if source.constant is not None:
+            source.scope.body.node.remove(source.constant)
+        else:
+            source.scope.body.initializer.remove(source.tensor)
 
 
 def apply_plan(model: ModelProto, planned: list[PlannedNode]) -> None:

@@ -41,11 +41,6 @@ def test_whole_networks_write_the_same_bytes(tmp_path):
 def test_revert_of_rewrite_gives_back_the_bytes(path, group_size):
     model = onnx.load(path)
     back = revert(rewrite(model, group_size=group_size).model).model
-    if path.stem == "shared_weight":  # rewrite drops an Identity alias that nothing reads any more
-        assert [n.op_type for n in model.graph.node if n.op_type != "Identity"] == [n.op_type for n in back.graph.node]
-        assert [t.SerializeToString() for t in back.graph.initializer] == [
-            t.SerializeToString() for t in model.graph.initializer]
-        return
     assert back.SerializeToString() == model.SerializeToString()
 
 
