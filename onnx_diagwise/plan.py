@@ -153,6 +153,7 @@ def plan(
             form=skipped.form, channels=skipped.channels, multiplier=skipped.multiplier, kernel=skipped.kernel,
             strides=attribute(skipped.node, "strides"), dilations=attribute(skipped.node, "dilations"),
             dtype=skipped.dtype, weight_source=skipped.weight_source,
+            group_size=skipped.block_diagonal_g, block_diagonal=skipped.block_diagonal_g is not None,
         ), None))
     return planned
 

@@ -42,8 +42,10 @@ def summary_line(report: RewriteReport) -> str:
                 else "no depthwise or grouped convolutions found")
     verb = ("reverted" if report.group_size == "revert" else "rewritten") if report.after is not None \
         else "to rewrite"
+    already = sum(1 for n in report.skipped if n.block_diagonal)
     line = (f"{len(report.nodes)} grouped Conv node(s): {len(report.rewritten)} {verb}, "
-            f"{len(report.skipped)} skipped")
+            + (f"{already} already block-diagonal, " if already else "")
+            + f"{len(report.skipped) - already} skipped")
     known = [n for n in report.rewritten if n.flops_before is not None]
     if known:
         before = sum(n.flops_before for n in known)

@@ -49,6 +49,7 @@ class NodeDecision:
     weight_bytes_after: int | None = None
     flops_before: int | None = None  # per sample (batch 1); None when the output shape is unknown
     flops_after: int | None = None
+    block_diagonal: bool = False  # the layer is block-diagonal already (rewritten before, G in group_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

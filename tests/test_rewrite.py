@@ -352,6 +352,10 @@ def test_one_classifier_for_reports_and_stats():
     assert full.report.after.block_diagonal_convs == 1 and full.report.after.grouped_convs == 0
     [listed] = inspect(full.model).nodes
     assert listed.action == "skipped" and listed.reason.startswith("already block-diagonal (G=8, group=1)")
+    assert listed.block_diagonal and listed.group_size == 8
+    from onnx_diagwise.render import summary_line
+
+    assert summary_line(inspect(full.model)).endswith("0 to rewrite, 1 already block-diagonal, 0 skipped")
 
 
 def test_run_time_expansion_nodes_and_constants():
