@@ -128,7 +128,7 @@ def rewrite(
     that no longer need the original).  input_shapes sizes symbolic input dims for the FLOPs."""
     start = time.perf_counter()
     if not warn_growth > 1:
-        raise DiagwiseError(f"--warn-growth must be > 1; got {warn_growth}")
+        raise DiagwiseError(f"warn_growth must be > 1; got {warn_growth}")
     input_shapes = dict(input_shapes or {})
     proto, back = to_proto(model_or_path)
     model = as_model(proto, copy=copy and not uses_original_type(model_or_path))  # a conversion is a copy already

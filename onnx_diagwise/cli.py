@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -587,13 +588,27 @@ def cache_info(cache_dir: CacheDir = None) -> None:
     out.print(f"{cache.path}: {len(cache.entries)} layer timing(s)")
 
 
+# Library errors name parameters; on the command line they are these flags.
+PARAMETER_FLAGS = {"warn_growth": "--warn-growth", "warmup": "--warmup", "iterations": "--iterations",
+                   "seconds": "--seconds", "batch": "--batch", "min_channels": "--min-channels",
+                   "opt_level": "--opt-level", "threads": "--threads", "min_speedup": "--min-speedup",
+                   "time_budget": "--time-budget", "check_n": "--check-n", "seed": "--seed", "atol": "--atol",
+                   "rtol": "--rtol"}
+_PARAMETER = re.compile(r"\b(" + "|".join(PARAMETER_FLAGS) + r")\b(?= must| names|, not| or )")
+
+
+def as_flags(message: str) -> str:
+    """A library message with its parameter names spelled as this command line's flags."""
+    return _PARAMETER.sub(lambda m: PARAMETER_FLAGS[m.group(1)], message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: one line per error, never a traceback."""
     try:
         result = app(args=argv, prog_name="onnx-diagwise", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except DiagwiseError as exc:
-        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(as_flags(str(exc)))}", soft_wrap=True)
         return 2
     except CheckFailed as exc:
         if exc.validation is not None:

@@ -121,7 +121,7 @@ def _given_sizes(specs: list[InputSpec], options: InputOptions) -> tuple[dict, d
             raise DiagwiseError(f"--dim {name}=...: the model's inputs have no dim named '{name}' "
                                 f"(symbolic dims: {known})")
     if options.batch < 1:
-        raise DiagwiseError(f"--batch must be >= 1; got {options.batch}")
+        raise DiagwiseError(f"batch must be >= 1; got {options.batch}")
     shapes: dict[str, list[int | None]] = {}
     how: dict[str, str] = {}
     values: dict[str, int] = {}

@@ -103,7 +103,7 @@ def plan(
     include_re = compile_pattern(include, "--include")
     exclude_re = compile_pattern(exclude, "--exclude")
     if min_channels is not None and min_channels < 0:
-        raise DiagwiseError(f"--min-channels must be >= 0; got {min_channels}")
+        raise DiagwiseError(f"min_channels must be >= 0; got {min_channels}")
     pinned = dict(node_group_sizes or {})
     known = {c.name for c in detection.candidates}
     for name in pinned:

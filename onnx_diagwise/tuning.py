@@ -317,9 +317,9 @@ def tune(
 ) -> TuneReport:
     """Decide G for every depthwise node of MODEL (not modified) by measurement."""
     if min_speedup < 0:
-        raise DiagwiseError(f"--min-speedup must be >= 0; got {min_speedup}")
+        raise DiagwiseError(f"min_speedup must be >= 0; got {min_speedup}")
     if time_budget is not None and time_budget <= 0:
-        raise DiagwiseError(f"--time-budget must be > 0 seconds; got {time_budget}")
+        raise DiagwiseError(f"time_budget must be > 0 seconds; got {time_budget}")
     inputs = inputs or InputOptions()
     start = clock()
     cache = cache or TuneCache(None)

@@ -95,7 +95,7 @@ def for_output(tolerance: Tolerance, name: str) -> float | None:
 
 
 def check_tolerances(atol: Tolerance, rtol: Tolerance, outputs: list[str]) -> None:
-    for flag, tolerance in (("--atol", atol), ("--rtol", rtol)):
+    for flag, tolerance in (("atol", atol), ("rtol", rtol)):
         values = tolerance.items() if isinstance(tolerance, Mapping) else [("", tolerance)]
         for name, value in values:
             if name and name not in outputs:
@@ -237,9 +237,9 @@ def validate(
     config = config or RuntimeConfig()
     inputs = inputs or InputOptions()
     if check_n < 1:
-        raise DiagwiseError(f"--check-n must be >= 1; got {check_n}")
+        raise DiagwiseError(f"check_n must be >= 1; got {check_n}")
     if seed < 0:
-        raise DiagwiseError(f"--seed must be >= 0; got {seed}")
+        raise DiagwiseError(f"seed must be >= 0; got {seed}")
     options = dict(config.provider_options or {})
     tf32 = False
     if config.provider_full == "CUDAExecutionProvider":

@@ -234,3 +234,15 @@ def test_tables_fold_long_names_at_80_columns(tmp_path):
         wanted = model.graph.node[0].name if command[0] == "inspect" else str(path)
         assert wanted in first_column, first_column  # folded over lines, not cut with an ellipsis
         assert "…" not in r.stdout
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags():
+    from onnx_diagwise import DiagwiseError, inspect
+    from onnx_diagwise.cli import as_flags
+
+    with pytest.raises(DiagwiseError, match="^min_channels must be >= 0; got -1$"):
+        inspect(SAMPLE, min_channels=-1)
+    assert as_flags("min_channels must be >= 0; got -1") == "--min-channels must be >= 0; got -1"
+    assert as_flags("give iterations or seconds, not both") == "give --iterations or --seconds, not both"
+    assert as_flags("weight 'seconds' is shared") == "weight 'seconds' is shared"  # only parameter names
+    assert_one_line_error(cli("inspect", SAMPLE, "--min-channels", "-1"), 2, "--min-channels must be >= 0")

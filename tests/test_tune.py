@@ -166,9 +166,9 @@ def test_unknown_input_shape_and_bad_options():
     assert report.layers[0].input_shape == [1, 144, 128]
     with pytest.raises(DiagwiseError, match="no dim named 'time'"):
         tune(conformer, _options(times, inputs=InputOptions(dims={"time": 40})))
-    with pytest.raises(DiagwiseError, match="--min-speedup"):
+    with pytest.raises(DiagwiseError, match="^min_speedup must be >= 0"):
         tune(MV1, _options(FakeTimer(_mv1_times()), min_speedup=-1))
-    with pytest.raises(DiagwiseError, match="--time-budget"):
+    with pytest.raises(DiagwiseError, match="^time_budget must be > 0"):
         tune(MV1, _options(FakeTimer(_mv1_times()), time_budget=0))
 
 

@@ -356,14 +356,14 @@ def test_tolerance_rules_in_detail():
     assert for_output({"y": 0.1, "": 0.2}, "y") == 0.1 and for_output({"y": 0.1, "": 0.2}, "z") == 0.2
     assert for_output({"y": 0.1}, "z") is None
     check_tolerances(0.0, {"y": 0.0}, ["y"])  # zero is allowed
-    with pytest.raises(DiagwiseError, match=r"^--atol names 'z', which is not an output of the model \(outputs: y, w\)$"):
+    with pytest.raises(DiagwiseError, match=r"^atol names 'z', which is not an output of the model \(outputs: y, w\)$"):
         check_tolerances({"z": 1.0}, None, ["y", "w"])
-    with pytest.raises(DiagwiseError, match=r"^--rtol names 'z'"):
+    with pytest.raises(DiagwiseError, match=r"^rtol names 'z'"):
         check_tolerances(None, {"z": 1.0}, ["y"])
     for bad in (-1e-9, float("nan")):
-        with pytest.raises(DiagwiseError, match=r"^--rtol must be >= 0; got"):
+        with pytest.raises(DiagwiseError, match=r"^rtol must be >= 0; got"):
             check_tolerances(None, {"y": bad}, ["y"])
-        with pytest.raises(DiagwiseError, match=r"^--atol must be >= 0; got"):
+        with pytest.raises(DiagwiseError, match=r"^atol must be >= 0; got"):
             check_tolerances(bad, None, ["y"])
 
 
