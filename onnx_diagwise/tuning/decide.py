@@ -1,0 +1,201 @@
+"""Decisions: the G of every layer, kept only where the whole model is faster; the report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from onnx import ModelProto
+
+from ..detect import detect
+from ..dims import resolve_input_shapes
+from ..errors import DiagwiseError
+from ..plan import plan
+from ..rewriter import apply_plan
+from ..runtime import InputOptions
+from ..shapes import infer_shapes
+from .cache import TuneCache
+from .layers import LayerSignature, opset_of, signature_of, layer_variants, layer_model
+from .timing import Timer
+
+@dataclass
+class LayerTuning:
+    """One depthwise node: what was measured and what was decided."""
+
+    node: str
+    graph: str
+    channels: int
+    kernel: list[int]
+    input_shape: list[int] | None
+    original_ms: float | None = None
+    times_ms: dict[str, float] = field(default_factory=dict)  # by G
+    best_group_size: int | None = None
+    best_ms: float | None = None
+    speedup: float | None = None  # original / best
+    group_size: int = 1  # the decision; 1 keeps the original
+    decision: str = ""
+    cached: bool = False
+
+
+@dataclass
+class TuneReport:
+    layers: list[LayerTuning]
+    context: dict[str, Any]
+    min_speedup: float
+    original_ms: float | None = None
+    tuned_ms: float | None = None
+    dropped: list[str] = field(default_factory=list)  # dropped by the end-to-end check, in order
+    summary: str = ""
+    elapsed_s: float = 0.0
+
+    @property
+    def choices(self) -> dict[str, int]:
+        return {layer.node: layer.group_size for layer in self.layers if layer.group_size > 1}
+
+    @property
+    def reasons(self) -> dict[str, str]:
+        return {layer.node: layer.decision for layer in self.layers}
+
+    @property
+    def end_to_end_speedup(self) -> float | None:
+        if self.original_ms and self.tuned_ms:
+            return self.original_ms / self.tuned_ms
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"context": self.context, "min_speedup": self.min_speedup, "original_ms": self.original_ms,
+                "tuned_ms": self.tuned_ms, "end_to_end_speedup": self.end_to_end_speedup,
+                "dropped": self.dropped, "summary": self.summary, "elapsed_s": self.elapsed_s,
+                "choices": self.choices, "layers": [asdict(layer) for layer in self.layers]}
+
+
+# ---------------------------------------------------------------- tuning
+
+
+def tune(
+    model: ModelProto,
+    timer: Timer,
+    inputs: InputOptions | None = None,
+    include: str | None = None,
+    exclude: str | None = None,
+    min_channels: int | None = None,
+    min_speedup: float = 0.05,
+    time_budget: float | None = None,
+    cache: TuneCache | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    check_end_to_end: bool = True,
+) -> TuneReport:
+    """Decide G for every depthwise node of MODEL (not modified) by measurement."""
+    if min_speedup < 0:
+        raise DiagwiseError(f"min_speedup must be >= 0; got {min_speedup}")
+    if time_budget is not None and time_budget <= 0:
+        raise DiagwiseError(f"time_budget must be > 0 seconds; got {time_budget}")
+    inputs = inputs or InputOptions()
+    start = clock()
+    cache = cache or TuneCache(None)
+    context = timer.context()
+    input_shapes = resolve_input_shapes(model, inputs).shapes
+    input_shapes.update({k: list(v.shape) for k, v in (inputs.data or {}).items()})
+    shapes = infer_shapes(model, input_shapes)
+
+    planned = plan(detect(model), "full", include, exclude, min_channels)
+    convs = [p.conv for p in planned if p.conv is not None]
+    untuned = [c for c in convs if c.form != "float"]
+    convs = [c for c in convs if c.form == "float"]
+    layers: list[LayerTuning] = []
+    measured: dict[LayerSignature, tuple[dict[int, float], bool]] = {}
+    for index, conv in enumerate(convs):
+        signature = signature_of(conv, shapes)
+        layer = LayerTuning(conv.name, conv.graph, conv.channels, conv.kernel,
+                            list(signature.input_shape) if signature else None)
+        layers.append(layer)
+        if progress:
+            progress(index, len(convs), conv.name)
+        if signature is None:
+            layer.decision = "kept original: input shape unknown (pass --dim / --overwrite-input-shape)"
+            continue
+        if signature not in measured:
+            if time_budget is not None and clock() - start > time_budget:
+                layer.decision = f"kept original: not tuned, --time-budget {time_budget:g}s spent"
+                continue
+            sizes = signature.candidates()
+            key = TuneCache.key(context, signature, sizes)
+            times = cache.get(key)
+            cached = times is not None
+            if times is None:
+                base = layer_model(conv, signature, opset_of(model))
+                times = timer.layer(signature, layer_variants(base, sizes))
+                cache.put(key, times)
+            measured[signature] = (times, cached)
+        times, layer.cached = measured[signature]
+        _decide(layer, times, min_speedup)
+    if progress:
+        progress(len(convs), len(convs), "")
+    cache.save()
+    for conv in untuned:  # a one-node float Conv cannot stand in for these
+        layers.append(LayerTuning(conv.name, conv.graph, conv.channels, conv.kernel, None,
+                                  decision=f"kept original: auto tunes float Conv layers only, not {conv.form}"))
+
+    report = TuneReport(layers, context, min_speedup)
+    if check_end_to_end:
+        _check_end_to_end(model, report, timer)
+    else:
+        report.summary = f"{len(report.choices)} of {len(layers)} depthwise node(s) rewritten (per-layer timings only)"
+    report.elapsed_s = clock() - start
+    return report
+
+
+def _decide(layer: LayerTuning, times: dict[int, float], min_speedup: float) -> None:
+    original = times[1]
+    layer.original_ms = original * 1000
+    layer.times_ms = {str(g): t * 1000 for g, t in sorted(times.items()) if g != 1}
+    candidates = {g: t for g, t in times.items() if g != 1}
+    if not candidates:
+        layer.decision = "kept original: no candidate G fits (weights too large)"
+        return
+    best = min(candidates, key=candidates.get)
+    layer.best_group_size, layer.best_ms = best, candidates[best] * 1000
+    layer.speedup = original / candidates[best]
+    if layer.speedup >= 1 + min_speedup:
+        layer.group_size = best
+        layer.decision = f"G={best}: {layer.speedup:.2f}x faster than depthwise"
+    elif layer.speedup >= 1:
+        layer.decision = (f"kept original: best G={best} only {layer.speedup:.2f}x faster "
+                          f"(margin {1 + min_speedup:.2f}x)")
+    else:
+        layer.decision = f"kept original: every G slower (best G={best}: {layer.speedup:.2f}x)"
+
+
+def apply_choices(model: ModelProto, choices: dict[str, int]) -> ModelProto:
+    """A copy of MODEL with exactly the nodes in CHOICES rewritten."""
+    copy = ModelProto()
+    copy.CopyFrom(model)
+    apply_plan(copy, plan(detect(copy), 1, node_group_sizes=choices))
+    return copy
+
+
+def _check_end_to_end(model: ModelProto, report: TuneReport, timer: Timer) -> None:
+    """Keep only rewrites that make the whole model faster; drop the least useful first."""
+    chosen = [layer for layer in report.layers if layer.group_size > 1]
+    if not chosen:
+        report.summary = "kept the original: no layer was faster rewritten"
+        return
+    # Least benefit first: what each node saves per run, as measured alone.
+    chosen.sort(key=lambda layer: layer.original_ms - layer.best_ms)
+    while chosen:
+        choices = {layer.node: layer.group_size for layer in chosen}
+        original_s, tuned_s = timer.models([model, apply_choices(model, choices)])
+        report.original_ms, report.tuned_ms = original_s * 1000, tuned_s * 1000
+        if tuned_s < original_s:
+            report.summary = (f"{len(chosen)} of {len(report.layers)} depthwise node(s) rewritten; "
+                              f"whole model {original_s / tuned_s:.2f}x faster")
+            return
+        dropped = chosen.pop(0)
+        dropped.group_size = 1
+        dropped.decision = (f"kept original: G={dropped.best_group_size} was faster alone "
+                            f"({dropped.speedup:.2f}x) but the whole model was not faster with it")
+        report.dropped.append(dropped.node)
+    report.summary = ("kept the original: the rewritten model was not faster end to end "
+                      f"(last measured {report.original_ms / report.tuned_ms:.2f}x)")
