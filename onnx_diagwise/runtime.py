@@ -109,9 +109,10 @@ def _session_options(ort, config: RuntimeConfig, profile_prefix: str | None, opt
         if config.threads < 1:
             raise DiagwiseError(f"threads must be >= 1; got {config.threads}")
         options.intra_op_num_threads = config.threads
-    # Fatal only: onnxruntime's errors come back as exceptions, which are reported in one line;
-    # its log would print each a second time (and warns of unused initializers, which is noise here).
-    options.log_severity_level = 4
+    # onnxruntime's errors come back as exceptions, which are reported in one line; its log would
+    # print each a second time (and warns of unused initializers, which is noise here).  On a GPU
+    # provider its errors stay on: why the provider failed to load (a driver too old, say) is only there.
+    options.log_severity_level = 3 if config.is_gpu else 4
     if not config.spin:
         # Spinning workers of one session steal cores from the next one timed after it.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
