@@ -165,8 +165,7 @@ class _Runner:
 
     def first_run(self, name: str) -> None:
         """One untimed run that turns onnxruntime's refusal of the inputs into a one-line error."""
-        feeds = {i.name: self.feeds[i.name] for i in self.session.get_inputs() if i.name in self.feeds}
-        run_session(self.session, feeds, f"'{name}'")
+        run_session(self.session, self.feeds, f"'{name}'")
 
     def outputs(self) -> list[np.ndarray]:
         """The outputs of one more run, on the host."""
