@@ -95,14 +95,14 @@ def for_output(tolerance: Tolerance, name: str) -> float | None:
 
 
 def check_tolerances(atol: Tolerance, rtol: Tolerance, outputs: list[str]) -> None:
-    for flag, tolerance in (("atol", atol), ("rtol", rtol)):
+    for parameter, tolerance in (("atol", atol), ("rtol", rtol)):
         values = tolerance.items() if isinstance(tolerance, Mapping) else [("", tolerance)]
         for name, value in values:
             if name and name not in outputs:
-                raise DiagwiseError(f"{flag} names '{name}', which is not an output of the model "
+                raise DiagwiseError(f"{parameter} names '{name}', which is not an output of the model "
                                     f"(outputs: {', '.join(outputs)})")
             if value is not None and not value >= 0:  # NaN too
-                raise DiagwiseError(f"{flag} must be >= 0; got {value}")
+                raise DiagwiseError(f"{parameter} must be >= 0; got {value}")
 
 
 def _number(value) -> str:
