@@ -34,15 +34,17 @@ DEFAULT_WARN_GROWTH = 2.0
 def _planned(model: ModelProto, policy, include, exclude, min_channels, node_group_sizes, dynamic,
              input_shapes=None):
     """Detect and plan; dynamic weights and FLOPs get their shapes from inference (with INPUT_SHAPES
-    for the graph inputs' symbolic dims, where given)."""
+    for the graph inputs' symbolic dims, where given).  Returns the plan and the detection (which
+    the model's statistics count too)."""
     value_types = infer_value_types(model, input_shapes)
     shapes = {name: dims for name, (_, dims) in value_types.items()}
     why_not = "dynamic weights left alone (--skip-dynamic)"
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
     if dynamic and opset < MIN_OPSET:  # the run-time expansion's Reshape/Mul have no onnxruntime kernels there
         dynamic, why_not = False, f"the run-time expansion needs opset >= {MIN_OPSET}; the model has {opset}"
-    return plan(detect(model, value_types), policy, include, exclude, min_channels, node_group_sizes,
-                shapes=shapes, dynamic=dynamic, why_not_dynamic=why_not)
+    found = detect(model, value_types)
+    return plan(found, policy, include, exclude, min_channels, node_group_sizes, shapes=shapes, dynamic=dynamic,
+                why_not_dynamic=why_not), found
 
 
 def inspect(
@@ -63,9 +65,9 @@ def inspect(
         raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune (onnx-diagwise tune)")
     proto, _ = to_proto(model_or_path)
     model = as_model(proto)
-    planned = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic,
-                       dict(input_shapes or {}))
-    return RewriteReport(str(policy), [p.decision for p in planned], model_stats(model))
+    planned, found = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic,
+                              dict(input_shapes or {}))
+    return RewriteReport(str(policy), [p.decision for p in planned], model_stats(model, found))
 
 
 @dataclass
@@ -132,25 +134,26 @@ def rewrite(
     input_shapes = dict(input_shapes or {})
     proto, back = to_proto(model_or_path)
     model = as_model(proto, copy=copy and not uses_original_type(model_or_path))  # a conversion is a copy already
-    before = model_stats(model)
     tuning = None
     policy = parse_group_size(group_size)
     if policy == "auto":
         tuning = tune(model, tune_options, include, exclude, min_channels)
         pinned = {**tuning.choices, **(node_group_sizes or {})}
-        planned = _planned(model, 1, include, exclude, min_channels, pinned, dynamic, input_shapes)
+        planned, found = _planned(model, 1, include, exclude, min_channels, pinned, dynamic, input_shapes)
         for item in planned:
             if item.conv is None and item.decision.name in tuning.reasons:
                 item.decision.reason = tuning.reasons[item.decision.name]
     else:
-        planned = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic, input_shapes)
+        planned, found = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic,
+                                  input_shapes)
+    before = model_stats(model, found)  # the model is unchanged until the plan is applied
     apply_plan(model, planned)
     for item in planned:
         if item.conv is not None:
             item.decision.action = "rewritten"
     after = model_stats(model)
-    warnings = _noop_warnings(planned, policy, include, before.depthwise_convs) + _growth_warnings(before.weight_bytes, after.weight_bytes,
-                                                                          warn_growth)
+    warnings = (_noop_warnings(planned, policy, include, before.depthwise_convs)
+                + _growth_warnings(before.weight_bytes, after.weight_bytes, warn_growth))
     report = RewriteReport(str(policy), [p.decision for p in planned], before, after, warnings=warnings,
                            elapsed_s=time.perf_counter() - start)
     return RewriteResult(back(model), report, tuning)

@@ -8,7 +8,7 @@ from typing import Any
 
 from onnx import ModelProto
 
-from .detect import NODE_FORMS, detect, node_form
+from .detect import NODE_FORMS, Detection, detect, node_form
 from .shapes import infer_value_types
 from .graphs import iter_scopes
 from .tensors import iter_tensors, tensor_elements, weight_bytes
@@ -72,15 +72,15 @@ class ModelStats:
         return asdict(self)
 
 
-def model_stats(model: ModelProto) -> ModelStats:
-    """Counts for the before/after table."""
+def model_stats(model: ModelProto, found: Detection | None = None) -> ModelStats:
+    """Counts for the before/after table; FOUND is detect()'s result for MODEL, when already at hand."""
     ops: Counter = Counter()
     convs = 0
     for scope in iter_scopes(model):
         for node in scope.body.node:
             ops[node.op_type] += 1
             convs += node_form(node) is not None
-    found = detect(model, infer_value_types(model))
+    found = found or detect(model, infer_value_types(model))
     block_diagonal = sum(1 for s in found.skipped if s.block_diagonal_g)
     handled = {spec.form for spec in NODE_FORMS.values()} | {"QDQ", "dynamic"}
     grouped = sum(1 for s in found.skipped if not s.block_diagonal_g and s.form in handled)
