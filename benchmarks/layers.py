@@ -33,6 +33,7 @@ import zoo  # noqa: E402
 from _common import add_runtime_flags, layout_configs, md_table, parse_args, runtime_config, write_results  # noqa: E402
 
 from onnx_diagwise import InputOptions, benchmark, rewrite  # noqa: E402
+from onnx_diagwise.model_io import BUILT_IR_VERSION  # noqa: E402
 
 GROUP_SIZES = [2, 4, 8, 16, 32, 64, "full"]
 DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
@@ -50,7 +51,7 @@ def layer_model(layer: zoo.Layer, batch: int, dtype: str) -> onnx.ModelProto:
         [node], "layer", [helper.make_tensor_value_info("x", elem, [batch, channels, *layer.size])],
         [helper.make_tensor_value_info("y", elem, [batch, channels * layer.multiplier, *layer.out_size])],
         [numpy_helper.from_array(w, "w")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=BUILT_IR_VERSION)
 
 
 def copy_model(elements: int, dtype: str) -> onnx.ModelProto:
@@ -60,7 +61,7 @@ def copy_model(elements: int, dtype: str) -> onnx.ModelProto:
     graph = helper.make_graph([helper.make_node("Add", ["x", "zero"], ["y"])], "copy",
                               [helper.make_tensor_value_info("x", elem, [elements])],
                               [helper.make_tensor_value_info("y", elem, [elements])], [zero])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=BUILT_IR_VERSION)
 
 
 def group_sizes_for(channels: int) -> list[tuple[str, int]]:

@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnx_diagwise.model_io import BUILT_IR_VERSION
+
 CHILD = r"""
 import json, resource, sys, time
 mode, src, dst = sys.argv[1:4]
@@ -77,7 +79,7 @@ def build_model(blocks: int, channels: int, seed: int = 0) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "rewrite_cost", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
                                                                                     ["N", channels, 14, 14])],
                               [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", channels, 14, 14])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=BUILT_IR_VERSION)
 
 
 def measure(mode: str, src: Path, dst: Path, extra: list[str]) -> dict:

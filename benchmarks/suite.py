@@ -189,13 +189,14 @@ def ort_provider(provider: str) -> str:
     from onnx import TensorProto, helper, numpy_helper
 
     from onnx_diagwise.errors import DiagwiseError
+    from onnx_diagwise.model_io import BUILT_IR_VERSION
     from onnx_diagwise.runtime import RuntimeConfig, create_session
 
     weight = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "w")
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], group=4, pads=[1, 1, 1, 1])], "probe",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=BUILT_IR_VERSION)
     try:
         create_session(model, RuntimeConfig(provider)).run(None, {"x": np.ones((1, 4, 8, 8), np.float32)})
     except DiagwiseError as exc:

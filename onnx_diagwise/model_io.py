@@ -23,6 +23,10 @@ MAX_OPSET = onnx.defs.onnx_opset_version()
 log = logging.getLogger("onnx_diagwise")
 _warned_old: set[tuple[str, int, int]] = set()  # each old model once, though it is read more than once
 
+# IR version of the models this tool builds itself: onnx.helper's default follows the installed onnx,
+# which an older onnxruntime refuses ("Unsupported model IR version"); onnxruntime 1.14+ reads 8.
+BUILT_IR_VERSION = 8
+
 # Protobuf cannot serialize a message of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
 # Tensors smaller than this stay inside the .onnx file when saving external data.

@@ -10,6 +10,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..detect import DepthwiseConv, detect
+from ..model_io import BUILT_IR_VERSION
 from ..plan import plan
 from ..rewriter import apply_plan
 
@@ -66,7 +67,7 @@ def layer_model(conv: DepthwiseConv, signature: LayerSignature, opset: int) -> M
         initializers.append(numpy_helper.from_array(zeros, "b"))
     graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", elem, list(signature.input_shape))],
                               [helper.make_tensor_value_info("y", elem, None)], initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=BUILT_IR_VERSION)
 
 
 def layer_variants(base: ModelProto, sizes: list[int]) -> dict[int, ModelProto]:
