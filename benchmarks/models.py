@@ -121,7 +121,8 @@ def markdown(rows: list[dict], policies: list[str], args, skipped: list[str]) ->
         worst = max(v["max_rel_diff"] for v in r["variants"].values())
         ok = all(v["same_result"] for v in r["variants"].values())
         table.append([r["model"], r["dtype"], r["batch"], *originals, *cells,
-                      f"{worst:.1e}{'' if ok else ' DIFFERS'}", "; ".join(r["auto"].values())])
+                      f"{worst:.1e}{'' if ok else ' DIFFERS'}",
+                      "; ".join(f"{lo}: {text}" if lo else text for lo, text in r["auto"].items())])
     lines += md_table(["model", "dtype", "batch", *original_cols, *[f"G={p}" for p in policies], "check",
                        "auto decided"], table)
     if skipped:

@@ -2,6 +2,11 @@
 
     python benchmarks/zoo.py --out DIR                                   # all five networks, fp32 and fp16
     python benchmarks/zoo.py --out DIR --network convnext_tiny --dtype float16
+    python benchmarks/zoo.py --out DIR --network replknet_31b           # the large-kernel network
+
+NETWORKS are the five mobile networks the suites run by default; `replknet_31b` (RepLKNet-31B,
+79M parameters, depthwise kernels up to 31x31) is built on request, for the case where the
+rewrite pays.
 
 Each network has the published topology and channel counts at width 1.0 (as torchvision
 builds it; MobileNet V1 as Keras does), a 224x224 input "input" [N, 3, 224, 224] with a
@@ -471,6 +476,40 @@ def _convnext_tiny(b: _Builder) -> _T:
     return b.linear(y, "classifier.2", NUM_CLASSES, output="logits")
 
 
+# RepLKNet-31B (Ding et al., CVPR 2022), as deployed: BatchNorms folded and each large kernel's
+# parallel 5x5 branch merged into it.  (blocks, channels, large kernel) per stage.
+REPLKNET_31B = [(2, 128, 31), (2, 256, 29), (18, 512, 27), (2, 1024, 13)]
+
+
+def _replknet_31b(b: _Builder) -> _T:
+    """The reference RepLKNet-31B at 224x224: a stem with two 3x3 depthwise convs, then per stage
+    RepLK blocks (1x1 + ReLU, depthwise KxK + ReLU, 1x1, residual) each followed by a ConvFFN
+    (1x1 to 4C, GELU, 1x1, residual), and a 1x1 + depthwise 3x3 stride-2 transition."""
+    c = REPLKNET_31B[0][1]
+    x = b.act(b.conv(_input(b), "stem.0", c, 3, 2, folded_bn=False, input_m2=1 / 3), "relu", "stem.0.act")
+    x = b.act(b.conv(x, "stem.1", c, 3, 1, group=c, folded_bn=False, input_m2=0.5), "relu", "stem.1.act")
+    x = b.act(b.conv(x, "stem.2", c, 1, folded_bn=False, input_m2=0.5), "relu", "stem.2.act")
+    x = b.act(b.conv(x, "stem.3", c, 3, 2, group=c, folded_bn=False, input_m2=0.5), "relu", "stem.3.act")
+    for stage, (blocks, c, kernel) in enumerate(REPLKNET_31B):
+        if stage:
+            x = b.act(b.conv(x, f"transitions.{stage - 1}.0", c, 1, folded_bn=False), "relu",
+                      f"transitions.{stage - 1}.0.act")
+            x = b.act(b.conv(x, f"transitions.{stage - 1}.1", c, 3, 2, group=c, folded_bn=False, input_m2=0.5),
+                      "relu", f"transitions.{stage - 1}.1.act")
+        for j in range(blocks):
+            name = f"stages.{stage}.blocks.{2 * j}"
+            y = b.act(b.conv(x, f"{name}.pw1", c, 1, folded_bn=False), "relu", f"{name}.pw1.act")
+            y = b.act(b.conv(y, f"{name}.large_kernel", c, kernel, 1, group=c, folded_bn=False, input_m2=0.5),
+                      "relu", f"{name}.lk_nonlinear")
+            x = b.add(x, b.conv(y, f"{name}.pw2", c, 1, folded_bn=False, gamma=RESIDUAL_SCALE, input_m2=0.5),
+                      f"{name}.add")
+            name = f"stages.{stage}.blocks.{2 * j + 1}"
+            y = b.act(b.conv(x, f"{name}.pw1", 4 * c, 1, folded_bn=False), "gelu", f"{name}.gelu")
+            x = b.add(x, b.conv(y, f"{name}.pw2", c, 1, folded_bn=False, gamma=RESIDUAL_SCALE,
+                                input_m2=1 / GELU_GAIN ** 2), f"{name}.add")
+    return b.linear(b.pool_flatten(x), "head", NUM_CLASSES, output="logits")
+
+
 # name: (builder, whether it folds BatchNorms with calibration statistics)
 _ARCHITECTURES: dict[str, tuple[Callable[[_Builder], _T], bool]] = {
     "mobilenet_v1": (_mobilenet_v1, True),
@@ -478,12 +517,13 @@ _ARCHITECTURES: dict[str, tuple[Callable[[_Builder], _T], bool]] = {
     "mobilenet_v3_large": (_mobilenet_v3_large, True),
     "efficientnet_b0": (_efficientnet_b0, True),
     "convnext_tiny": (_convnext_tiny, False),
+    "replknet_31b": (_replknet_31b, False),
 }
 
 
 def _architecture(name: str) -> tuple[Callable[[_Builder], _T], bool]:
     if name not in _ARCHITECTURES:
-        raise ValueError(f"unknown network {name!r}; the zoo has {', '.join(NETWORKS)}")
+        raise ValueError(f"unknown network {name!r}; the zoo has {', '.join(_ARCHITECTURES)}")
     return _ARCHITECTURES[name]
 
 
@@ -542,7 +582,7 @@ def zoo_path(name: str, dtype: str, folder: str | os.PathLike) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the .onnx files")
-    parser.add_argument("--network", nargs="+", choices=NETWORKS, default=list(NETWORKS))
+    parser.add_argument("--network", nargs="+", choices=list(_ARCHITECTURES), default=list(NETWORKS))
     parser.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES))
     parser.add_argument("--force", action="store_true", help="rebuild files that are already up to date")
     args = parser.parse_args(argv)

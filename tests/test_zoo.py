@@ -314,3 +314,36 @@ def test_zoo_imports_only_numpy_and_onnx():
             modules.add((node.module or "").split(".")[0])
     third_party = {m for m in modules if m not in sys.stdlib_module_names}
     assert third_party == {"numpy", "onnx"}
+
+
+def replknet_31b_deployed_params() -> int:
+    """RepLKNet-31B's parameters once deployed (BatchNorms folded into the convs and the head, each
+    5x5 branch merged into its large kernel), from the paper's channels, depths and kernels."""
+    channels, depths, kernels = [128, 256, 512, 1024], [2, 2, 18, 2], [31, 29, 27, 13]
+    c = channels[0]
+    total = (3 * c * 9 + c) + 2 * (c * 9 + c) + (c * c + c)  # stem: 3x3 s2, dw 3x3, 1x1, dw 3x3 s2
+    for stage, (c, depth, k) in enumerate(zip(channels, depths, kernels)):
+        if stage:  # transition: 1x1, dw 3x3 s2
+            total += channels[stage - 1] * c + c + c * 9 + c
+        lk_block = (c * c + c) + (c * k * k + c) + (c * c + c)
+        ffn = (c * 4 * c + 4 * c) + (4 * c * c + c)
+        total += depth * (lk_block + ffn)
+    return total + channels[-1] * 1000 + 1000
+
+
+def test_replknet_31b_is_the_published_network():
+    """The large-kernel network (not in zoo.NETWORKS: the benchmark suites keep their mobile set)."""
+    model = built("replknet_31b", "float16")
+    onnx.checker.check_model(model, full_check=True)
+    assert "replknet_31b" not in zoo.NETWORKS
+    params = zoo.parameter_count(model)
+    assert params == replknet_31b_deployed_params()
+    assert abs(params - 79e6) <= 0.01 * 79e6  # the paper's 79M
+    layers = [(x.channels, x.size[0], x.stride, x.kernel) for x in zoo.depthwise_layers("replknet_31b")]
+    stages = [(128, 56, 1, 31)] * 2 + [(256, 56, 2, 3)] + [(256, 28, 1, 29)] * 2 + [(512, 28, 2, 3)] \
+        + [(512, 14, 1, 27)] * 18 + [(1024, 14, 2, 3)] + [(1024, 7, 1, 13)] * 2
+    assert layers == [(128, 112, 1, 3), (128, 112, 2, 3)] + stages
+    assert len(depthwise_nodes(model)) == len(layers)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": image(1).astype(np.float16)})[0]
+    assert logits.shape == (1, 1000) and np.isfinite(logits).all() and 0.1 < float(logits.std()) < 10
