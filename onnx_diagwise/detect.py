@@ -16,7 +16,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from .graphs import Scope, iter_scopes, node_label, resolve, use_counts
-from .weights import is_block_diagonal, is_block_diagonal_transposed
+from .weights import dynamic_mask, is_block_diagonal, is_block_diagonal_transposed
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 FLOAT_TYPES = {
@@ -111,6 +111,22 @@ class DepthwiseConv:
 
 
 @dataclass
+class BlockDiagonal:
+    """A weight that is block-diagonal already (rewrite()'s output, or anyone's): what revert needs
+    to make the node depthwise again."""
+
+    g: int  # input channels per group (G = C for a group = 1 conv)
+    channels: int  # C: the depthwise conv's group
+    multiplier: int
+    weight: WeightSource | None = None  # None: the run-time expansion
+    reader: tuple[NodeProto, int] | None = None  # the node input that reads the weight
+    fill: np.ndarray | None = None  # quantized forms: the off-diagonal value (the zero point)
+    transposed: bool = False
+    shaped: tuple[str, ...] = ()  # values whose declared shape follows the weight (a QDQ Conv's input)
+    expansion: tuple[NodeProto, NodeProto, NodeProto, str] | None = None  # Reshape, Mul, Reshape, original W
+
+
+@dataclass
 class SkippedConv:
     """A grouped convolution that is not rewritten, and why."""
 
@@ -124,11 +140,15 @@ class SkippedConv:
     kernel: list[int] | None = None
     dtype: str | None = None
     weight_source: str | None = None
-    block_diagonal_g: int | None = None  # set when the weight is block-diagonal already (G; G = C for group 1)
+    block_diagonal: BlockDiagonal | None = None
 
     @property
     def graph(self) -> str:
         return self.scope.path
+
+    @property
+    def block_diagonal_g(self) -> int | None:
+        return self.block_diagonal.g if self.block_diagonal else None
 
 
 @dataclass
@@ -220,9 +240,17 @@ def dequantize_source(scope: Scope, weight_name: str, reads: dict[str, int]):
 
 def _classify(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads: dict[str, int],
               value_types: dict) -> DepthwiseConv | SkippedConv | None:
+    """The record of one convolution: a group = 1 one only when its weight is block-diagonal
+    (rewrite()'s G = C form); any other dense convolution is no grouped one (None)."""
     group = attribute(node, "group", 1)
-    if group <= 1:
-        return _dense_diagonal(node, label, scope, spec, reads)
+    found = _classify_grouped(node, label, scope, spec, group, reads, value_types)
+    if group > 1 or (isinstance(found, SkippedConv) and found.block_diagonal is not None):
+        return found
+    return None
+
+
+def _classify_grouped(node: NodeProto, label: str, scope: Scope, spec: FormSpec, group: int,
+                      reads: dict[str, int], value_types: dict) -> DepthwiseConv | SkippedConv | None:
     form = spec.form
 
     def skip(reason: str, **kw) -> SkippedConv:
@@ -235,7 +263,11 @@ def _classify(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads: 
     zero_point_at: tuple[NodeProto, int | None, Scope] = (node, spec.zero_point_input, scope)
     quantized = spec.quantized
     scope_for_weight = scope
+    shaped: tuple[str, ...] = ()
     if spec.form in ("float", "FusedConv"):
+        expansion = _expansion(node, label, scope, form, weight_name, group)
+        if expansion is not None:
+            return expansion
         dq = dequantize_source(scope, weight_name, reads)
         if isinstance(dq, str):
             return skip(dq, channels=group)
@@ -244,6 +276,7 @@ def _classify(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads: 
             form, quantized = "QDQ", True
             reader = (dq_node, 0)
             zero_point_at = (dq_node, 2, scope_for_weight)
+            shaped = (weight_name,)  # the value the Conv reads, whose declared shape follows the weight
             weight_name = dq_node.input[0]
 
     source = find_weight(scope_for_weight, weight_name)
@@ -268,7 +301,7 @@ def _classify(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads: 
     if spec.transposed:
         return _classify_transposed(node, label, scope, group, dims, source, info, reader)
     if dims[1] != 1:
-        return _grouped(node, label, scope, form, group, dims, tensor, info, zero_point_at)
+        return _grouped(node, label, scope, form, group, dims, source, info, zero_point_at, reader, shaped)
     if dims[0] % group:
         return skip(f"weight has {dims[0]} output channels, not a multiple of group={group}", **info)
     declared_kernel = attribute(node, "kernel_shape")
@@ -291,25 +324,42 @@ def _classify(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads: 
                          dtype=dtype, weight=source, reader=reader, zero_point=zero_point)
 
 
-def _dense_diagonal(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads) -> SkippedConv | None:
-    """A group = 1 float Conv whose weight [C*M, C, k...] is diagonal: rewrite()'s G = C (full) form,
-    block-diagonal with one block.  Any other dense conv is no grouped conv at all (None)."""
-    if spec.form not in ("float", "FusedConv") or len(node.input) <= spec.weight_input:
+def _expansion(node: NodeProto, label: str, scope: Scope, form: str, weight_name: str,
+               group: int) -> SkippedConv | None:
+    """The block-diagonal record of a Conv whose weight is the run-time expansion rewrite() inserts
+    for a dynamic weight: Reshape(W, [C/G, G, M, 1, k...]) -> Mul(eye mask) -> Reshape [C*M, G, k...]."""
+    chain = []
+    name = weight_name
+    for op in ("Reshape", "Mul", "Reshape"):
+        definition = resolve(scope, name)
+        if definition is None or definition.kind != "node" or definition.node.op_type != op \
+                or definition.node.domain not in DEFAULT_DOMAINS:
+            return None
+        chain.append(definition.node)
+        name = definition.node.input[0]
+    reshape_out, mul, reshape_in = chain
+    blocks, mask, final = (constant_array(scope, n) for n in (reshape_in.input[1], mul.input[1], reshape_out.input[1]))
+    if any(isinstance(v, str) for v in (blocks, mask, final)) or blocks.ndim != 1 or len(blocks) < 5:
         return None
-    source = find_weight(scope, node.input[spec.weight_input])
-    if not isinstance(source, WeightSource) or source.tensor.data_type not in FLOAT_TYPES:
+    c_over_g, g, m = (int(v) for v in blocks[:3])
+    kernel = [int(v) for v in blocks[4:]]
+    if group != c_over_g or list(final) != [c_over_g * g * m, g, *kernel]:
         return None
-    dims = list(source.tensor.dims)
-    if not 3 <= len(dims) <= 5 or dims[1] <= 1 or dims[0] % dims[1]:
+    if not np.array_equal(mask, dynamic_mask(g, len(kernel), mask.dtype)):
         return None
-    weight = np.asarray(numpy_helper.to_array(source.tensor))
-    multiplier = dims[0] // dims[1]
-    if np.any(weight[0, 1:]) or not is_block_diagonal(weight, multiplier):  # row 0 first: most convs stop there
-        return None
-    return SkippedConv(label, node, scope, f"already block-diagonal (G={dims[1]}, group=1); nothing to do",
-                       form=spec.form, channels=dims[1], multiplier=multiplier, kernel=dims[2:],
-                       dtype=FLOAT_TYPES[source.tensor.data_type], weight_source=source.kind,
-                       block_diagonal_g=dims[1])
+    c = c_over_g * g
+    return SkippedConv(label, node, scope, f"already block-diagonal (G={g}, group={group}): the run-time "
+                       "expansion of a dynamic weight; nothing to do", form=form, channels=c, multiplier=m,
+                       kernel=kernel, weight_source="computed by Reshape",
+                       block_diagonal=BlockDiagonal(g, c, m, expansion=(reshape_in, mul, reshape_out,
+                                                                        reshape_in.input[0])))
+
+
+def _first_row_off_diagonal(weight: np.ndarray, fill) -> bool:
+    """Whether row 0 has an entry off its diagonal position 0 that is not FILL: most dense
+    convolutions stop here, before the whole weight is compared."""
+    first = 0 if fill is None else np.asarray(fill).reshape(-1)[0]
+    return bool(np.any(weight[0, 1:] != first))
 
 
 def _geometry(node: NodeProto, rank: int) -> tuple:
@@ -332,18 +382,22 @@ def _dequantize_axis_problem(scope: Scope, dq: NodeProto, rank: int) -> str | No
     return None
 
 
-def _grouped(node, label, scope, form, group, dims, tensor, info, zero_point_at) -> SkippedConv:
+def _grouped(node, label, scope, form, group, dims, source: WeightSource, info, zero_point_at, reader,
+             shaped) -> SkippedConv:
     in_channels = group * dims[1]
     multiplier = dims[0] // in_channels if dims[0] % in_channels == 0 else None
     if multiplier:
         zp_node, zp_index, zp_scope = zero_point_at
         fill = weight_zero_point(zp_scope, zp_node, zp_index, dims[0]) if form in ("QLinearConv", "ConvInteger", "QDQ") \
             else None
-        if not isinstance(fill, str) and is_block_diagonal(np.asarray(numpy_helper.to_array(tensor)), multiplier,
-                                                           fill):
-            return SkippedConv(label, node, scope, f"already block-diagonal (G={dims[1]}, group={group}); "
-                               "nothing to do", form=form, channels=in_channels, multiplier=multiplier,
-                               block_diagonal_g=dims[1], **info)
+        if not isinstance(fill, str):
+            weight = np.asarray(numpy_helper.to_array(source.tensor))
+            fill = None if fill is None else fill.astype(weight.dtype)
+            if not _first_row_off_diagonal(weight, fill) and is_block_diagonal(weight, multiplier, fill):
+                return SkippedConv(label, node, scope, f"already block-diagonal (G={dims[1]}, group={group}); "
+                                   "nothing to do", form=form, channels=in_channels, multiplier=multiplier,
+                                   block_diagonal=BlockDiagonal(dims[1], in_channels, multiplier, source, reader,
+                                                                fill, shaped=shaped), **info)
     return SkippedConv(label, node, scope, f"grouped conv with {dims[1]} input channels per group, not depthwise",
                        form=form, channels=in_channels, **info)
 
@@ -351,11 +405,14 @@ def _grouped(node, label, scope, form, group, dims, tensor, info, zero_point_at)
 def _classify_transposed(node, label, scope, group, dims, source, info, reader) -> DepthwiseConv | SkippedConv:
     if dims[0] != group:
         in_per_group = dims[0] // group if dims[0] % group == 0 else None
-        if in_per_group and dims[1] % in_per_group == 0 and is_block_diagonal_transposed(
-                np.asarray(numpy_helper.to_array(source.tensor)), in_per_group):
-            return SkippedConv(label, node, scope, f"already block-diagonal (G={in_per_group}, group={group}); "
-                               "nothing to do", form="ConvTranspose", channels=dims[0],
-                               multiplier=dims[1] // in_per_group, block_diagonal_g=in_per_group, **info)
+        if in_per_group and dims[1] % in_per_group == 0:
+            weight = np.asarray(numpy_helper.to_array(source.tensor))
+            if is_block_diagonal_transposed(weight, in_per_group):
+                multiplier = dims[1] // in_per_group
+                return SkippedConv(label, node, scope, f"already block-diagonal (G={in_per_group}, group={group}); "
+                                   "nothing to do", form="ConvTranspose", channels=dims[0], multiplier=multiplier,
+                                   block_diagonal=BlockDiagonal(in_per_group, dims[0], multiplier, source, reader,
+                                                                transposed=True), **info)
         return SkippedConv(label, node, scope, f"grouped ConvTranspose with {dims[0] // group} input channels "
                            "per group, not depthwise", form="ConvTranspose", channels=dims[0], **info)
     rank = len(dims) - 2

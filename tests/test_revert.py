@@ -40,8 +40,10 @@ def test_revert_of_rewrite_is_the_original(form, policy):
     back = revert(rewritten.model)
     assert back.model == model
     assert all(n.action == "reverted" for n in back.report.nodes)
-    # and nothing left to revert
-    assert not revert(back.model).report.nodes
+    # and nothing left to revert: every node is listed, depthwise already
+    again = revert(back.model).report.nodes
+    assert [(n.name, n.action, n.reason) for n in again] == [
+        (n.name, "skipped", "depthwise already; nothing to revert") for n in rewritten.report.nodes]
 
 
 @pytest.mark.parametrize("path", sorted(SAMPLE_DIR.glob("*.onnx")), ids=lambda p: p.stem)
@@ -71,7 +73,8 @@ def test_block_diagonal_from_elsewhere_and_mixing_weights():
     model = onnx.shape_inference.infer_shapes(model)
     result = revert(model)
     by_name = {n.name: n for n in result.report.nodes}
-    assert set(by_name) == {"block", "mixing"}  # 'dw' is depthwise already: nothing to report
+    assert set(by_name) == {"dw", "block", "mixing"}
+    assert by_name["dw"].action == "skipped" and by_name["dw"].reason == "depthwise already; nothing to revert"
     assert by_name["block"].action == "reverted"
     assert by_name["mixing"].action == "skipped" and "not block-diagonal" in by_name["mixing"].reason
     block_node = next(n for n in result.model.graph.node if n.name == "block")
@@ -137,3 +140,25 @@ def test_convolutions_of_other_domains_are_listed_and_revert_warns():
     weight[0, 3, 0, 0] = 1.0  # mixes channels: not block-diagonal, so nothing to warn about
     model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "w"))
     assert not any("remain" in w for w in revert(model).report.warnings)
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("policy", [2, "full"])
+def test_one_classifier_for_rewrite_inspect_and_revert(form, policy):
+    """Every node rewrite() rewrote is listed block-diagonal, with its G, by inspect and by the
+    statistics after the rewrite (G = C and the run-time expansion included); revert takes
+    exactly those nodes back."""
+    from onnx_diagwise import inspect
+
+    rewritten = rewrite(FORMS[form](), group_size=policy)
+    done = {n.name: n.group_size for n in rewritten.report.rewritten}
+    assert done
+    listed = inspect(rewritten.model).nodes
+    assert {n.name: n.group_size for n in listed if n.block_diagonal} == done
+    assert all(n.action == "skipped" and "already block-diagonal" in n.reason for n in listed)
+    assert rewritten.report.after.block_diagonal_convs == len(done)
+    assert rewritten.report.after.depthwise_convs == 0
+    back = revert(rewritten.model).report
+    assert {n.name: n.group_size for n in back.rewritten} == done
+    assert back.before.block_diagonal_convs == len(done) and back.after.block_diagonal_convs == 0
+    assert back.after.depthwise_convs == len(done)
