@@ -12,11 +12,11 @@ from typing import Callable, Mapping
 from onnx import ModelProto
 
 from .adapters import to_proto, uses_original_type
-from .detect import detect
+from .detect import Detection, detect
 from .dims import with_input_shapes
 from .errors import DiagwiseError
 from .model_io import MIN_OPSET, PROTOBUF_LIMIT, as_model
-from .plan import GroupSize, parse_group_size, plan
+from .plan import Choice, GroupSize, Plan, Selection, choose, parse_group_size, plan_exact
 from .report import NodeDecision, RewriteReport, RewriteResult, human_bytes, model_stats
 from .rewriter import apply_plan
 from .runtime import InputOptions, RuntimeConfig
@@ -31,20 +31,19 @@ ModelOrPath = ModelProto | str | os.PathLike
 DEFAULT_WARN_GROWTH = 2.0
 
 
-def _planned(model: ModelProto, policy, include, exclude, min_channels, node_group_sizes, dynamic,
-             input_shapes=None):
-    """Detect and plan; dynamic weights and FLOPs get their shapes from inference (with INPUT_SHAPES
-    for the graph inputs' symbolic dims, where given).  Returns the plan and the detection (which
-    the model's statistics count too)."""
+def _detected(model: ModelProto, input_shapes=None) -> tuple[Detection, dict]:
+    """detect() with value types from shape inference (dynamic weights get their shapes from it;
+    INPUT_SHAPES sizes the graph inputs' symbolic dims), and the inferred shapes for the FLOPs."""
     value_types = infer_value_types(model, input_shapes)
-    shapes = {name: dims for name, (_, dims) in value_types.items()}
-    why_not = "dynamic weights left alone (--skip-dynamic)"
+    return detect(model, value_types), {name: dims for name, (_, dims) in value_types.items()}
+
+
+def _selection(model: ModelProto, include, exclude, min_channels, dynamic) -> Selection:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
     if dynamic and opset < MIN_OPSET:  # the run-time expansion's Reshape/Mul have no onnxruntime kernels there
-        dynamic, why_not = False, f"the run-time expansion needs opset >= {MIN_OPSET}; the model has {opset}"
-    found = detect(model, value_types)
-    return plan(found, policy, include, exclude, min_channels, node_group_sizes, shapes=shapes, dynamic=dynamic,
-                why_not_dynamic=why_not), found
+        return Selection(include, exclude, min_channels, False,
+                         f"the run-time expansion needs opset >= {MIN_OPSET}; the model has {opset}")
+    return Selection(include, exclude, min_channels, dynamic)
 
 
 def inspect(
@@ -65,9 +64,10 @@ def inspect(
         raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune (onnx-diagwise tune)")
     proto, _ = to_proto(model_or_path)
     model = as_model(proto)
-    planned, found = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic,
-                              dict(input_shapes or {}))
-    return RewriteReport(str(policy), [p.decision for p in planned], model_stats(model, found))
+    selection = _selection(model, include, exclude, min_channels, dynamic)
+    found, shapes = _detected(model, dict(input_shapes or {}))
+    planned = plan_exact(found, choose(found, policy, selection, node_group_sizes), shapes, str(policy))
+    return RewriteReport(planned.policy, [p.decision for p in planned.nodes], model_stats(model, found))
 
 
 @dataclass
@@ -134,41 +134,38 @@ def rewrite(
     input_shapes = dict(input_shapes or {})
     proto, back = to_proto(model_or_path)
     model = as_model(proto, copy=copy and not uses_original_type(model_or_path))  # a conversion is a copy already
-    tuning = None
     policy = parse_group_size(group_size)
+    selection = _selection(model, include, exclude, min_channels, dynamic)
+    tuning = None
     if policy == "auto":
         tuning = tune(model, tune_options, include, exclude, min_channels)
-        pinned = {**tuning.choices, **(node_group_sizes or {})}
-        planned, found = _planned(model, 1, include, exclude, min_channels, pinned, dynamic, input_shapes)
-        for item in planned:
-            if item.conv is None and item.decision.name in tuning.reasons:
-                item.decision.reason = tuning.reasons[item.decision.name]
+        measured = {layer.node: Choice(layer.group_size, f"auto: {layer.decision}") if layer.group_size > 1
+                    else layer.decision for layer in tuning.layers}
+        found, shapes = _detected(model, input_shapes)
+        planned = plan_exact(found, choose(found, measured, selection, node_group_sizes), shapes, "auto")
     else:
-        planned, found = _planned(model, policy, include, exclude, min_channels, node_group_sizes, dynamic,
-                                  input_shapes)
+        found, shapes = _detected(model, input_shapes)
+        planned = plan_exact(found, choose(found, policy, selection, node_group_sizes), shapes, str(policy))
     before = model_stats(model, found)  # the model is unchanged until the plan is applied
-    apply_plan(model, planned)
-    for item in planned:
-        if item.conv is not None:
-            item.decision.action = "rewritten"
+    outcome = apply_plan(model, planned)
     after = model_stats(model)
     warnings = (_noop_warnings(planned, policy, include, before.depthwise_convs)
                 + _growth_warnings(before.weight_bytes, after.weight_bytes, warn_growth))
-    report = RewriteReport(str(policy), [p.decision for p in planned], before, after, warnings=warnings,
+    report = RewriteReport(planned.policy, list(outcome), before, after, warnings=warnings,
                            elapsed_s=time.perf_counter() - start)
     return RewriteResult(back(model), report, tuning)
 
 
-def _noop_warnings(planned, policy, include: str | None, depthwise: int) -> list[str]:
+def _noop_warnings(planned: Plan, policy, include: str | None, depthwise: int) -> list[str]:
     """A rewrite that changes nothing says why, so that no one ships a copy believing it rewritten
     (auto keeping the original is a measured outcome, reported by its own summary)."""
-    if any(p.conv is not None for p in planned) or policy == "auto":
+    if planned.group_sizes or policy == "auto":
         return []
     if not depthwise:
         why = "the model has no depthwise convolution"
     elif policy == 1:
         why = "--group-size 1 keeps every layer depthwise (G = 1)"
-    elif include and not any(re.search(include, p.decision.name) for p in planned):
+    elif include and not any(re.search(include, p.decision.name) for p in planned.nodes):
         why = f"--include '{include}' matches no depthwise convolution"
     else:
         why = f"each of the {depthwise} depthwise convolution(s) was left alone (the reasons: -v)"

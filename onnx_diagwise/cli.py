@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import __version__, api
 from .errors import CheckFailed, DiagwiseError, RuntimeMissing, UnsizedDims
 from .model_io import load_model
-from .plan import compile_pattern, parse_group_size
+from .plan import Selection, parse_group_size
 from .bench import benchmark
 from .plot import plot_bench, plot_tuning, require_matplotlib
 from .render import (bench_table, compare_table, depthwise_time_table, nodes_table, op_type_table, size,
@@ -123,12 +123,9 @@ class _StderrHandler(logging.Handler):
 
 def _check_flags(group_size: str, include: str | None, exclude: str | None,
                  min_channels: int | None) -> str | int:
-    policy = parse_group_size(group_size, "--group-size")
-    compile_pattern(include, "--include")
-    compile_pattern(exclude, "--exclude")
-    if min_channels is not None and min_channels < 0:
-        raise DiagwiseError(f"--min-channels must be >= 0; got {min_channels}")
-    return policy
+    """The library's own checks, before any model is loaded."""
+    Selection(include, exclude, min_channels)
+    return parse_group_size(group_size)
 
 
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
@@ -593,13 +590,16 @@ PARAMETER_FLAGS = {"warn_growth": "--warn-growth", "warmup": "--warmup", "iterat
                    "seconds": "--seconds", "batch": "--batch", "min_channels": "--min-channels",
                    "opt_level": "--opt-level", "threads": "--threads", "min_speedup": "--min-speedup",
                    "time_budget": "--time-budget", "check_n": "--check-n", "seed": "--seed", "atol": "--atol",
-                   "rtol": "--rtol"}
-_PARAMETER = re.compile(r"\b(" + "|".join(PARAMETER_FLAGS) + r")\b(?= must| names|, not| or )")
+                   "rtol": "--rtol", "group_size": "--group-size", "include": "--include", "exclude": "--exclude",
+                   "node_group_sizes": "--node-group-size", "InputOptions.shapes": "--overwrite-input-shape",
+                   "InputOptions.dims": "--dim"}
+_PARAMETER = re.compile(r"\b(" + "|".join(map(re.escape, PARAMETER_FLAGS)) + r")\b"
+                        r"(?= must| names|, not| or | '| [^ ]+=| without| [^ ]+:)")
 
 
 def as_flags(message: str) -> str:
     """A library message with its parameter names spelled as this command line's flags."""
-    return _PARAMETER.sub(lambda m: PARAMETER_FLAGS[m.group(1)], message)
+    return _PARAMETER.sub(lambda m: PARAMETER_FLAGS[m.group(1)], message).replace("check=False", "--no-check")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,19 +106,19 @@ def _given_sizes(specs: list[InputSpec], options: InputOptions) -> tuple[dict, d
     given = dict(options.shapes or {})
     if "" in given:
         if len(specs) != 1:
-            raise DiagwiseError("--overwrite-input-shape without a name works only for a one-input model")
+            raise DiagwiseError("InputOptions.shapes without a name works only for a one-input model")
         given[specs[0].name] = given.pop("")
     names = {s.name for s in specs}
     for name in given:
         if name not in names:
-            raise DiagwiseError(f"--overwrite-input-shape names '{name}', which is not a model input "
+            raise DiagwiseError(f"InputOptions.shapes names '{name}', which is not a model input "
                                 f"(inputs: {', '.join(sorted(names))})")
     dims_by_name = dict(options.dims or {})
     symbolic_names = {d for s in specs for d in s.dims if isinstance(d, str)}
     for name in dims_by_name:
         if name not in symbolic_names:
             known = ", ".join(sorted(symbolic_names)) or "none"
-            raise DiagwiseError(f"--dim {name}=...: the model's inputs have no dim named '{name}' "
+            raise DiagwiseError(f"InputOptions.dims {name}=...: the model's inputs have no dim named '{name}' "
                                 f"(symbolic dims: {known})")
     if options.batch < 1:
         raise DiagwiseError(f"batch must be >= 1; got {options.batch}")
@@ -130,13 +130,13 @@ def _given_sizes(specs: list[InputSpec], options: InputOptions) -> tuple[dict, d
         if spec.name in given:
             shape = given[spec.name]
             if len(shape) != len(spec.dims):
-                raise DiagwiseError(f"--overwrite-input-shape {spec.name}: rank {len(shape)} does not match "
+                raise DiagwiseError(f"InputOptions.shapes {spec.name}: rank {len(shape)} does not match "
                                     f"the model's rank {len(spec.dims)}")
             fixed = [(a, d, s) for a, (d, s) in enumerate(zip(spec.dims, shape)) if isinstance(d, int) and d > 0
                      and d != s]
             if fixed:
                 axis, declared, asked = fixed[0]
-                raise DiagwiseError(f"--overwrite-input-shape {spec.name}: dim {axis} is fixed at {declared} in the "
+                raise DiagwiseError(f"InputOptions.shapes {spec.name}: dim {axis} is fixed at {declared} in the "
                                     f"model, not {asked} (the model expects {_shape_text(spec.dims)})")
             shapes[spec.name] = list(shape)
             continue

@@ -143,7 +143,7 @@ def rewrite_file(
     sized = None
     if check.enabled or auto:
         step("sizing the inputs")
-        escape = None if auto else "the check runs the model; --no-check (check=False) skips it"
+        escape = None if auto else "the check runs the model; check=False skips it"
         check, sized = _sized(loaded.model, check, escape)
     if auto:
         tune_options = replace(tune_options or api.TuneOptions(check.runtime), inputs=check.inputs)
@@ -171,7 +171,7 @@ def revert_file(
     sized = None
     if check.enabled:
         step("sizing the inputs")
-        check, sized = _sized(loaded.model, check, "the check runs the model; --no-check (check=False) skips it")
+        check, sized = _sized(loaded.model, check, "the check runs the model; check=False skips it")
     step("reverting")
     result = revert_model(loaded.model, copy=False)
     written = _save(result, loaded, src, dst, data_path, external_data, check, "reverted", step)

@@ -25,7 +25,7 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
-@dataclass
+@dataclass(frozen=True)
 class NodeDecision:
     """What happens (or happened) to one grouped Conv node, and why."""
 

@@ -15,14 +15,16 @@ the diagonal entries.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from .detect import DepthwiseConv, WeightSource
+from .detect import DepthwiseConv, WeightSource, detect
 from .graphs import all_names, iter_scopes, unique_name, use_counts
 from .tensors import tensor_like
-from .plan import PlannedNode
+from .plan import Choice, Plan, plan_exact
+from .report import NodeDecision
 from .weights import dynamic_mask, expand_depthwise, expand_transposed
 
 SUFFIX = "_diagwise_g"  # expanded copies are named <weight>_diagwise_g<G>
@@ -134,11 +136,14 @@ class WeightEditor:
             source.scope.body.initializer.remove(source.tensor)
 
 
-def apply_plan(model: ModelProto, planned: list[PlannedNode]) -> None:
+def apply_plan(model: ModelProto, plan: Plan) -> tuple[NodeDecision, ...]:
+    """Rewrite MODEL in place as PLAN says; the outcome is the plan's decisions, "rewrite" done."""
     editor = WeightEditor(model)
-    for item in planned:
+    outcome = []
+    for item in plan.nodes:
         conv, g = item.conv, item.decision.group_size
         if conv is None:
+            outcome.append(item.decision)
             continue
         if conv.dynamic is not None:
             _expand_at_run_time(conv, g, editor.taken)
@@ -148,6 +153,13 @@ def apply_plan(model: ModelProto, planned: list[PlannedNode]) -> None:
             editor.replace(conv.weight, conv.reader, conv.scope.namespace, expand(conv, g),
                            f"g{g}:{conv.transposed}:{zero_point}", f"{conv.weight.names[-1]}{SUFFIX}{g}", shaped)
         set_group(conv.node, conv.channels // g)
+        outcome.append(replace(item.decision, action="rewritten"))
+    return tuple(outcome)
+
+
+def apply_group_sizes(model: ModelProto, group_sizes: dict[str, int]) -> tuple[NodeDecision, ...]:
+    """Rewrite exactly the nodes of GROUP_SIZES ({node: G}) in MODEL, in place."""
+    return apply_plan(model, plan_exact(detect(model), {n: Choice(g, "exact") for n, g in group_sizes.items()}))
 
 
 def _expand_at_run_time(conv: DepthwiseConv, g: int, taken: set[str]) -> None:

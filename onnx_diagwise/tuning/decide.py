@@ -12,7 +12,7 @@ from ..detect import detect
 from ..dims import resolve_input_shapes
 from ..errors import DiagwiseError
 from ..plan import plan
-from ..rewriter import apply_plan
+from ..rewriter import apply_group_sizes
 from ..runtime import InputOptions
 from ..shapes import infer_shapes
 from .cache import TuneCache
@@ -101,7 +101,7 @@ def tune(
     shapes = infer_shapes(model, input_shapes)
 
     planned = plan(detect(model), "full", include, exclude, min_channels)
-    convs = [p.conv for p in planned if p.conv is not None]
+    convs = [p.conv for p in planned.nodes if p.conv is not None]
     untuned = [c for c in convs if c.form != "float"]
     convs = [c for c in convs if c.form == "float"]
     layers: list[LayerTuning] = []
@@ -172,7 +172,7 @@ def apply_choices(model: ModelProto, choices: dict[str, int]) -> ModelProto:
     """A copy of MODEL with exactly the nodes in CHOICES rewritten."""
     copy = ModelProto()
     copy.CopyFrom(model)
-    apply_plan(copy, plan(detect(copy), 1, node_group_sizes=choices))
+    apply_group_sizes(copy, choices)
     return copy
 
 

@@ -9,10 +9,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
-from ..detect import DepthwiseConv, detect
+from ..detect import DepthwiseConv
 from ..model_io import BUILT_IR_VERSION
-from ..plan import plan
-from ..rewriter import apply_plan
+from ..rewriter import apply_group_sizes
 
 CANDIDATES = (2, 4, 8, 16, 32, 64)
 # Skip a candidate whose block-diagonal weight would pass this size.
@@ -76,7 +75,7 @@ def layer_variants(base: ModelProto, sizes: list[int]) -> dict[int, ModelProto]:
     for g in sizes:
         model = ModelProto()
         model.CopyFrom(base)
-        apply_plan(model, plan(detect(model), 1, node_group_sizes={"layer": g}))
+        apply_group_sizes(model, {"layer": g})
         variants[g] = model
     return variants
 
