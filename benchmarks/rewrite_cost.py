@@ -1,7 +1,9 @@
 """What the rewrite itself costs: time and peak memory of `onnx-diagwise rewrite --no-check`
 next to a plain onnx.load + onnx.save of the same model (and, for information, of the
 default rewrite, which also runs both models in onnxruntime to check the result), and with
---ir the same through onnx-ir: ir.load + ir.save, and ir.load + DiagonalwisePass + ir.save.
+--ir the same through onnx-ir: ir.load + ir.save, and ir.load + DiagonalwisePass + ir.save, for the
+model with its weights inline and for the model with its weights in a .data file (which onnx-ir
+loads lazily, memory-mapped: the pass reads only the depthwise weights).
 
     python benchmarks/rewrite_cost.py [--blocks 40] [--channels 1024] [--repeats 3] [--json PATH]
 
@@ -40,13 +42,20 @@ elif mode == "ir":
     import onnx_ir as ir
     start = time.perf_counter()
     ir.save(ir.load(src), dst)
-elif mode == "ir-pass":
+elif mode.startswith("ir-pass"):  # ir-pass, ir-pass-only (no save), ir-pass-external (save with a .data file)
     import onnx_ir as ir
     from onnx_diagwise.passes import DiagonalwisePass
     start = time.perf_counter()
     model = ir.load(src)
     assert DiagonalwisePass(group_size=sys.argv[4] if not sys.argv[4].isdigit() else int(sys.argv[4]))(model).modified
-    ir.save(model, dst)
+    if mode == "ir-pass":
+        ir.save(model, dst)
+    elif mode == "ir-pass-external":
+        ir.save(model, dst, external_data=dst + ".data")
+elif mode == "ir-external":
+    import onnx_ir as ir
+    start = time.perf_counter()
+    ir.save(ir.load(src), dst, external_data=dst + ".data")
 else:
     from onnx_diagwise.cli import main
     start = time.perf_counter()
@@ -114,6 +123,18 @@ def main() -> None:
                 runs.setdefault("onnx_ir load+save", []).append(measure("ir", src, Path(tmp) / "ir.onnx", []))
                 runs.setdefault("DiagonalwisePass (onnx_ir)", []).append(
                     measure("ir-pass", src, Path(tmp) / "ir-pass.onnx", [args.group_size]))
+                external = Path(tmp) / "external" / "model.onnx"
+                if not external.exists():
+                    external.parent.mkdir()
+                    onnx.save(onnx.load(src), external, save_as_external_data=True, location="model.onnx.data")
+                runs.setdefault("external data: onnx-diagwise rewrite", []).append(
+                    measure("diagwise", external, Path(tmp) / "ext-out.onnx", extra + ["--no-check"]))
+                runs.setdefault("external data: onnx_ir load+save", []).append(
+                    measure("ir-external", external, str(Path(tmp) / "ir-ext.onnx"), []))
+                runs.setdefault("external data: DiagonalwisePass only", []).append(
+                    measure("ir-pass-only", external, Path(tmp) / "unused.onnx", [args.group_size]))
+                runs.setdefault("external data: DiagonalwisePass + save", []).append(
+                    measure("ir-pass-external", external, Path(tmp) / "ir-pass-ext.onnx", [args.group_size]))
         out_size = (Path(tmp) / "out.onnx").stat().st_size
 
     rows = {name: {"seconds": statistics.median(r["seconds"] for r in rs),
@@ -130,9 +151,9 @@ def main() -> None:
     }
     print(f"model: {args.blocks} depthwise-separable blocks, C={args.channels}, {size / 2**20:.0f} MiB "
           f"-> {out_size / 2**20:.0f} MiB rewritten (G policy {args.group_size})")
-    print(f"{'':24} {'median s':>9} {'peak RSS MiB':>13} {'RSS / model':>12}")
+    print(f"{'':40} {'median s':>9} {'peak RSS MiB':>13} {'RSS / model':>12}")
     for name, row in rows.items():
-        print(f"{name:24} {row['seconds']:9.2f} {row['peak_rss_bytes'] / 2**20:13.0f} "
+        print(f"{name:40} {row['seconds']:9.2f} {row['peak_rss_bytes'] / 2**20:13.0f} "
               f"{row['peak_rss_bytes'] / size:12.2f}")
     print(f"time ratio rewrite / (load+save): {result['time_ratio']:.2f}x   "
           f"peak RSS / model size: {result['peak_rss_over_model_size']:.2f}x")

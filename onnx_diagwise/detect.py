@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper
 
 from .graphs import Scope, iter_scopes, node_label, resolve, use_counts
+from .tensors import tensor_array
 from .weights import dynamic_mask, is_block_diagonal, is_block_diagonal_transposed
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -201,7 +202,7 @@ def find_weight(scope: Scope, name: str) -> WeightSource | DynamicWeight | str:
 def constant_array(scope: Scope, name: str) -> np.ndarray | str:
     source = find_weight(scope, name)
     if isinstance(source, WeightSource):
-        return np.asarray(numpy_helper.to_array(source.tensor))
+        return tensor_array(source.tensor)
     return f"'{name}' is not a constant"
 
 
@@ -391,7 +392,7 @@ def _grouped(node, label, scope, form, group, dims, source: WeightSource, info, 
         fill = weight_zero_point(zp_scope, zp_node, zp_index, dims[0]) if form in ("QLinearConv", "ConvInteger", "QDQ") \
             else None
         if not isinstance(fill, str):
-            weight = np.asarray(numpy_helper.to_array(source.tensor))
+            weight = tensor_array(source.tensor)
             fill = None if fill is None else fill.astype(weight.dtype)
             if not _first_row_off_diagonal(weight, fill) and is_block_diagonal(weight, multiplier, fill):
                 return SkippedConv(label, node, scope, f"already block-diagonal (G={dims[1]}, group={group}); "
@@ -406,7 +407,7 @@ def _classify_transposed(node, label, scope, group, dims, source, info, reader) 
     if dims[0] != group:
         in_per_group = dims[0] // group if dims[0] % group == 0 else None
         if in_per_group and dims[1] % in_per_group == 0:
-            weight = np.asarray(numpy_helper.to_array(source.tensor))
+            weight = tensor_array(source.tensor)
             if is_block_diagonal_transposed(weight, in_per_group):
                 multiplier = dims[1] // in_per_group
                 return SkippedConv(label, node, scope, f"already block-diagonal (G={in_per_group}, group={group}); "

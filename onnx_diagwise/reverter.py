@@ -12,8 +12,7 @@ from __future__ import annotations
 import re
 import time
 
-import numpy as np
-from onnx import NodeProto, numpy_helper
+from onnx import NodeProto
 
 from .adapters import to_proto, uses_original_type
 from .api import ModelOrPath
@@ -24,6 +23,7 @@ from .model_io import as_model
 from .report import NodeDecision, RewriteReport, RewriteResult, model_stats
 from .rewriter import SUFFIX, WeightEditor, set_group
 from .shapes import infer_value_types
+from .tensors import tensor_array
 from .weights import collapse_block_diagonal, collapse_transposed, is_block_diagonal
 
 
@@ -80,7 +80,7 @@ def _revert_node(skipped: SkippedConv, diagonal: BlockDiagonal, editor: WeightEd
         set_group(skipped.node, c)
         return _decision(skipped, "reverted", f"run-time expansion with G={g} removed; depthwise again",
                          group_size=g, groups_after=c)
-    weight = np.asarray(numpy_helper.to_array(diagonal.weight.tensor))
+    weight = tensor_array(diagonal.weight.tensor)
     if diagonal.transposed:
         collapsed = collapse_transposed(weight, g)
     else:
@@ -105,7 +105,7 @@ def _holds_block_diagonal(node: NodeProto, scope: Scope) -> bool:
     dims = list(source.tensor.dims)
     if not 3 <= len(dims) <= 5 or dims[1] <= 1 or dims[0] % (group * dims[1]):
         return False
-    weight = numpy_helper.to_array(source.tensor)
+    weight = tensor_array(source.tensor)
     return is_block_diagonal(weight, dims[0] // (group * dims[1]))
 
 

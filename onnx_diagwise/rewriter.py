@@ -22,7 +22,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from .detect import DepthwiseConv, WeightSource, detect
 from .graphs import all_names, iter_scopes, unique_name, use_counts
-from .tensors import tensor_like
+from .tensors import tensor_array, tensor_like
 from .plan import Choice, Plan, plan_exact
 from .report import NodeDecision
 from .weights import dynamic_mask, expand_depthwise, expand_transposed
@@ -34,7 +34,7 @@ ELEM_OF_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16,
 
 def expand(conv: DepthwiseConv, group_size: int) -> np.ndarray:
     """The block-diagonal weight of CONV for G = GROUP_SIZE (off-diagonal: 0 or the zero point)."""
-    weight = np.asarray(numpy_helper.to_array(conv.weight.tensor))
+    weight = tensor_array(conv.weight.tensor)
     if conv.transposed:
         return expand_transposed(weight, conv.channels, group_size)
     fill = None if conv.zero_point is None else conv.zero_point.astype(weight.dtype)

@@ -45,6 +45,25 @@ def tensor_nbytes(tensor: TensorProto) -> int:
     return tensor_elements(tensor) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
+def tensor_array(tensor: TensorProto) -> np.ndarray:
+    """TENSOR's values.  External data is read from its file (location, offset, length; the
+    location absolute or relative to the working directory) without loading it into TENSOR,
+    so a lazily loaded model stays lazy: only the weights the rewrite needs are read."""
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return np.asarray(numpy_helper.to_array(tensor))
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    count = tensor_elements(tensor)
+    if dtype.itemsize * count != int(info.get("length", dtype.itemsize * count)) or tensor.data_type in (
+            TensorProto.STRING, TensorProto.INT4, TensorProto.UINT4):
+        copy = TensorProto()
+        copy.CopyFrom(tensor)
+        return np.asarray(numpy_helper.to_array(copy))  # onnx's own reader, on a copy it may fill
+    with open(info["location"], "rb") as f:
+        f.seek(int(info.get("offset", 0)))
+        return np.fromfile(f, dtype=dtype, count=count).reshape(tuple(tensor.dims))
+
+
 def tensor_elements(tensor: TensorProto) -> int:
     return math.prod(tensor.dims)
 

@@ -109,3 +109,43 @@ def test_import_onnx_diagwise_imports_none_of_them():
             "print([m for m in ('onnx_ir', 'onnx_graphsurgeon', 'torch') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_ir_model_with_external_data_stays_lazy(tmp_path):
+    """ir.load keeps a .data file's tensors as memory-mapped references; the pass reads only the
+    depthwise weights, and every tensor it did not change comes back as the same lazy object."""
+    from onnx_diagwise.passes import DiagonalwisePass
+
+    proto = onnx.load(SAMPLE_DIR / "mobilenet_v1_025.onnx")
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location="m.onnx.data",
+              size_threshold=0)
+    model = ir.load(path)
+    before = {name: value.const_value for name, value in model.graph.initializers.items()}
+    assert all(isinstance(t, ir.ExternalTensor) for t in before.values())
+    read = []
+    original_numpy = ir.ExternalTensor.numpy
+    ir.ExternalTensor.numpy = lambda self: read.append(self.name) or original_numpy(self)
+    try:
+        rewrite_pass = DiagonalwisePass(group_size=8)
+        assert rewrite_pass(model).modified
+    finally:
+        ir.ExternalTensor.numpy = original_numpy
+    assert not read  # onnx_ir's own reader never ran: the pass read the file directly, weight by weight
+    rewritten = {n.name for n in rewrite_pass.report.rewritten}
+    depthwise_weights = {n.input[1] for n in proto.graph.node if n.name in rewritten}
+    after = {name: value.const_value for name, value in model.graph.initializers.items()}
+    assert set(after) == set(before)
+    for name, tensor in after.items():
+        if name in depthwise_weights:
+            assert not isinstance(tensor, ir.ExternalTensor)  # the new block-diagonal weight, in memory
+        else:
+            assert tensor is before[name]  # untouched: the same lazy reference, base directory and all
+    reference = onnx.load(SAMPLE_DIR / "mobilenet_v1_025.onnx")  # onnx.save moved PROTO's data out
+    np.testing.assert_allclose(outputs(_loaded(model, tmp_path))[0], outputs(reference)[0], rtol=1e-5, atol=1e-5)
+
+
+def _loaded(model, tmp_path) -> onnx.ModelProto:
+    out = tmp_path / "out.onnx"
+    ir.save(model, out, external_data="out.onnx.data")
+    return onnx.load(out)

@@ -1,0 +1,73 @@
+"""Every field of the reports, pinned: what inspect, rewrite and revert say about each node
+(decision, reason, geometry, weight source, sizes, FLOPs) and the before/after statistics,
+for every sample model and every form.  A change in any of them must be a deliberate one:
+regenerate with ONNX_DIAGWISE_UPDATE_GOLDEN=1 and review the diff of tests/golden/reports.json."""
+
+import json
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+
+from helpers import SAMPLE_DIR
+from onnx_diagwise import inspect, revert, rewrite
+from test_forms import conv_transpose_model, convinteger_model, fused_conv_model, qdq_model, qlinearconv_model
+from test_revert import FORMS
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "reports.json"
+UPDATE = os.environ.get("ONNX_DIAGWISE_UPDATE_GOLDEN") == "1"
+
+CASES = {f"sample:{p.stem}": (lambda p=p: onnx.load(p)) for p in sorted(SAMPLE_DIR.glob("*.onnx"))}
+CASES.update({f"form:{name}": make for name, make in sorted(FORMS.items())})
+CASES.update({
+    "form:QLinearConv per-tensor uint8": lambda: qlinearconv_model(per_channel=False, wtype=__import__("numpy").uint8),
+    "form:QDQ per-tensor": lambda: qdq_model(per_channel=False),
+    "form:ConvTranspose m1": lambda: conv_transpose_model(m=1),
+    "form:ConvInteger c16": lambda: convinteger_model(c=16),
+    "form:FusedConv c8": lambda: fused_conv_model(c=8),
+    "form:QLinearConv m2 c16": lambda: qlinearconv_model(c=16, m=2),
+})
+
+
+def _report(report) -> dict:
+    data = report.to_dict()
+    data.pop("elapsed_s")
+    return data
+
+
+def _reports(make) -> dict:
+    model = make()
+    rewritten = rewrite(model, group_size=8)
+    return {
+        "inspect paper": _report(inspect(model, "paper")),
+        "inspect full, min_channels 16, exclude 'b'": _report(inspect(model, "full", exclude="b", min_channels=16)),
+        "rewrite 8": _report(rewritten.report),
+        "inspect the rewrite": _report(inspect(rewritten.model)),
+        "revert the rewrite": _report(revert(rewritten.model).report),
+        "rewrite full": _report(rewrite(model, group_size="full").report),
+    }
+
+
+def _golden() -> dict:
+    return json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_reports_match_the_reviewed_ones(case):
+    actual = json.loads(json.dumps(_reports(CASES[case])))  # tuples as lists, as in the file
+    if UPDATE:
+        golden = _golden()
+        golden[case] = actual
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(dict(sorted(golden.items())), indent=1, sort_keys=True) + "\n")
+        pytest.skip("golden report written")
+    expected = _golden().get(case)
+    assert expected is not None, f"no golden report for {case}: run with ONNX_DIAGWISE_UPDATE_GOLDEN=1"
+    for key in expected:
+        assert actual[key] == expected[key], f"{case}: {key}"
+    assert set(actual) == set(expected)
+
+
+def test_every_golden_case_still_exists():
+    assert set(_golden()) == set(CASES)
