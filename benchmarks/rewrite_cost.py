@@ -51,11 +51,11 @@ elif mode.startswith("ir-pass"):  # ir-pass, ir-pass-only (no save), ir-pass-ext
     if mode == "ir-pass":
         ir.save(model, dst)
     elif mode == "ir-pass-external":
-        ir.save(model, dst, external_data=dst + ".data")
+        ir.save(model, dst, external_data=dst.rsplit("/", 1)[-1] + ".data")
 elif mode == "ir-external":
     import onnx_ir as ir
     start = time.perf_counter()
-    ir.save(ir.load(src), dst, external_data=dst + ".data")
+    ir.save(ir.load(src), dst, external_data=dst.rsplit("/", 1)[-1] + ".data")
 else:
     from onnx_diagwise.cli import main
     start = time.perf_counter()
