@@ -149,3 +149,78 @@ def _loaded(model, tmp_path) -> onnx.ModelProto:
     out = tmp_path / "out.onnx"
     ir.save(model, out, external_data="out.onnx.data")
     return onnx.load(out)
+
+
+def _torch_network(torch):
+    """A MobileNetV2-style network: stem, inverted residual blocks (one with depth multiplier 2,
+    one strided, one 5x5), BatchNorm, ReLU6, a residual, a 1-D depthwise tail and a classifier."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, c, expand, kernel, stride, multiplier=1):
+            super().__init__()
+            hidden = c * expand
+            self.body = nn.Sequential(
+                nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+                nn.Conv2d(hidden, hidden * multiplier, kernel, stride, kernel // 2, groups=hidden, bias=False),
+                nn.BatchNorm2d(hidden * multiplier), nn.ReLU6(),
+                nn.Conv2d(hidden * multiplier, c, 1, bias=False), nn.BatchNorm2d(c))
+            self.residual = stride == 1
+
+        def forward(self, x):
+            y = self.body(x)
+            return x + y if self.residual else y
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU6(), Block(16, 4, 3, 1),
+                                          Block(16, 2, 3, 1, multiplier=2), Block(16, 6, 3, 2), Block(16, 4, 5, 1))
+            self.tail = nn.Conv1d(16, 16, 7, padding=3, groups=16)
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x):
+            y = self.features(x).flatten(2)
+            return self.head(self.tail(y).mean(-1))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them matters
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_exported_torch_network_every_type_gives_the_same_rewrite(tmp_path, dynamo):
+    torch = pytest.importorskip("torch")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    net = _torch_network(torch)
+    x = torch.randn(2, 3, 32, 32)
+    path = tmp_path / "net.onnx"
+    program = torch.onnx.export(net, (x,), str(path), dynamo=dynamo, input_names=["x"], output_names=["y"])
+    proto = onnx.load(path)
+    by_proto = rewrite(proto, group_size=8)
+    assert len(by_proto.report.rewritten) == 5  # four 2-D depthwise convs and the 1-D one
+    results = {"path": rewrite(path, group_size=8), "ir": rewrite(ir.serde.deserialize_model(proto), group_size=8),
+               "graphsurgeon": rewrite(gs.import_onnx(proto), group_size=8)}
+    if dynamo:
+        results["program"] = rewrite(program, group_size=8)
+        assert type(results["program"].model) is type(program)
+    for kind, result in results.items():
+        assert decisions(result.report) == decisions(by_proto.report), kind
+    assert results["path"].model.SerializeToString() == by_proto.model.SerializeToString()
+    assert ir.serde.serialize_model(results["ir"].model).SerializeToString() == ir.serde.serialize_model(
+        ir.serde.deserialize_model(by_proto.model)).SerializeToString()
+    want = net(x).detach().numpy()
+    feeds = {"x": x.numpy()}
+    for model in (by_proto.model, gs.export_onnx(results["graphsurgeon"].model)):
+        got = create_session(model, RuntimeConfig("cpu")).run(None, feeds)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    if dynamo:
+        np.testing.assert_allclose(results["program"].model(x)[0].numpy(), want, rtol=1e-4, atol=1e-5)
+    back = revert(by_proto.model)
+    assert [n.name for n in back.report.rewritten] == [n.name for n in by_proto.report.rewritten]
