@@ -308,7 +308,7 @@ def _print_written(written: FileResult, source: Path, json_path: Path | None, ve
         out.print(nodes_table(report, "Depthwise and grouped convolutions"))
     out.print(compare_table(report.before, report.after, written.file_bytes_before, written.file_bytes_after,
                             report.elapsed_s,
-                            title=f"onnx-diagwise {'revert' if report.group_size == 'revert' else 'rewrite'}"))
+                            title=f"onnx-diagwise {'revert' if report.policy == 'revert' else 'rewrite'}"))
     out.print(summary_line(report))
     if written.validation is not None:
         out.print(f"check: {written.validation.summary()}")

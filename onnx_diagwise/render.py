@@ -38,9 +38,9 @@ def nodes_table(report: RewriteReport, title: str) -> Table:
 
 def summary_line(report: RewriteReport) -> str:
     if not report.nodes:
-        return ("no block-diagonal convolutions to revert" if report.group_size == "revert"
+        return ("no block-diagonal convolutions to revert" if report.policy == "revert"
                 else "no depthwise or grouped convolutions found")
-    verb = ("reverted" if report.group_size == "revert" else "rewritten") if report.after is not None \
+    verb = ("reverted" if report.policy == "revert" else "rewritten") if report.after is not None \
         else "to rewrite"
     already = sum(1 for n in report.skipped if n.block_diagonal)
     line = (f"{len(report.nodes)} grouped Conv node(s): {len(report.rewritten)} {verb}, "

@@ -93,7 +93,7 @@ def model_stats(model: ModelProto, found: Detection | None = None) -> ModelStats
 class RewriteReport:
     """Every grouped Conv in the model with its decision, plus model-level numbers."""
 
-    group_size: str
+    policy: str  # the group-size policy ("paper", "8", "full", "auto", "exact") or "revert"
     nodes: list[NodeDecision]
     before: ModelStats
     after: ModelStats | None = None  # None for inspect
@@ -110,7 +110,7 @@ class RewriteReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "group_size": self.group_size,
+            "policy": self.policy,
             "summary": {
                 "nodes": len(self.nodes),
                 "rewritten" if self.after else "planned": len(self.rewritten),

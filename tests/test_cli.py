@@ -26,7 +26,7 @@ def test_rewrite_json_and_quiet(tmp_path):
     r = cli("rewrite", SAMPLE, out, "-g", "full", "-q", "--json", report)
     assert r.returncode == 0 and r.stdout == ""
     data = json.loads(report.read_text())
-    assert data["group_size"] == "full" and data["summary"]["rewritten"] == 2
+    assert data["policy"] == "full" and data["summary"]["rewritten"] == 2
     assert data["before"]["depthwise_convs"] == 2 and data["after"]["depthwise_convs"] == 0
     assert data["file_bytes_after"] == out.stat().st_size
     assert {n["group_size"] for n in data["nodes"]} == {96, 144}

@@ -199,7 +199,7 @@ def test_cli_auto_tune_and_cache(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Per-layer tuning on CPUExecutionProvider" in r.stdout
     data = json.loads(report.read_text())
-    assert data["group_size"] == "auto" and len(data["tuning"]["layers"]) == 2
+    assert data["policy"] == "auto" and len(data["tuning"]["layers"]) == 2
     assert out.exists()
     r = cli("tune", MV2, "--threads", "1", "--cache-dir", cache, "--json", "-")
     layers = json.loads(r.stdout)["layers"]
