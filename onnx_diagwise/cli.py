@@ -362,19 +362,19 @@ def rewrite(
 
     Example: onnx-diagwise rewrite model.onnx model.diag.onnx --group-size 32 -v
     """
-    _check_flags(group_size, include, exclude, min_channels)
+    policy = _check_flags(group_size, include, exclude, min_channels)
     _log_details(verbose)
     atol, rtol = _tolerance(atol, "--atol"), _tolerance(rtol, "--rtol")
     pinned = _pinned(node_group_size)
     _check_json_path(json_path)
-    auto = parse_group_size(group_size) == "auto"
+    auto = policy == "auto"
     config = _runtime(provider, provider_option, threads, opt_level)
     input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     with _progress_bar(quiet or not auto) as progress, _working("loading", quiet or auto) as step:
         tune_options = (_tune_options(config, input_options, min_speedup, time_budget, no_cache, cache_dir,
                                       progress) if auto else None)
         checking = CheckOptions(check, config, input_options, check_n, atol, rtol, allow_tf32)
-        written = rewrite_file(input, output, group_size, include, exclude, min_channels, pinned, warn_growth,
+        written = rewrite_file(input, output, policy, include, exclude, min_channels, pinned, warn_growth,
                                not skip_dynamic, tune_options, checking, external_data, step)
     _print_written(written, input, json_path, verbose, quiet)
 
