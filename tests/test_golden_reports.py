@@ -13,6 +13,7 @@ import pytest
 from helpers import SAMPLE_DIR
 from onnx_diagwise import inspect, revert, rewrite
 from test_forms import conv_transpose_model, convinteger_model, fused_conv_model, qdq_model, qlinearconv_model
+from edge_cases import EDGE_CASES
 from test_revert import FORMS
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "reports.json"
@@ -28,6 +29,7 @@ CASES.update({
     "form:FusedConv c8": lambda: fused_conv_model(c=8),
     "form:QLinearConv m2 c16": lambda: qlinearconv_model(c=16, m=2),
 })
+CASES.update({f"edge:{name}": make for name, make in sorted(EDGE_CASES.items())})
 
 
 def _report(report) -> dict:
