@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 
+import numpy as np
 from onnx import NodeProto
 
 from .adapters import to_proto, uses_original_type
@@ -87,12 +88,26 @@ def _revert_node(skipped: SkippedConv, diagonal: BlockDiagonal, editor: WeightEd
         collapsed = collapse_block_diagonal(weight, diagonal.multiplier, diagonal.fill)
     base = diagonal.weight.names[-1]
     original = re.sub(rf"{SUFFIX}\d+(_\d+)?$", "", base)  # the name it had before rewrite()
-    editor.replace(diagonal.weight, diagonal.reader, skipped.scope.namespace, collapsed, "depthwise",
-                   original if original != base else f"{base}_depthwise", diagonal.shaped)
+    if original != base and _still_there(skipped.scope, original, diagonal, collapsed):
+        # rewrite() left the original for its other readers: read it again (exactly the model it was)
+        editor.reuse(diagonal.weight, diagonal.reader, skipped.scope.namespace, original)
+    else:
+        editor.replace(diagonal.weight, diagonal.reader, skipped.scope.namespace, collapsed, "depthwise",
+                       original if original != base else f"{base}_depthwise", diagonal.shaped)
     set_group(skipped.node, c)
     return _decision(skipped, "reverted", f"block-diagonal with G={g} (group={group}) -> depthwise (group={c})",
                      group_size=g, groups_after=c, weight_source=diagonal.weight.kind,
                      weight_bytes_before=weight.nbytes, weight_bytes_after=collapsed.nbytes)
+
+
+def _still_there(scope: Scope, name: str, diagonal: BlockDiagonal, collapsed) -> bool:
+    """Whether the reader sees a constant NAME with exactly the collapsed weight (and reads the
+    block-diagonal one directly, not through Identity nodes of its own)."""
+    source = find_weight(scope, name)
+    return (len(diagonal.weight.names) == 1 and isinstance(source, WeightSource)
+            and source.tensor.data_type == diagonal.weight.tensor.data_type
+            and list(source.tensor.dims) == list(collapsed.shape)
+            and bool(np.array_equal(tensor_array(source.tensor), collapsed)))
 
 
 def _holds_block_diagonal(node: NodeProto, scope: Scope) -> bool:

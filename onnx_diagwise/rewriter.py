@@ -84,6 +84,14 @@ class WeightEditor:
         reads[self.replaced[key]] += 1
         self._release(source, reads)
 
+    def reuse(self, source: WeightSource, reader: tuple[NodeProto, int], namespace: str, name: str) -> None:
+        """Make READER read the existing tensor NAME instead of SOURCE, which goes once nobody reads it."""
+        node, index = reader
+        reads = self.counts[namespace]
+        node.input[index] = name
+        reads[name] += 1
+        self._release(source, reads)
+
     def _replace_in_place(self, source: WeightSource, tensor: TensorProto, namespace: str, names: set[str]) -> None:
         tensor.name = source.tensor.name
         if source.tensor.HasField("doc_string"):

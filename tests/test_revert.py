@@ -162,3 +162,17 @@ def test_one_classifier_for_rewrite_inspect_and_revert(form, policy):
     assert {n.name: n.group_size for n in back.rewritten} == done
     assert back.before.block_diagonal_convs == len(done) and back.after.block_diagonal_convs == 0
     assert back.after.depthwise_convs == len(done)
+
+
+def test_shared_weight_round_trip_is_exact():
+    """rewrite() gives a weight that others read too an expanded copy; revert() points the node
+    back at the original and drops the copy, so the model is exactly the one it was."""
+    model = depthwise_model(channels=8, bias=False)
+    weight = model.graph.initializer[0].name
+    model.graph.node.append(helper.make_node("ReduceSum", [weight], ["s"], name="other_reader", keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, []))
+    rewritten = rewrite(model, group_size=4).model
+    assert len(rewritten.graph.initializer) == 2
+    back = revert(rewritten)
+    assert [n.action for n in back.report.nodes] == ["reverted"]
+    assert back.model == model

@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from helpers import assert_same_outputs, attr, conv_nodes, depthwise_model, initializer, random_inputs, run
 from onnx_diagwise import DiagwiseError, inspect, revert, rewrite
-from onnx_diagwise.weights import collapse_block_diagonal
+from onnx_diagwise.weights import collapse_block_diagonal, expand_depthwise
 
 
 @pytest.mark.parametrize("source", ["initializer", "Constant", "Identity"])
@@ -380,3 +380,76 @@ def test_run_time_expansion_nodes_and_constants():
     assert constants["w_diagwise_weight_shape"].data_type == onnx.TensorProto.INT64
     mask = numpy_helper.to_array(constants["w_diagwise_mask"])
     assert mask.dtype == np.float32 and mask[0, :, 0, :, 0, 0].tolist() == np.eye(4).tolist()
+
+
+def _function_model(nodes, inputs=("x",)) -> onnx.ModelProto:
+    function = helper.make_function("local", "DwBlock", list(inputs), ["y"], nodes,
+                                    opset_imports=[helper.make_opsetid("", 17)])
+    graph = helper.make_graph(
+        [helper.make_node("DwBlock", list(inputs), ["y"], domain="local", name="call")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])]
+        + [helper.make_tensor_value_info(n, TensorProto.FLOAT, [8, 1, 3, 3]) for n in inputs[1:]],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])])
+    return helper.make_model(graph, functions=[function],
+                             opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+
+
+def test_shared_constant_weight_in_a_function_gets_its_own_constant_node():
+    """Functions have no initializers: the expanded weight is a new Constant node right after the
+    original one, which stays for its other reader."""
+    w = np.random.default_rng(0).standard_normal((8, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["w"], name="w_const", value=numpy_helper.from_array(w)),
+             helper.make_node("Conv", ["x", "w"], ["c"], name="dw", group=8, pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceSum", ["w"], ["s"], name="other_reader", keepdims=0),
+             helper.make_node("Add", ["c", "s"], ["y"], name="add")]
+    model = _function_model(nodes)
+    result = rewrite(model, group_size=4)
+    body = list(result.model.functions[0].node)
+    assert [n.op_type for n in body] == ["Constant", "Constant", "Conv", "ReduceSum", "Add"]
+    added = body[1]
+    assert added.output == ["w_diagwise_g4"] and added.name == "w_diagwise_g4_2"  # node names are unique too
+    assert body[0] == nodes[0]  # the original, for ReduceSum
+    assert body[2].input[1] == "w_diagwise_g4" and attr(body[2], "group") == 2
+    np.testing.assert_array_equal(numpy_helper.to_array(added.attribute[0].t),
+                                  expand_depthwise(w, 8, 4))
+    onnx.checker.check_model(result.model)
+    assert_same_outputs(model, result.model)
+    assert revert(result.model).model == model
+
+
+def test_dynamic_weight_in_a_function_expands_with_constant_nodes():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=8, pads=[1, 1, 1, 1])]
+    model = _function_model(nodes, inputs=("x", "w"))
+    model = onnx.shape_inference.infer_shapes(model)
+    result = rewrite(model, group_size=4)
+    body = list(result.model.functions[0].node)
+    assert [n.op_type for n in body] == ["Constant"] * 3 + ["Reshape", "Mul", "Reshape", "Conv"]
+    assert [n.output[0] for n in body[:3]] == ["w_diagwise_blocks_shape", "w_diagwise_mask", "w_diagwise_weight_shape"]
+    assert [n.name for n in body[:3]] == [n.output[0] + "_2" for n in body[:3]]
+    shapes = [numpy_helper.to_array(n.attribute[0].t) for n in body[:3]]
+    np.testing.assert_array_equal(shapes[0], [2, 4, 1, 1, 3, 3])
+    assert shapes[1].shape == (1, 4, 1, 4, 1, 1) and shapes[1].dtype == np.float32
+    np.testing.assert_array_equal(shapes[2], [8, 4, 3, 3])
+    assert body[-1].input[1] == body[-2].output[0] and attr(body[-1], "group") == 2
+    onnx.checker.check_model(result.model)
+    assert_same_outputs(model, result.model)
+    back = revert(result.model)
+    assert [n.op_type for n in back.model.functions[0].node] == ["Conv"]
+    assert back.model.functions[0].node[0].input[1] == "w" and attr(back.model.functions[0].node[0], "group") == 8
+
+
+def test_revert_adds_the_group_attribute_a_dense_conv_lacked():
+    w = np.zeros((8, 8, 3, 3), np.float32)
+    for c in range(8):
+        w[c, c] = c + 1
+    model = depthwise_model(channels=8, bias=False)
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, model.graph.initializer[0].name))
+    node = model.graph.node[0]
+    for a in list(node.attribute):
+        if a.name == "group":
+            node.attribute.remove(a)
+    back = revert(model)
+    assert [n.action for n in back.report.nodes] == ["reverted"]
+    assert attr(back.model.graph.node[0], "group") == 8
+    assert [a.name for a in back.model.graph.node[0].attribute].count("group") == 1
+    assert_same_outputs(model, back.model)
