@@ -13,7 +13,6 @@ from onnx_diagwise.plan import (Choice, Selection, choose, group_size_for, large
 
 def two_layers():
     """Two depthwise convs: 'a' with C=12 (3x3), 'b' with C=8 (5x5)."""
-    import onnx
     from onnx import helper
 
     first, second = depthwise_model(channels=12, name="a"), depthwise_model(channels=8, kernel=(5, 5), name="b")
