@@ -104,3 +104,128 @@ def test_speedup_interval_brackets_the_ratio_of_medians():
     low, high = bench.speedup_interval(reference, candidate)
     assert low < np.median(reference) / np.median(candidate) < high and high - low < 0.1
     assert bench.speedup_interval(np.full(20, 2.0), np.full(20, 1.0)) == (2.0, 2.0)
+
+
+class _Completed:
+    def __init__(self, returncode, stdout):
+        self.returncode, self.stdout = returncode, stdout
+
+
+def test_gpu_device_name_from_nvidia_smi(monkeypatch):
+    calls = []
+
+    def fake_run(args, **kwargs):
+        calls.append((args, kwargs))
+        return _Completed(0, "NVIDIA H100 80GB HBM3, 580.159.04\nNVIDIA H100 80GB HBM3, 580.159.04\n")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    assert bench.device_name(RuntimeConfig("cuda")) == "NVIDIA H100 80GB HBM3, 580.159.04"
+    assert calls == [(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                      {"capture_output": True, "text": True, "timeout": 10})]
+    unknown = "GPU (name unknown: nvidia-smi not found)"
+    monkeypatch.setattr(bench.subprocess, "run", lambda args, **kw: _Completed(1, "NVIDIA X\n"))
+    assert bench.device_name(RuntimeConfig("cuda")) == unknown
+    monkeypatch.setattr(bench.subprocess, "run", lambda args, **kw: _Completed(0, "  \n"))
+    assert bench.device_name(RuntimeConfig("cuda")) == unknown
+
+    def missing(args, **kw):
+        raise FileNotFoundError("nvidia-smi")
+
+    monkeypatch.setattr(bench.subprocess, "run", missing)
+    assert bench.device_name(RuntimeConfig("cuda")) == unknown
+
+
+def test_cpu_device_name_from_proc_cpuinfo(monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: Fake\nmodel name\t: Fake CPU @ 2.00GHz: rev 2 \nflags\t: x\n")
+    real_path = bench.Path
+    monkeypatch.setattr(bench, "Path", lambda p: real_path(info) if p == "/proc/cpuinfo" else real_path(p))
+    assert bench.device_name(RuntimeConfig("cpu")) == "Fake CPU @ 2.00GHz: rev 2"
+    info.write_text("processor\t: 0\n")
+    monkeypatch.setattr(bench.platform, "processor", lambda: "")
+    monkeypatch.setattr(bench.platform, "machine", lambda: "fakearch")
+    assert bench.device_name(RuntimeConfig("cpu")) == "fakearch"
+    monkeypatch.setattr(bench, "Path", lambda p: real_path(tmp_path / "missing"))
+    monkeypatch.setattr(bench.platform, "processor", lambda: "fakeproc")
+    assert bench.device_name(RuntimeConfig("cpu")) == "fakeproc"
+
+
+def test_environment_fields():
+    model = onnx.load(SAMPLE)
+    env = bench.environment(RuntimeConfig("cpu", {"k": "v"}, 2), model, 4)
+    import onnxruntime
+    assert env["onnxruntime"] == onnxruntime.__version__
+    assert (env["provider"], env["provider_options"], env["threads"], env["batch"]) == (
+        "CPUExecutionProvider", {"k": "v"}, 2, 4)
+    assert env["graph_optimization_level"] == "all" and env["spin"] is False
+    assert env["input_dtypes"] == {model.graph.input[0].name: "float32"}
+    assert env["device"] == env["cpu"] == bench.device_name(RuntimeConfig("cpu"))
+    assert env["cpu_count"] >= 1 and env["python"].count(".") == 2 and env["platform"]
+
+
+def test_profile_structure():
+    model = onnx.load(SAMPLE)
+    rewritten = rewrite(model, group_size=4).model
+    report = bench.benchmark([model, rewritten], RuntimeConfig("cpu", threads=1), warmup=0, iterations=1,
+                             profile=True, profile_runs=3)
+    for profile, name in zip(report.profiles, ["model 0", "model 1"]):
+        assert profile.model == name and profile.runs == 3
+        means = [n.mean_us for n in profile.nodes]
+        assert means == sorted(means, reverse=True) and all(m >= 0 for m in means)
+        totals = list(profile.by_op_type_us.values())
+        assert totals == sorted(totals, reverse=True)
+        assert sum(totals) == pytest.approx(sum(means))
+        assert set(profile.by_op_type_us) == {n.op_type for n in profile.nodes}
+    own = {n.name: a.i for n in rewritten.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"}
+    traced = [n for n in report.profiles[1].nodes if n.source in own]
+    assert traced and all(n.group == own[n.source] for n in traced)
+    rows = report.depthwise_nodes()
+    assert rows and all(set(r) == {"node", "source", "group", "times_us", "groups"} for r in rows)
+    assert all(r["group"] > 1 and len(r["times_us"]) == 2 for r in rows)
+    assert all(r["groups"][1] == r["group"] // 4 for r in rows if r["groups"][1] is not None)
+
+
+def test_environment_time_is_iso_8601():
+    import re
+
+    env = bench.environment(RuntimeConfig("cpu"), onnx.load(SAMPLE), 1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", env["time"]), env["time"]
+
+
+def test_batch_of_the_first_input():
+    assert bench._batch_of({"x": np.zeros((3, 2)), "y": np.zeros((5,))}) == 3
+    assert bench._batch_of({"x": np.zeros(())}) == 1
+    assert bench._batch_of({}) == 1
+
+
+def test_inputs_must_match_in_dtype_and_names_symbolic_dims():
+    model = onnx.load(SAMPLE)
+    half = onnx.load(SAMPLE)
+    half.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    with pytest.raises(DiagwiseError, match="float16"):
+        bench._check_same_inputs([model, half], ["a", "b"])
+    symbolic = onnx.load(SAMPLE)
+    symbolic.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    with pytest.raises(DiagwiseError, match=r"^'b' has inputs \{'.*': \('float32', \[.*'\?'.*\]\)\}"):
+        bench._check_same_inputs([model, symbolic], ["a", "b"])
+
+
+def test_compare_refuses_outputs_of_other_shapes():
+    model = onnx.load(SAMPLE)
+    flat = onnx.load(SAMPLE)
+    out = flat.graph.output[0].name
+    flat.graph.node[-1].output[0] = "pre"
+    flat.graph.node.append(helper.make_node("Transpose", ["pre"], [out], name="flat", perm=[1, 0]))
+    del flat.graph.output[0].type.tensor_type.shape.dim[:]
+    with pytest.raises(DiagwiseError, match="^'model 1' has outputs of other shapes than the first model's$"):
+        bench.benchmark([model, flat], RuntimeConfig("cpu"), iterations=1, compare=True)
+
+
+def test_speedup_interval_is_the_bootstrap_of_medians():
+    rng = np.random.default_rng(7)
+    reference, candidate = rng.normal(2.0, 0.2, 30), rng.normal(1.0, 0.1, 30)
+    resample = np.random.default_rng(0)  # the documented default seed
+    ref = np.median(resample.choice(reference, (400, 30)), axis=1)
+    cand = np.median(resample.choice(candidate, (400, 30)), axis=1)
+    expected = tuple(float(v) for v in np.percentile(ref / cand, [2.5, 97.5]))
+    assert bench.speedup_interval(reference, candidate) == expected
