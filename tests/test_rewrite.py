@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import assert_same_outputs, attr, conv_nodes, depthwise_model, initializer, random_inputs, run
+from helpers import SAMPLE_DIR, assert_same_outputs, attr, conv_nodes, depthwise_model, initializer, random_inputs, run
 from onnx_diagwise import DiagwiseError, inspect, revert, rewrite
 from onnx_diagwise.weights import collapse_block_diagonal, expand_depthwise
 
@@ -207,7 +207,7 @@ def test_non_depthwise_group_conv_and_other_domains():
 
 
 def test_filters_include_exclude_min_channels():
-    model = onnx.load("sample_models/mobilenet_v1_025.onnx")
+    model = onnx.load(SAMPLE_DIR / "mobilenet_v1_025.onnx")
     report = inspect(model, include=r"dw1\d")
     assert sorted(n.name for n in report.rewritten) == ["dw10", "dw11", "dw12", "dw13"]
     assert all("--include" in n.reason for n in report.skipped)
@@ -255,7 +255,7 @@ def test_report_bytes_flops_and_dict():
 
 
 def _if_model():
-    return onnx.load("sample_models/if_branch.onnx")
+    return onnx.load(SAMPLE_DIR / "if_branch.onnx")
 
 
 @pytest.mark.parametrize("cond", [True, False])
