@@ -64,7 +64,7 @@ def _ir_to_proto(model) -> tuple[ModelProto, Callable[[ModelProto], Any]]:
     (the same objects, relative location and base directory) in the model that comes back."""
     import onnx_ir as ir
 
-    lazy = {name: tensor for name, tensor in _external_tensors(model, ir)}
+    lazy = {name: value.const_value for name, value in _external_values(model, ir)}
     proto = ir.serde.serialize_model(model)
     for tensor in _initializers(proto):
         if tensor.data_location == TensorProto.EXTERNAL and tensor.name in lazy:
@@ -108,11 +108,6 @@ def _external_values(model, ir) -> Iterator[tuple[str, Any]]:
         for name, value in graph.initializers.items():
             if isinstance(value.const_value, ir.ExternalTensor):
                 yield name, value
-
-
-def _external_tensors(model, ir) -> Iterator[tuple[str, Any]]:
-    for name, value in _external_values(model, ir):
-        yield name, value.const_value
 
 
 def uses_original_type(model: Any) -> bool:

@@ -31,11 +31,16 @@ ModelOrPath = ModelProto | str | os.PathLike
 DEFAULT_WARN_GROWTH = 2.0
 
 
-def _detected(model: ModelProto, input_shapes=None) -> tuple[Detection, dict]:
-    """detect() with value types from shape inference (dynamic weights get their shapes from it;
-    INPUT_SHAPES sizes the graph inputs' symbolic dims), and the inferred shapes for the FLOPs."""
+def _planned(model: ModelProto, policy, selection: Selection, node_group_sizes, input_shapes=None
+             ) -> tuple[Plan, Detection]:
+    """Detect and plan exactly what POLICY says (a named policy, or auto's measured map); dynamic
+    weights and FLOPs get their shapes from inference (INPUT_SHAPES sizes the graph inputs'
+    symbolic dims).  Returns the plan and the detection (which the statistics count too)."""
     value_types = infer_value_types(model, input_shapes)
-    return detect(model, value_types), {name: dims for name, (_, dims) in value_types.items()}
+    found = detect(model, value_types)
+    shapes = {name: dims for name, (_, dims) in value_types.items()}
+    label = "auto" if isinstance(policy, Mapping) else str(policy)
+    return plan_exact(found, choose(found, policy, selection, node_group_sizes), shapes, label), found
 
 
 def _selection(model: ModelProto, include, exclude, min_channels, dynamic) -> Selection:
@@ -65,8 +70,7 @@ def inspect(
     proto, _ = to_proto(model_or_path)
     model = as_model(proto)
     selection = _selection(model, include, exclude, min_channels, dynamic)
-    found, shapes = _detected(model, dict(input_shapes or {}))
-    planned = plan_exact(found, choose(found, policy, selection, node_group_sizes), shapes, str(policy))
+    planned, found = _planned(model, policy, selection, node_group_sizes, dict(input_shapes or {}))
     return RewriteReport(planned.policy, [p.decision for p in planned.nodes], model_stats(model, found))
 
 
@@ -136,16 +140,12 @@ def rewrite(
     model = as_model(proto, copy=copy and not uses_original_type(model_or_path))  # a conversion is a copy already
     policy = parse_group_size(group_size)
     selection = _selection(model, include, exclude, min_channels, dynamic)
-    tuning = None
+    tuning, exact = None, policy
     if policy == "auto":
         tuning = tune(model, tune_options, include, exclude, min_channels)
-        measured = {layer.node: Choice(layer.group_size, f"auto: {layer.decision}") if layer.group_size > 1
-                    else layer.decision for layer in tuning.layers}
-        found, shapes = _detected(model, input_shapes)
-        planned = plan_exact(found, choose(found, measured, selection, node_group_sizes), shapes, "auto")
-    else:
-        found, shapes = _detected(model, input_shapes)
-        planned = plan_exact(found, choose(found, policy, selection, node_group_sizes), shapes, str(policy))
+        exact = {layer.node: Choice(layer.group_size, f"auto: {layer.decision}") if layer.group_size > 1
+                 else layer.decision for layer in tuning.layers}
+    planned, found = _planned(model, exact, selection, node_group_sizes, input_shapes)
     before = model_stats(model, found)  # the model is unchanged until the plan is applied
     outcome = apply_plan(model, planned)
     after = model_stats(model)

@@ -356,13 +356,6 @@ def _expansion(node: NodeProto, label: str, scope: Scope, form: str, weight_name
                                                                         reshape_in.input[0])))
 
 
-def _first_row_off_diagonal(weight: np.ndarray, fill) -> bool:
-    """Whether row 0 has an entry off its diagonal position 0 that is not FILL: most dense
-    convolutions stop here, before the whole weight is compared."""
-    first = 0 if fill is None else np.asarray(fill).reshape(-1)[0]
-    return bool(np.any(weight[0, 1:] != first))
-
-
 def _geometry(node: NodeProto, rank: int) -> tuple:
     pads = attribute(node, "pads")
     auto_pad = attribute(node, "auto_pad", b"NOTSET")
@@ -394,7 +387,7 @@ def _grouped(node, label, scope, form, group, dims, source: WeightSource, info, 
         if not isinstance(fill, str):
             weight = tensor_array(source.tensor)
             fill = None if fill is None else fill.astype(weight.dtype)
-            if not _first_row_off_diagonal(weight, fill) and is_block_diagonal(weight, multiplier, fill):
+            if is_block_diagonal(weight, multiplier, fill):
                 return SkippedConv(label, node, scope, f"already block-diagonal (G={dims[1]}, group={group}); "
                                    "nothing to do", form=form, channels=in_channels, multiplier=multiplier,
                                    block_diagonal=BlockDiagonal(dims[1], in_channels, multiplier, source, reader,

@@ -24,6 +24,8 @@ from .runtime import InputOptions, RuntimeConfig
 from .validation import Tolerance, ValidationReport, validate
 
 Step = Callable[[str], None]  # told what is being done now (for a progress display)
+# Added to a sizing error when only the check needs the sizes.
+CHECK_ESCAPE = "the check runs the model; check=False skips it"
 
 
 @dataclass
@@ -143,7 +145,7 @@ def rewrite_file(
     sized = None
     if check.enabled or auto:
         step("sizing the inputs")
-        escape = None if auto else "the check runs the model; check=False skips it"
+        escape = None if auto else CHECK_ESCAPE
         check, sized = _sized(loaded.model, check, escape)
     if auto:
         tune_options = replace(tune_options or api.TuneOptions(check.runtime), inputs=check.inputs)
@@ -171,7 +173,7 @@ def revert_file(
     sized = None
     if check.enabled:
         step("sizing the inputs")
-        check, sized = _sized(loaded.model, check, "the check runs the model; check=False skips it")
+        check, sized = _sized(loaded.model, check, CHECK_ESCAPE)
     step("reverting")
     result = revert_model(loaded.model, copy=False)
     written = _save(result, loaded, src, dst, data_path, external_data, check, "reverted", step)

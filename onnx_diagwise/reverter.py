@@ -134,25 +134,21 @@ def _remove_expansion(skipped: SkippedConv, expansion, counts) -> None:
         reads[node.output[0]] -= 1
         if reads[node.output[0]] > 0:
             return
-        _remove(skipped.scope, lambda body: body.node, node)
+        _remove_node(skipped.scope, node)
         for name in node.input:
             reads[name] -= 1
         for name in node.input[1:]:  # the shape and mask constants, once nobody reads them
             source = find_weight(skipped.scope, name)
             if reads[name] == 0 and isinstance(source, WeightSource):
-                if source.constant is not None:
-                    _remove(source.scope, lambda body: body.node, source.constant)
-                else:
-                    _remove(source.scope, lambda body: body.initializer, source.tensor)
+                WeightEditor.drop_tensor(source)
 
 
-def _remove(scope: Scope, field, element) -> None:
-    """Remove ELEMENT from FIELD(body) of the first scope, inner to outer, that holds it."""
+def _remove_node(scope: Scope, node: NodeProto) -> None:
+    """Remove NODE from the first scope, inner to outer, that holds it."""
     current = scope
     while current is not None:
-        container = field(current.body)
-        if element in container:
-            container.remove(element)
+        if node in current.body.node:
+            current.body.node.remove(node)
             return
         current = current.parent
 

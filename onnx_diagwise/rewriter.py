@@ -78,7 +78,7 @@ class WeightEditor:
             reads[self.replaced[key]] += 1
             reads[source.names[-1]] -= 1
             if reads[source.names[-1]] == 0:
-                self._drop_tensor(source)
+                self.drop_tensor(source)
             return
         node.input[index] = self.replaced[key]
         reads[self.replaced[key]] += 1
@@ -134,10 +134,11 @@ class WeightEditor:
                 node, scope = source.identities[index]
                 scope.body.node.remove(node)
                 continue  # the Identity read the next name in the chain
-            WeightEditor._drop_tensor(source)
+            WeightEditor.drop_tensor(source)
 
     @staticmethod
-    def _drop_tensor(source: WeightSource) -> None:
+    def drop_tensor(source: WeightSource) -> None:
+        """Remove SOURCE's initializer or Constant node from the scope that holds it."""
         if source.constant is not None:
             source.scope.body.node.remove(source.constant)
         else:

@@ -61,6 +61,9 @@ def expand_depthwise(weight: np.ndarray, channels: int, group_size: int, fill=No
 def is_block_diagonal(weight: np.ndarray, multiplier: int, fill=None) -> bool:
     """True if Conv weight [C*M, G, k...] equals FILL everywhere off the diagonal."""
     out_channels, group_size = weight.shape[:2]
+    first = 0 if fill is None else np.asarray(fill, dtype=weight.dtype).reshape(-1)[0]
+    if np.any(weight[0, 1:] != first):  # row 0's diagonal is column 0: most dense weights stop here, cheaply
+        return False
     off = np.ones(weight.shape[:2], dtype=bool)
     off[np.arange(out_channels), diagonal_positions(out_channels, multiplier, group_size)] = False
     expected = _fill(weight.shape, weight.dtype, fill)
