@@ -1,6 +1,6 @@
 """Per-layer benchmark under onnxruntime: every depthwise layer of the zoo networks
-(benchmarks/zoo.py) and the large-kernel layers known to be slow on GPUs (RepLKNet 31x31,
-27x27, 13x13; a 1-D conformer layer, k=31), original vs block-diagonal with G in
+(benchmarks/zoo.py) and the large-kernel layers known to be slow on GPUs (RepLKNet-31B's
+31x31@56, 29x29@28, 27x27@14, 13x13@7; a 1-D conformer layer, k=31), original vs block-diagonal with G in
 {2, 4, 8, 16, 32, 64, full}, timed side by side.
 
     python benchmarks/layers.py                          # CPU: batch 1, fp32, every layer

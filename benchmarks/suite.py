@@ -84,7 +84,7 @@ def plan(provider: str, out: Path, quick: bool) -> list[Step]:
         torch_args, torch_configs = ["--quick"], 1
         torch_layers = 3
     else:
-        torch_args = ["--network", "mobilenet_v1", "replknet", "conformer", "mobilenet_v2", "efficientnet_b0",
+        torch_args = ["--network", "mobilenet_v1", "replknet_31b", "conformer", "mobilenet_v2", "efficientnet_b0",
                       "mobilenet_v3_large", "convnext_tiny", "--batch", "64", "1", "--dtype", "float16", "float32",
                       "--layout", "channels_last", "nchw", "--rounds", "15"]
         torch_configs, torch_layers = 2 * 2 * 2, len({layer for _, _, layer in table})  # each layer timed once
@@ -118,7 +118,7 @@ def plan(provider: str, out: Path, quick: bool) -> list[Step]:
                       "--warmup", "1"]
         layers, configs = len(zoo.EXTRA_LAYERS["conformer"]), 1
     else:
-        layer_args = ["--network", "replknet", "conformer", *zoo.NETWORKS, "--batch", "64", "--dtype", "float16",
+        layer_args = ["--network", "replknet_31b", "conformer", *zoo.NETWORKS, "--batch", "64", "--dtype", "float16",
                       "--iterations", "10", "--warmup", "2"]
         layers, configs = len({layer for _, _, layer in table}), 2
     layer_sessions = configs * (1 + variants)

@@ -117,10 +117,16 @@ class Layer:
         return tuple(-(-s // self.stride) for s in self.size)
 
 
+# RepLKNet-31B (Ding et al., CVPR 2022), as deployed: BatchNorms folded and each large kernel's
+# parallel 5x5 branch merged into it.  (blocks, channels, large kernel) per stage; at 224x224 the
+# stages run at 56x56, 28x28, 14x14 and 7x7.
+REPLKNET_31B = [(2, 128, 31), (2, 256, 29), (18, 512, 27), (2, 1024, 13)]
+
 # Layers where depthwise kernels are known to be slow on GPUs (large kernels).
 EXTRA_LAYERS: dict[str, list[Layer]] = {
-    # RepLKNet-31B: the large-kernel depthwise convs of stages 1-3 (Ding et al., CVPR 2022).
-    "replknet": [Layer(128, (56, 56), 1, 31), Layer(256, (28, 28), 1, 27), Layer(512, (14, 14), 1, 13)],
+    # RepLKNet-31B's large-kernel depthwise convs, one per stage, at their true shapes:
+    # 31x31@56 C=128 (2 layers), 29x29@28 C=256 (2), 27x27@14 C=512 (18), 13x13@7 C=1024 (2).
+    "replknet_31b": [Layer(c, (56 >> stage, 56 >> stage), 1, k) for stage, (_, c, k) in enumerate(REPLKNET_31B)],
     # A conformer conv module: d_model 512, kernel 31, 256 frames (1-D).
     "conformer": [Layer(512, (256,), 1, 31)],
 }
@@ -474,11 +480,6 @@ def _convnext_tiny(b: _Builder) -> _T:
     # flatten before the norm: the same as torchvision's LayerNorm2d on [N, C, 1, 1]
     y = b.layer_norm(b.pool_flatten(x), "classifier.0")
     return b.linear(y, "classifier.2", NUM_CLASSES, output="logits")
-
-
-# RepLKNet-31B (Ding et al., CVPR 2022), as deployed: BatchNorms folded and each large kernel's
-# parallel 5x5 branch merged into it.  (blocks, channels, large kernel) per stage.
-REPLKNET_31B = [(2, 128, 31), (2, 256, 29), (18, 512, 27), (2, 1024, 13)]
 
 
 def _replknet_31b(b: _Builder) -> _T:

@@ -250,28 +250,35 @@ def test_layer():
 
 def test_extra_layers():
     assert zoo.EXTRA_LAYERS == {
-        "replknet": [zoo.Layer(128, (56, 56), 1, 31), zoo.Layer(256, (28, 28), 1, 27),
-                     zoo.Layer(512, (14, 14), 1, 13)],
+        "replknet_31b": [zoo.Layer(128, (56, 56), 1, 31), zoo.Layer(256, (28, 28), 1, 29),
+                         zoo.Layer(512, (14, 14), 1, 27), zoo.Layer(1024, (7, 7), 1, 13)],
         "conformer": [zoo.Layer(512, (256,), 1, 31)],
     }
+
+
+def test_replknet_layer_rows_are_the_networks_own_large_kernels():
+    """The layer table's RepLKNet rows are exactly the distinct large-kernel convs of zoo.py's RepLKNet-31B."""
+    large = [layer for layer in zoo.depthwise_layers("replknet_31b") if layer.kernel > 3]
+    assert list(dict.fromkeys(large)) == zoo.EXTRA_LAYERS["replknet_31b"]
+    assert [large.count(layer) for layer in zoo.EXTRA_LAYERS["replknet_31b"]] == [2, 2, 18, 2]
 
 
 def test_layer_table():
     rows = zoo.layer_table()
     tables = list(dict.fromkeys(t for t, _, _ in rows))
-    assert tables == list(zoo.NETWORKS) + ["replknet", "conformer"]
+    assert tables == list(zoo.NETWORKS) + ["replknet_31b", "conformer"]
     for table in tables:
         mine = [(i, layer) for t, i, layer in rows if t == table]
         expected = zoo.EXTRA_LAYERS[table] if table in zoo.EXTRA_LAYERS else zoo.depthwise_layers(table)
         assert mine == list(enumerate(expected, 1))
-    assert len(rows) == sum(DEPTHWISE_COUNTS.values()) + 4
+    assert len(rows) == sum(DEPTHWISE_COUNTS.values()) + 5
 
     v1 = zoo.layer_table(["mobilenet_v1"])
     assert [t for t, _, _ in v1] == ["mobilenet_v1"] * 13  # no extras unless named
     assert zoo.layer_table("mobilenet_v1") == v1
     assert zoo.layer_table(["conformer"]) == [("conformer", 1, zoo.Layer(512, (256,), 1, 31))]
-    both = zoo.layer_table(["replknet", "convnext_tiny"])
-    assert [t for t, _, _ in both] == ["replknet"] * 3 + ["convnext_tiny"] * 18  # in the order asked for
+    both = zoo.layer_table(["replknet_31b", "convnext_tiny"])
+    assert [t for t, _, _ in both] == ["replknet_31b"] * 4 + ["convnext_tiny"] * 18  # in the order asked for
 
 
 def test_zoo_path_builds_once_and_rebuilds_when_stale(tmp_path):
