@@ -11,13 +11,13 @@ from typing import Callable, Mapping
 
 from onnx import ModelProto
 
-from .adapters import to_proto, uses_original_type
+from .adapters import opened
 from .detect import Detection, detect
 from .dims import with_input_shapes
 from .errors import DiagwiseError
-from .model_io import MIN_OPSET, PROTOBUF_LIMIT, as_model
+from .model_io import MIN_OPSET, PROTOBUF_LIMIT
 from .plan import Choice, GroupSize, Plan, Selection, choose, parse_group_size, plan_exact
-from .report import NodeDecision, RewriteReport, RewriteResult, human_bytes, model_stats
+from .report import NodeDecision, RewriteReport, RewriteResult, human_bytes, model_stats, stats_after
 from .rewriter import apply_plan
 from .runtime import InputOptions, RuntimeConfig
 from .shapes import infer_value_types
@@ -67,11 +67,10 @@ def inspect(
     policy = parse_group_size(group_size)
     if policy == "auto":
         raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune (onnx-diagwise tune)")
-    proto, _ = to_proto(model_or_path)
-    model = as_model(proto)
-    selection = _selection(model, include, exclude, min_channels, dynamic)
-    planned, found = _planned(model, policy, selection, node_group_sizes, dict(input_shapes or {}))
-    return RewriteReport(planned.policy, [p.decision for p in planned.nodes], model_stats(model, found))
+    with opened(model_or_path) as (model, _):
+        selection = _selection(model, include, exclude, min_channels, dynamic)
+        planned, found = _planned(model, policy, selection, node_group_sizes, dict(input_shapes or {}))
+        return RewriteReport(planned.policy, [p.decision for p in planned.nodes], model_stats(model, found))
 
 
 @dataclass
@@ -104,12 +103,12 @@ def tune(model_or_path: ModelOrPath, options: TuneOptions | None = None, include
          exclude: str | None = None, min_channels: int | None = None) -> TuneReport:
     """Measure every depthwise layer on the target provider and report the G that pays, if any."""
     options = options or TuneOptions()
-    model = as_model(to_proto(model_or_path)[0])
-    inputs = options.inputs
-    if options.timer is None:  # size symbolic dims once, not in every timing run
-        inputs, _ = with_input_shapes(model, inputs, options.config)
-    return tune_layers(model, options.make_timer(inputs), inputs, include, exclude, min_channels,
-                       options.min_speedup, options.time_budget, options.make_cache(), options.progress)
+    with opened(model_or_path) as (model, _):
+        inputs = options.inputs
+        if options.timer is None:  # size symbolic dims once, not in every timing run
+            inputs, _ = with_input_shapes(model, inputs, options.config)
+        return tune_layers(model, options.make_timer(inputs), inputs, include, exclude, min_channels,
+                           options.min_speedup, options.time_budget, options.make_cache(), options.progress)
 
 
 def rewrite(
@@ -136,24 +135,23 @@ def rewrite(
     if not warn_growth > 1:
         raise DiagwiseError(f"warn_growth must be > 1; got {warn_growth}")
     input_shapes = dict(input_shapes or {})
-    proto, back = to_proto(model_or_path)
-    model = as_model(proto, copy=copy and not uses_original_type(model_or_path))  # a conversion is a copy already
     policy = parse_group_size(group_size)
-    selection = _selection(model, include, exclude, min_channels, dynamic)
-    tuning, exact = None, policy
-    if policy == "auto":
-        tuning = tune(model, tune_options, include, exclude, min_channels)
-        exact = {layer.node: Choice(layer.group_size, f"auto: {layer.decision}") if layer.group_size > 1
-                 else layer.decision for layer in tuning.layers}
-    planned, found = _planned(model, exact, selection, node_group_sizes, input_shapes)
-    before = model_stats(model, found)  # the model is unchanged until the plan is applied
-    outcome = apply_plan(model, planned)
-    after = model_stats(model)
-    warnings = (_noop_warnings(planned, policy, include, before.depthwise_convs)
-                + _growth_warnings(before.weight_bytes, after.weight_bytes, warn_growth))
-    report = RewriteReport(planned.policy, list(outcome), before, after, warnings=warnings,
-                           elapsed_s=time.perf_counter() - start)
-    return RewriteResult(back(model), report, tuning)
+    with opened(model_or_path, copy=copy) as (model, back):
+        selection = _selection(model, include, exclude, min_channels, dynamic)
+        tuning, exact = None, policy
+        if policy == "auto":
+            tuning = tune(model, tune_options, include, exclude, min_channels)
+            exact = {layer.node: Choice(layer.group_size, f"auto: {layer.decision}") if layer.group_size > 1
+                     else layer.decision for layer in tuning.layers}
+        planned, found = _planned(model, exact, selection, node_group_sizes, input_shapes)
+        before = model_stats(model, found)  # the model is unchanged until the plan is applied
+        outcome = apply_plan(model, planned)
+        after = stats_after(model, before, sum(d.action == "rewritten" for d in outcome))
+        warnings = (_noop_warnings(planned, policy, include, before.depthwise_convs)
+                    + _growth_warnings(before.weight_bytes, after.weight_bytes, warn_growth))
+        report = RewriteReport(planned.policy, list(outcome), before, after, warnings=warnings,
+                               elapsed_s=time.perf_counter() - start)
+        return RewriteResult(back(model), report, tuning)
 
 
 def _noop_warnings(planned: Plan, policy, include: str | None, depthwise: int) -> list[str]:

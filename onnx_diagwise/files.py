@@ -71,14 +71,16 @@ class FileResult:
                 "tuning": self.result.tuning.to_dict() if self.result.tuning else None}
 
 
-def _open(src: Path, dst: Path) -> tuple[LoadedModel, Path]:
+def _open(src: Path, dst: Path) -> tuple[LoadedModel, list[Path]]:
     """Load SRC after making sure DST can be written and clobbers nothing SRC needs; also return
-    where DST's external data goes."""
+    the files DST's writing must leave alone (SRC and its external data)."""
     if not src.exists():
         raise DiagwiseError(f"input model '{src}' does not exist")
     check_output_path(dst, [src])
     loaded = load_model(src)
-    return loaded, check_output_path(dst, [src, *loaded.external_files])
+    protected = [src, *loaded.external_files]
+    check_output_path(dst, protected)
+    return loaded, protected
 
 
 def _options(check: CheckOptions | bool) -> CheckOptions:
@@ -94,7 +96,7 @@ def _sized(model, check: CheckOptions, escape: str | None) -> tuple[CheckOptions
     return replace(check, inputs=inputs), sized
 
 
-def _save(result: RewriteResult, loaded: LoadedModel, src: Path, dst: Path, data_path: Path,
+def _save(result: RewriteResult, loaded: LoadedModel, src: Path, dst: Path, protected: list[Path],
           external_data: bool | None, check: CheckOptions, what: str, step: Step) -> FileResult:
     validation = None
 
@@ -112,11 +114,11 @@ def _save(result: RewriteResult, loaded: LoadedModel, src: Path, dst: Path, data
     if external_data is None and loaded.has_external_data:
         external_data = True
     step(f"saving {dst}")
-    used_external = save_model(result.model, dst, external_data, keep_model=False,
-                               before_commit=check_written if check.enabled and modified else None,
-                               data_path=data_path)
-    after = dst.stat().st_size + (data_path.stat().st_size if used_external else 0)
-    return FileResult(result, dst, data_path if used_external else None, loaded.file_bytes, after, validation, None)
+    data_path = save_model(result.model, dst, external_data, keep_model=False,
+                           before_commit=check_written if check.enabled and modified else None,
+                           protected=protected)
+    after = dst.stat().st_size + (data_path.stat().st_size if data_path else 0)
+    return FileResult(result, dst, data_path, loaded.file_bytes, after, validation, None)
 
 
 def rewrite_file(
@@ -141,7 +143,7 @@ def rewrite_file(
     src, dst, step, check = Path(src), Path(dst), step or (lambda text: None), _options(check)
     auto = parse_group_size(group_size) == "auto"
     step(f"loading {src}")
-    loaded, data_path = _open(src, dst)
+    loaded, protected = _open(src, dst)
     sized = None
     if check.enabled or auto:
         step("sizing the inputs")
@@ -153,7 +155,7 @@ def rewrite_file(
     result = api.rewrite(loaded.model, group_size, include, exclude, min_channels, node_group_sizes, warn_growth,
                          copy=False, tune_options=tune_options, dynamic=dynamic,
                          input_shapes=sized.shapes if sized else None)
-    written = _save(result, loaded, src, dst, data_path, external_data, check, "rewritten", step)
+    written = _save(result, loaded, src, dst, protected, external_data, check, "rewritten", step)
     written.input_shapes = sized
     return written
 
@@ -169,13 +171,13 @@ def revert_file(
     against SRC first (as rewrite_file)."""
     src, dst, step, check = Path(src), Path(dst), step or (lambda text: None), _options(check)
     step(f"loading {src}")
-    loaded, data_path = _open(src, dst)
+    loaded, protected = _open(src, dst)
     sized = None
     if check.enabled:
         step("sizing the inputs")
         check, sized = _sized(loaded.model, check, CHECK_ESCAPE)
     step("reverting")
     result = revert_model(loaded.model, copy=False)
-    written = _save(result, loaded, src, dst, data_path, external_data, check, "reverted", step)
+    written = _save(result, loaded, src, dst, protected, external_data, check, "reverted", step)
     written.input_shapes = sized
     return written

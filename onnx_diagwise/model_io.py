@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -13,8 +13,9 @@ import onnx
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import ModelProto, TensorProto
 
+from .commit import Staging, data_name
 from .errors import DiagwiseError
-from .tensors import iter_tensors, skeleton, tensor_nbytes, weight_bytes
+from .tensors import iter_tensors, read_external, skeleton, tensor_nbytes, weight_bytes
 
 # onnxruntime guarantees opset 7 and later, yet runs older models (Conv means the same since
 # opset 1): older ones get a warning.  Past what the installed onnx knows, we cannot check a model.
@@ -90,22 +91,17 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise DiagwiseError(f"'{path}' is not a valid ONNX model: {first}") from None
 
     external_files: list[Path] = []
-    base_dir = path.parent
     for tensor in iter_tensors(model):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
-        location = base_dir / _external_location(tensor)
+        data = read_external(tensor, path.parent)  # onnx's rules: inside the folder, a regular file, in bounds
+        location = path.parent / _external_location(tensor)
         if location not in external_files:
             external_files.append(location)
-        if not location.is_file():
-            raise DiagwiseError(f"external data file '{location}' of tensor '{tensor.name}' is missing")
-        try:
-            onnx.external_data_helper.load_external_data_for_tensor(tensor, str(base_dir))
-        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DiagwiseError(
-                f"cannot load external data of tensor '{tensor.name}' from '{location}': {first}"
-            ) from None
+        tensor.raw_data = bytes(data)
+        del data
+        tensor.data_location = TensorProto.DEFAULT
+        del tensor.external_data[:]
     file_bytes = path.stat().st_size + sum(f.stat().st_size for f in external_files)
     return LoadedModel(model, path, file_bytes, external_files)
 
@@ -157,10 +153,9 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output_path(output: str | os.PathLike, protected: list[Path] | None = None) -> Path:
+def check_output_path(output: str | os.PathLike, protected: list[Path] | None = None) -> None:
     """Fail early, before any work, if OUTPUT cannot be written or is one of the PROTECTED files
-    (the input model and every file its tensors reference); return where OUTPUT's external data
-    would go: OUTPUT.data, or a free name beside it when that is a protected file."""
+    (the input model and every file its tensors reference)."""
     output = Path(output)
     parent = output.parent if str(output.parent) else Path(".")
     if output.exists() and output.is_dir():
@@ -171,53 +166,41 @@ def check_output_path(output: str | os.PathLike, protected: list[Path] | None = 
         raise DiagwiseError(f"output directory '{parent}' is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DiagwiseError(f"output '{output}': directory '{parent}' is not writable")
-    protected = list(protected or ())
-    for index, path in enumerate(protected):
+    for index, path in enumerate(protected or ()):
         if _same_file(output, path):
             what = "the input model" if index == 0 else f"the input's external data file '{path}'"
             raise DiagwiseError(f"output '{output}' is {what}; writing it would destroy the input, "
                                 "choose another path")
-    data_path, number = external_data_path(output), 0
-    while any(_same_file(data_path, path) for path in protected) or data_path == output:
-        number += 1
-        data_path = output.with_name(f"{output.name}.{number}.data")
-    return data_path
-
-
-def external_data_path(output: Path) -> Path:
-    return output.with_name(output.name + ".data")
 
 
 def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool | None = None,
                keep_model: bool = True, before_commit: Callable[[Path], None] | None = None,
-               data_path: str | os.PathLike | None = None) -> bool:
-    """Write MODEL to OUTPUT atomically; return whether external data was used.
+               protected: list[Path] | None = None) -> Path | None:
+    """Write MODEL to OUTPUT atomically; return the external data file written, or None.
 
-    external_data=None chooses it when the model would pass protobuf's 2 GiB limit.
-    Weights go to DATA_PATH ('<OUTPUT>.data' by default), beside the model. Both files are written under
-    temporary names in the output directory and renamed into place only once
-    complete, so a failure never leaves a partial or clobbered file.  MODEL is left
-    as it was; with keep_model=False the tensors written to the data file are not
-    put back, which saves a copy of every weight when MODEL is not needed again.
-    before_commit(path) runs on the complete temporary file before the rename; if it
-    raises, nothing is written."""
+    external_data=None chooses it when the model would pass protobuf's 2 GiB limit.  Weights go
+    to OUTPUT.<hash of its bytes>.data beside the model, and the pair is committed as one (see
+    commit.py): whatever fails or runs at the same time, OUTPUT never refers to another write's
+    data, and a failure leaves OUTPUT as it was.  Data files of OUTPUT's earlier versions are
+    removed, never a PROTECTED file (what the input reads).  OUTPUT keeps the mode of the file it
+    replaces.  MODEL is left as it was; with keep_model=False the tensors written to the data file
+    are not put back, which saves a copy of every weight when MODEL is not needed again.
+    before_commit(path) runs on the complete temporary model (its data beside it) before the
+    commit; if it raises, nothing is written."""
     output = Path(output)
-    data_path = Path(data_path) if data_path is not None else external_data_path(output)
-    if data_path.parent != output.parent:
-        raise DiagwiseError(f"external data '{data_path}' must be in the folder of '{output}'")
+    protected = list(protected or ())
     if external_data is None:
         external_data = weight_bytes(model) > PROTOBUF_LIMIT - 64 * 2**20
-    parent = output.parent if str(output.parent) else Path(".")
     try:
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+        staging = Staging(output)
     except OSError as exc:
         raise DiagwiseError(f"cannot write '{output}': {exc.strerror or exc}") from None
-    tmp_model = tmp_dir / output.name
-    tmp_data = tmp_dir / data_path.name
+    tmp_model = staging.folder / output.name
     try:
+        data_file = None
         try:
             if external_data:
-                _write_with_external_data(model, tmp_model, tmp_data, keep_model)
+                data_file = _write_with_external_data(model, output, tmp_model, keep_model, protected)
             else:
                 with open(tmp_model, "wb") as f:
                     _write_proto(model, f)
@@ -228,48 +211,58 @@ def save_model(model: ModelProto, output: str | os.PathLike, external_data: bool
                                 "save it with external data") from None
         if before_commit is not None:
             before_commit(tmp_model)
-        if external_data:
-            os.replace(tmp_data, data_path)
-        os.replace(tmp_model, output)
+        staging.commit(tmp_model, data_file, protected)
     except OSError as exc:
         raise DiagwiseError(f"cannot write '{output}': {exc.strerror or exc}") from None
     finally:
-        for leftover in (tmp_data, tmp_model):
-            leftover.unlink(missing_ok=True)
-        tmp_dir.rmdir()
-    return external_data
+        staging.close()
+    return output.with_name(data_file.name) if data_file is not None else None
 
 
-def _write_with_external_data(model: ModelProto, model_path: Path, data_path: Path, restore: bool) -> None:
-    """Move every large tensor's bytes to DATA_PATH, serialize, then (if RESTORE) put them back."""
-    moved: list[tuple[TensorProto, bytes]] = []
+def _write_with_external_data(model: ModelProto, output: Path, model_path: Path, restore: bool,
+                              protected: list[Path]) -> Path:
+    """Move every large tensor's bytes to a data file beside MODEL_PATH, named after OUTPUT and the
+    hash of the bytes; serialize; then (if RESTORE) put the bytes back.  Returns the data file."""
+    moved: list[TensorProto] = []
+    kept: list[bytes] = []
     offset = 0
+    digest = hashlib.blake2b(digest_size=8)
+    unnamed = model_path.with_name(model_path.name + ".partial")
     try:
-        with open(data_path, "wb") as data_file:
+        with open(unnamed, "wb") as data_file:
             for tensor in iter_tensors(model):
                 if not tensor.HasField("raw_data") or tensor_nbytes(tensor) < EXTERNAL_THRESHOLD:
                     continue
                 raw = tensor.raw_data  # a copy: upb hands out bytes, not views
                 # Align like onnx does so runtimes can memory-map the file.
-                padding = -offset % 4096
-                data_file.write(b"\0" * padding)
-                offset += padding
-                data_file.write(raw)
-                onnx.external_data_helper.set_external_data(
-                    tensor, data_path.name, offset=offset, length=len(raw))
+                padding = b"\0" * (-offset % 4096)
+                for chunk in (padding, raw):
+                    data_file.write(chunk)
+                    digest.update(chunk)
+                offset += len(padding)
+                onnx.external_data_helper.set_external_data(tensor, "", offset=offset, length=len(raw))
                 tensor.ClearField("raw_data")
                 offset += len(raw)
+                moved.append(tensor)
                 if restore:
-                    moved.append((tensor, raw))
+                    kept.append(raw)
                 del raw
             data_file.flush()
             os.fsync(data_file.fileno())
+        name = data_name(output, digest.hexdigest(), protected)
+        for tensor in moved:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = name
+        data_path = model_path.with_name(name)
+        os.replace(unnamed, data_path)
         with open(model_path, "wb") as f:
             f.write(model.SerializeToString())
             f.flush()
             os.fsync(f.fileno())
+        return data_path
     finally:
-        for tensor, raw in moved:
+        for tensor, raw in zip(moved, kept):
             tensor.raw_data = raw
             tensor.ClearField("data_location")
             del tensor.external_data[:]

@@ -74,18 +74,30 @@ class ModelStats:
 
 def model_stats(model: ModelProto, found: Detection | None = None) -> ModelStats:
     """Counts for the before/after table; FOUND is detect()'s result for MODEL, when already at hand."""
+    found = found or detect(model, infer_value_types(model))
+    block_diagonal = sum(1 for s in found.skipped if s.block_diagonal_g)
+    handled = {spec.form for spec in NODE_FORMS.values()} | {"QDQ", "dynamic"}
+    grouped = sum(1 for s in found.skipped if not s.block_diagonal_g and s.form in handled)
+    return _counted(model, len(found.candidates), block_diagonal, grouped)
+
+
+def stats_after(model: ModelProto, before: ModelStats, changed: int) -> ModelStats:
+    """MODEL's counts after CHANGED depthwise convolutions became block-diagonal (negative: block-
+    diagonal ones became depthwise), counted from what was done instead of detecting again, which
+    would read every expanded weight."""
+    return _counted(model, before.depthwise_convs - changed, before.block_diagonal_convs + changed,
+                    before.grouped_convs)
+
+
+def _counted(model: ModelProto, depthwise: int, block_diagonal: int, grouped: int) -> ModelStats:
     ops: Counter = Counter()
     convs = 0
     for scope in iter_scopes(model):
         for node in scope.body.node:
             ops[node.op_type] += 1
             convs += node_form(node) is not None
-    found = found or detect(model, infer_value_types(model))
-    block_diagonal = sum(1 for s in found.skipped if s.block_diagonal_g)
-    handled = {spec.form for spec in NODE_FORMS.values()} | {"QDQ", "dynamic"}
-    grouped = sum(1 for s in found.skipped if not s.block_diagonal_g and s.form in handled)
     parameters = sum(tensor_elements(t) for t in iter_tensors(model))
-    return ModelStats(len(found.candidates), block_diagonal, grouped, convs, parameters, weight_bytes(model),
+    return ModelStats(depthwise, block_diagonal, grouped, convs, parameters, weight_bytes(model),
                       dict(sorted(ops.items())))
 
 

@@ -13,15 +13,14 @@ import re
 import time
 
 import numpy as np
-from onnx import NodeProto
+from onnx import ModelProto, NodeProto
 
-from .adapters import to_proto, uses_original_type
+from .adapters import opened
 from .api import ModelOrPath
 from .detect import (FLOAT_TYPES, BlockDiagonal, DepthwiseConv, SkippedConv, WeightSource, attribute, detect,
                      find_weight, node_form)
 from .graphs import Scope
-from .model_io import as_model
-from .report import NodeDecision, RewriteReport, RewriteResult, model_stats
+from .report import NodeDecision, RewriteReport, RewriteResult, model_stats, stats_after
 from .rewriter import SUFFIX, WeightEditor, set_group
 from .shapes import infer_value_types
 from .tensors import tensor_array
@@ -31,8 +30,11 @@ from .weights import collapse_block_diagonal, collapse_transposed, is_block_diag
 def revert(model_or_path: ModelOrPath, copy: bool = True) -> RewriteResult:
     """Collapse every block-diagonal grouped convolution back to a depthwise one."""
     start = time.perf_counter()
-    proto, back = to_proto(model_or_path)
-    model = as_model(proto, copy=copy and not uses_original_type(model_or_path))
+    with opened(model_or_path, copy=copy) as (model, back):
+        return _revert(model, back, start)
+
+
+def _revert(model: ModelProto, back, start: float) -> RewriteResult:
     found = detect(model, infer_value_types(model))  # the same classifier as rewrite and inspect
     before = model_stats(model, found)
     editor = WeightEditor(model)
@@ -47,12 +49,13 @@ def revert(model_or_path: ModelOrPath, copy: bool = True) -> RewriteResult:
                 remaining.append(skipped.name)
             continue
         decisions.append(_revert_node(skipped, diagonal, editor))
-    report = RewriteReport("revert", decisions, before, model_stats(model), elapsed_s=time.perf_counter() - start)
+    reverted = sum(d.action == "reverted" for d in decisions)
+    report = RewriteReport("revert", decisions, before, stats_after(model, before, -reverted),
+                           elapsed_s=time.perf_counter() - start)
     if remaining:
         report.warnings.append(f"block-diagonal weights remain in {len(remaining)} node(s) of a form revert does not "
                                f"handle ({', '.join(remaining)}): revert the model before onnxruntime's optimizer "
                                "rewrites its convolutions")
-    reverted = sum(d.action == "reverted" for d in decisions)
     if not reverted:
         report.warnings.append("no block-diagonal convolutions to revert: the output is a copy of the input"
                                + (f" ({len(decisions)} grouped convolution(s) left alone, reasons with -v)"

@@ -8,13 +8,23 @@ the model whose large tensors carry no data.
 from __future__ import annotations
 
 import math
+import os
+import stat
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Iterator
 
 import onnx
 import numpy as np
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
+from .errors import DiagwiseError
 from .graphs import iter_scopes
+
+# The folder external data locations are relative to, for the model being worked on: set by
+# whoever hands us a model whose tensors stay on disk (a path, an onnx_ir model).  None: the
+# model came without a folder, and its external tensors cannot be read.
+_external_base: ContextVar[str | None] = ContextVar("external_base", default=None)
 
 # Tensors below this size keep their data in a skeleton: shape-carrying constants
 # (Reshape targets, pads, Split sizes) are tiny.
@@ -45,23 +55,88 @@ def tensor_nbytes(tensor: TensorProto) -> int:
     return tensor_elements(tensor) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
+@contextmanager
+def external_data_folder(folder: str | os.PathLike | None):
+    """Within this block, external data locations are read relative to FOLDER (None: refused)."""
+    token = _external_base.set(None if folder is None else os.fspath(folder))
+    try:
+        yield
+    finally:
+        _external_base.reset(token)
+
+
+def read_external(tensor: TensorProto, folder: str | os.PathLike | None = None) -> bytearray:
+    """The bytes of external TENSOR, by the rules onnx's own loader applies: a relative location
+    inside FOLDER (default: the current external_data_folder) after resolving links, naming a
+    regular file that is not a link and has no other hard link, with offset + length inside it.
+    Anything else is refused with a DiagwiseError naming the tensor; nothing is ever read
+    relative to the working directory."""
+    folder = _external_base.get() if folder is None else os.fspath(folder)
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location")
+
+    def refuse(why: str) -> DiagwiseError:
+        return DiagwiseError(f"external data of tensor '{tensor.name}' ('{location}') {why}")
+
+    if not location:
+        raise DiagwiseError(f"tensor '{tensor.name}' is marked external but names no location")
+    if folder is None:
+        raise refuse("cannot be read: the model came without its folder (pass the model's path, or "
+                     "load it with onnx.load, which reads external data)")
+    if os.path.isabs(location) or os.path.splitdrive(location)[0]:
+        raise refuse("is an absolute path; locations are relative to the model's folder")
+    base = os.path.realpath(folder)
+    path = os.path.join(base, location)
+    if os.path.commonpath([base, os.path.realpath(path)]) != base:
+        raise refuse(f"points outside the model's folder '{folder}'")
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise refuse("has an offset or length that is not a number") from None
+    if offset < 0 or (length is not None and length < 0):
+        raise refuse("has a negative offset or length")
+    if os.path.islink(path):
+        raise refuse("is a symbolic link")
+    try:
+        # O_NOFOLLOW: a link put there since is refused, not followed; O_NONBLOCK: a FIFO does not hang.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise refuse(f"cannot be opened: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info_stat = os.fstat(f.fileno())
+        if not stat.S_ISREG(info_stat.st_mode):
+            raise refuse("is not a regular file")
+        if info_stat.st_nlink > 1:
+            raise refuse(f"has {info_stat.st_nlink} hard links (onnx refuses such files too)")
+        size = info_stat.st_size
+        if offset > size or (length is not None and offset + length > size):
+            raise refuse(f"lies outside its file: offset {offset} + length {length} > {size} bytes")
+        f.seek(offset)
+        data = bytearray(size - offset if length is None else length)
+        f.readinto(data)
+    return data
+
+
 def tensor_array(tensor: TensorProto) -> np.ndarray:
-    """TENSOR's values.  External data is read from its file (location, offset, length; the
-    location absolute or relative to the working directory) without loading it into TENSOR,
-    so a lazily loaded model stays lazy: only the weights the rewrite needs are read."""
+    """TENSOR's values.  External data is read from its file (read_external's rules) without
+    loading it into TENSOR, so a lazily loaded model stays lazy: only the weights the rewrite
+    needs are read."""
     if tensor.data_location != TensorProto.EXTERNAL:
         return np.asarray(numpy_helper.to_array(tensor))
-    info = {entry.key: entry.value for entry in tensor.external_data}
+    data = read_external(tensor)
     dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
     count = tensor_elements(tensor)
-    if dtype.itemsize * count != int(info.get("length", dtype.itemsize * count)) or tensor.data_type in (
-            TensorProto.STRING, TensorProto.INT4, TensorProto.UINT4):
-        copy = TensorProto()
-        copy.CopyFrom(tensor)
-        return np.asarray(numpy_helper.to_array(copy))  # onnx's own reader, on a copy it may fill
-    with open(info["location"], "rb") as f:
-        f.seek(int(info.get("offset", 0)))
-        return np.fromfile(f, dtype=dtype, count=count).reshape(tuple(tensor.dims))
+    if tensor.data_type not in (TensorProto.STRING, TensorProto.INT4, TensorProto.UINT4) \
+            and len(data) == dtype.itemsize * count:
+        return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(
+            tuple(tensor.dims))  # external data is little-endian; the buffer is ours, no copy
+    copy = TensorProto()  # packed or odd-sized data: onnx's own decoder, on a copy with the bytes inline
+    copy.CopyFrom(tensor)
+    copy.raw_data = bytes(data)
+    copy.data_location = TensorProto.DEFAULT
+    del copy.external_data[:]
+    return np.asarray(numpy_helper.to_array(copy))
 
 
 def tensor_elements(tensor: TensorProto) -> int:

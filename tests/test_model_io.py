@@ -27,8 +27,8 @@ def test_external_data_round_trip(tmp_path):
     r = cli("rewrite", src, out)
     assert r.returncode == 0, r.stderr
     assert "weights in" in r.stdout
-    data = tmp_path / "out.onnx.data"
-    assert data.exists() and out.stat().st_size < 10_000  # weights live in the data file
+    [data] = tmp_path.glob("out.onnx.*.data")
+    assert out.stat().st_size < 10_000  # weights live in the data file
     refs = onnx.load(out, load_external_data=False)
     assert any(t.data_location == TensorProto.EXTERNAL for t in refs.graph.initializer)
     assert_same_outputs(onnx.load(SAMPLE), onnx.load(out))
@@ -36,7 +36,7 @@ def test_external_data_round_trip(tmp_path):
 
     inline = tmp_path / "inline.onnx"
     assert cli("rewrite", src, inline, "--no-external-data").returncode == 0
-    assert not (tmp_path / "inline.onnx.data").exists()
+    assert not list(tmp_path.glob("inline.onnx*.data"))
     assert_same_outputs(onnx.load(SAMPLE), onnx.load(inline))
 
 
@@ -50,7 +50,7 @@ def test_missing_external_data_file(tmp_path):
 def test_save_leaves_model_unchanged(tmp_path):
     model = onnx.load(SAMPLE)
     before = model.SerializeToString()
-    assert save_model(model, tmp_path / "m.onnx", external_data=True) is True
+    assert save_model(model, tmp_path / "m.onnx", external_data=True).is_file()
     assert model.SerializeToString() == before
     assert load_model(tmp_path / "m.onnx").has_external_data
 
@@ -71,7 +71,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, external):
         save_model(onnx.load(SAMPLE), out, external_data=external)
     assert out.read_bytes() == b"previous"
     leftovers = sorted(p.name for p in tmp_path.iterdir())
-    assert leftovers in (["out.onnx"], ["out.onnx", "out.onnx.data"])  # no temporary files
+    assert leftovers == ["out.onnx"]  # no temporary files, no data file without its model
 
 
 def _big_model(tmp_path: Path) -> Path:
@@ -116,3 +116,157 @@ def test_streamed_write_parses_to_the_same_model(tmp_path, name):
     onnx.helper.set_model_props(model, {"k": "v"})
     save_model(model, tmp_path / "m.onnx", external_data=False)
     assert onnx.load(tmp_path / "m.onnx") == model
+
+
+# ---------------------------------------------------------------- the model and its data as one
+
+
+def _weights_model(value: float) -> onnx.ModelProto:
+    """y = x + w, w VALUE x 1024 copies of VALUE: each write's model differs in shape and data, so a
+    model paired with another write's data reads wrong values (or fails to read)."""
+    size = 1024 * int(value)
+    w = numpy_helper.from_array(np.full((size,), value, np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _value_of(path: Path) -> float:
+    """The constant the model at PATH adds, read as onnxruntime would: its own data file, and the
+    model must agree with that file (a mismatched pair fails here)."""
+    model = onnx.load(path)
+    values = numpy_helper.to_array(model.graph.initializer[0])
+    assert set(values.tolist()) == {values.size / 1024}, "the model reads data that is not its own"
+    return float(values[0])
+
+
+@pytest.mark.parametrize("fail_at", ["data", "model"])
+def test_a_failure_between_the_steps_leaves_a_consistent_pair(tmp_path, monkeypatch, fail_at):
+    out = tmp_path / "out.onnx"
+    save_model(_weights_model(1.0), out, external_data=True)
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        is_model = Path(dst) == out
+        is_data = Path(dst).parent == tmp_path and Path(dst).name.endswith(".data")
+        if (fail_at == "model" and is_model) or (fail_at == "data" and is_data):
+            raise OSError(5, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(DiagwiseError, match="Input/output error"):
+        save_model(_weights_model(2.0), out, external_data=True)
+    monkeypatch.undo()
+    assert _value_of(out) == 1.0  # the old pair, whole
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder
+    save_model(_weights_model(3.0), out, external_data=True)  # the next write cleans what is left
+    assert _value_of(out) == 3.0 and len(list(tmp_path.glob("out.onnx.*.data"))) == 1
+
+
+def _writer(args) -> None:
+    out, value, rounds = args
+    for _ in range(rounds):
+        save_model(_weights_model(value), Path(out), external_data=True)
+
+
+def test_concurrent_writers_never_mix_a_model_with_another_write_s_data(tmp_path):
+    import multiprocessing
+
+    out = tmp_path / "out.onnx"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(5) as pool:
+        result = pool.map_async(_writer, [(str(out), float(v), 8) for v in range(1, 6)])
+        seen = set()
+        while not result.ready():  # read the pair while the writers write
+            if out.exists():
+                try:
+                    seen.add(_value_of(out))
+                except (FileNotFoundError, onnx.checker.ValidationError):
+                    pass  # the pair was replaced between reading the model and its data
+        result.get()
+    assert _value_of(out) in {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert len(list(tmp_path.glob("out.onnx.*.data"))) == 1  # the last pair's data only
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_killed_writer_s_temporary_folder_is_removed_by_the_next(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "out.onnx"
+    # A writer killed while it writes: it stops inside before_commit, where its data is complete.
+    script = textwrap.dedent(f"""
+        import os, sys, signal
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_model_io import _weights_model
+        from onnx_diagwise.model_io import save_model
+        save_model(_weights_model(7.0), {str(out)!r}, external_data=True,
+                   before_commit=lambda path: os.kill(os.getpid(), signal.SIGKILL))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert r.returncode != 0
+    [left] = [p for p in tmp_path.iterdir() if p.name.startswith(".out.onnx.")]
+    assert any(p.name.endswith(".data") for p in left.iterdir())
+    assert not out.exists()
+    save_model(_weights_model(1.0), out, external_data=True)
+    assert not left.exists() and _value_of(out) == 1.0
+
+
+def test_a_live_writer_s_temporary_folder_is_kept(tmp_path):
+    from onnx_diagwise.commit import Staging
+
+    out = tmp_path / "out.onnx"
+    live = Staging(out)
+    try:
+        save_model(_weights_model(1.0), out, external_data=True)
+        assert live.folder.is_dir()
+    finally:
+        live.close()
+    assert not live.folder.exists()
+
+
+def test_previous_data_removed_foreign_data_kept(tmp_path):
+    out = tmp_path / "out.onnx"
+    (tmp_path / "out.onnx.data").write_bytes(b"another model's weights")
+    first = save_model(_weights_model(1.0), out, external_data=True)
+    second = save_model(_weights_model(2.0), out, external_data=True)
+    assert first != second and not first.exists() and second.exists()
+    assert (tmp_path / "out.onnx.data").read_bytes() == b"another model's weights"
+    save_model(_weights_model(2.0), out, external_data=False)
+    assert not second.exists() and _value_of(out) == 2.0
+    # The same bytes give the same name: two identical writes are identical files.
+    a = save_model(_weights_model(4.0), out, external_data=True)
+    model_bytes = out.read_bytes()
+    b = save_model(_weights_model(4.0), out, external_data=True)
+    assert a == b and out.read_bytes() == model_bytes
+
+
+def test_protected_data_is_never_removed_or_replaced(tmp_path):
+    out = tmp_path / "out.onnx"
+    data = save_model(_weights_model(1.0), out, external_data=True)
+    source = tmp_path / "in.onnx"
+    os.replace(out, source)  # the input now reads OUT's old data file
+    before = data.read_bytes()
+    written = save_model(_weights_model(1.0), out, external_data=True, protected=[source, data])
+    assert written != data and written.name.endswith("-2.data")  # same bytes, but that name is the input's
+    assert data.read_bytes() == before and _value_of(source) == 1.0 and _value_of(out) == 1.0
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_output_keeps_the_mode_of_the_file_it_replaces(tmp_path, external):
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"old")
+    os.chmod(out, 0o640)
+    data = save_model(_weights_model(1.0), out, external_data=external)
+    assert (out.stat().st_mode & 0o777) == 0o640
+    if data:
+        assert (data.stat().st_mode & 0o777) == 0o640
+    fresh = tmp_path / "fresh.onnx"
+    umask = os.umask(0o022)
+    try:
+        save_model(_weights_model(1.0), fresh)
+    finally:
+        os.umask(umask)
+    assert (fresh.stat().st_mode & 0o777) == 0o644
