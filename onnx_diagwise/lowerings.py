@@ -783,9 +783,11 @@ def _replace_tensor(scope: Scope, name: str, array: np.ndarray) -> None:
     as it was (raw or typed); declared shapes of NAME follow."""
     source = find_weight(scope, name)
     tensor = tensor_like(array, source.tensor)
-    tensor.name = source.tensor.name
-    if source.tensor.HasField("doc_string"):
-        tensor.doc_string = source.tensor.doc_string
+    for name_field in ("name", "doc_string"):  # as they were, absent ones too (a Constant's tensor has no name)
+        if source.tensor.HasField(name_field):
+            setattr(tensor, name_field, getattr(source.tensor, name_field))
+        else:
+            tensor.ClearField(name_field)
     source.tensor.CopyFrom(tensor)
     if source.scope.is_function:
         return
