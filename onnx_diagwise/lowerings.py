@@ -150,10 +150,7 @@ def _pads(layer: _Layer, axis: int, size: int | None) -> tuple[int, int] | str:
     name = layer.axis_name(axis)
     if layer.auto_pad in ("NOTSET", ""):
         pads = layer.pads or [0] * (2 * layer.rank)
-        begin, end = pads[axis], pads[axis + layer.rank]
-        if begin < 0 or end < 0:
-            return f"negative pads {layer.pads}"
-        return begin, end
+        return pads[axis], pads[axis + layer.rank]
     if layer.auto_pad == "VALID":
         return 0, 0
     if layer.auto_pad not in SAME:
@@ -398,6 +395,8 @@ def _layer(conv: DepthwiseConv, input_shape: list[Dim] | None) -> _Layer | str:
         if bias.shape != (conv.channels * conv.multiplier,):
             return f"bias has shape {list(bias.shape)}, not [{conv.channels * conv.multiplier}]"
     rank = len(conv.kernel)
+    if conv.pads is not None and min(conv.pads) < 0:
+        return f"pads {list(conv.pads)} are negative; ONNX allows only pads >= 0"
     if input_shape is None:
         return "the input shape is unknown (lowerings need its spatial sizes)"
     if len(input_shape) != rank + 2:

@@ -20,7 +20,7 @@ from onnx_diagwise.detect import detect
 from onnx_diagwise.graphs import all_names, use_counts
 from onnx_diagwise.validation import compare
 
-PROPERTY = settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ---------------------------------------------------------------- helpers
@@ -77,16 +77,21 @@ def assert_round_trip(model: onnx.ModelProto, lowering: str, params: dict | None
 
 
 def pads_for(draw, kernel, dilations):
-    """Explicit begin/end pads, each below the dilated kernel (most layers pad (k-1)/2 a side)."""
-    begins = [draw(st.integers(0, (k - 1) * d)) for k, d in zip(kernel, dilations)]
-    ends = [draw(st.integers(0, (k - 1) * d)) for k, d in zip(kernel, dilations)]
-    return tuple(begins + ends)
+    """Explicit begin/end pads below the dilated kernel: half of it a side (what most layers do), or any."""
+    pairs = []
+    for k, d in zip(kernel, dilations):
+        extent = (k - 1) * d
+        if draw(st.booleans()):
+            pairs.append((extent // 2, extent - extent // 2))
+        else:
+            pairs.append((draw(st.integers(0, extent)), draw(st.integers(0, extent))))
+    return tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs)
 
 
 def size_for(draw, k, d, s, begin, end, pad_mode):
-    """An input size that gives at least one output along the axis."""
+    """An input size that gives at least one output along the axis: below the kernel to past it."""
     need = 1 if pad_mode.startswith("SAME") else max(1, (k - 1) * d + 1 - begin - end)
-    return draw(st.integers(need, need + 2 * s + 3))
+    return draw(st.integers(need, max(need, (k - 1) * d + 1) + 2 * s + 3))
 
 
 @st.composite
@@ -315,6 +320,19 @@ def test_polyphase_weight_holds_b_shifted_copies_of_the_kernel():
     assert attrs["strides"] == [3] and attrs["pads"] == [1, 2] and attrs["kernel_shape"] == [5]
     assert [n.op_type for n in low.graph.node if n.op_type != "Constant"] == ["Conv", "Reshape", "Transpose",
                                                                               "Reshape", "Slice"]
+
+
+def test_polyphase_as_2d_runs_the_blocks_on_a_row():
+    model = depthwise_model(channels=2, multiplier=3, kernel=(5,), spatial=(13,), pads=(2, 1), strides=(2,))
+    low, result = lowered(model, "polyphase", {"block": 4, "as_2d": True})
+    assert [n.op_type for n in low.graph.node if n.op_type != "Constant"] == [
+        "Reshape", "Conv", "Reshape", "Transpose", "Reshape", "Slice"]
+    conv = next(n for n in low.graph.node if n.op_type == "Conv")
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    # L_out = (13 + 3 - 5) // 2 + 1 = 6: two blocks of 4, 2 outputs more at stride 2: 4 more at the end
+    assert attrs == {"group": 2, "kernel_shape": [1, 3 * 2 + 5], "strides": [1, 8], "dilations": [1, 1],
+                     "pads": [0, 2, 0, 1 + 4]}
+    assert result.tensors["w"].shape == (6 * 4, 1, 1, 11)
 
 
 def test_polyphase_needs_no_slice_when_the_block_divides_the_output():
@@ -622,13 +640,15 @@ def test_why_not(case, lowering, params, shape, reason):
             lowerings.build(conv, lowering, params, shape, set(), opset=17)
 
 
-def test_why_not_negative_pads():
+@pytest.mark.parametrize("index", [0, 3])
+def test_why_not_negative_pads(index):
     conv, model = conv_of(**BASE)
-    next(a for a in conv.node.attribute if a.name == "pads").ints[0] = -1
+    next(a for a in conv.node.attribute if a.name == "pads").ints[index] = -1
     conv = detect(model).candidates[0]
-    assert lowerings.why_not(conv, "toeplitz", {}, input_shape(model), opset=17) == "negative pads [-1, 1, 1, 1]"
-    assert lowerings.why_not(conv, "conv2d", {}, input_shape(model), opset=17) == (
-        "conv2d runs 1-D layers as 2-D ones; this layer is 2-D")
+    pads = [-1 if i == index else 1 for i in range(4)]
+    for lowering, params in (("toeplitz", {}), ("polyphase", {"block": 4})):
+        assert lowerings.why_not(conv, lowering, params, input_shape(model), opset=17) == (
+            f"pads {pads} are negative; ONNX allows only pads >= 0")
 
 
 def test_why_not_the_opset():
@@ -660,6 +680,10 @@ def test_candidates():
     assert lowerings.candidates(conv, ["N", 8, "T"], opset=17) == [("conv2d", {})] + [
         ("polyphase", {"block": b, "as_2d": a}) for b in (4, 8, 16, 32, 64) for a in (False, True)]
     assert lowerings.candidates(conv, ["N", 8, 256], opset=9) == [("conv2d", {})]
+    # a block as long as the input is one block; a longer one would only compute padding
+    conv, model = conv_of(channels=8, kernel=(9,), spatial=(32,), pads=(4, 4))
+    assert [p["block"] for name, p in lowerings.candidates(conv, input_shape(model), opset=17)
+            if name == "polyphase"] == [4, 4, 8, 8, 16, 16, 32, 32]
 
 
 # RepLKNet-31B's large-kernel layers and the conformer's: (C, kernel, size); fp32 bytes.
