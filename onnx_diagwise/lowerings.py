@@ -424,11 +424,12 @@ def _layer_from_node(node: NodeProto, kernel: list[int], input_shape: list[Dim],
 
 
 def why_not(conv: DepthwiseConv, lowering: str, params: Mapping[str, Any] | None, input_shape: list[Dim] | None,
-            *, opset: int, reads: Counter | None = None) -> str | None:
+            *, opset: int, reads: Counter | None = None, max_weight_bytes: int | None = None) -> str | None:
     """Why CONV cannot take LOWERING with PARAMS for an input of INPUT_SHAPE, or None.
 
-    OPSET is the model's ai.onnx opset; READS (graphs.use_counts(model)[namespace]), when
-    given, also refuses a weight or bias that something else reads."""
+    OPSET is the model's ai.onnx opset.  READS (graphs.use_counts(model)[namespace]), when
+    given, also refuses a weight or bias that something else reads; MAX_WEIGHT_BYTES a
+    lowered weight and bias larger than that."""
     full = _params(lowering, params)
     if isinstance(full, str):
         return full
@@ -442,11 +443,17 @@ def why_not(conv: DepthwiseConv, lowering: str, params: Mapping[str, Any] | None
                 return (f"the {role} '{name}' is read {reads[name]} times; lowerings replace it in place, so it "
                         "must be read by this Conv only")
     plan = _plan(layer, lowering, full, opset)
-    return plan if isinstance(plan, str) else None
+    if isinstance(plan, str):
+        return plan
+    grown = _cost(layer, plan).weight_bytes_after
+    if max_weight_bytes is not None and grown > max_weight_bytes:
+        return (f"the lowered weight and bias would take {grown / 2**20:.1f} MiB ({grown} bytes), past the limit "
+                f"of {max_weight_bytes} bytes")
+    return None
 
 
-def candidates(conv: DepthwiseConv, input_shape: list[Dim] | None, *, opset: int,
-               reads: Counter | None = None) -> list[tuple[str, dict[str, Any]]]:
+def candidates(conv: DepthwiseConv, input_shape: list[Dim] | None, *, opset: int, reads: Counter | None = None,
+               max_weight_bytes: int | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Every (lowering, params) worth measuring for CONV that why_not() accepts."""
     options: list[tuple[str, dict[str, Any]]] = [("toeplitz", {}), ("conv2d", {})]
     length = input_shape[-1] if input_shape else None
@@ -456,13 +463,13 @@ def candidates(conv: DepthwiseConv, input_shape: list[Dim] | None, *, opset: int
         for as_2d in (False, True):
             options.append(("polyphase", {"block": block, "as_2d": as_2d}))
     return [(name, _params(name, params)) for name, params in options
-            if why_not(conv, name, params, input_shape, opset=opset, reads=reads) is None]
+            if why_not(conv, name, params, input_shape, opset=opset, reads=reads,
+                       max_weight_bytes=max_weight_bytes) is None]
 
 
-def cost(conv: DepthwiseConv, lowering: str, params: Mapping[str, Any] | None, input_shape: list[Dim],
-         *, opset: int = 17) -> Cost:
+def cost(conv: DepthwiseConv, lowering: str, params: Mapping[str, Any] | None, input_shape: list[Dim]) -> Cost:
     """Weight bytes and arithmetic of LOWERING for CONV (ValueError if it does not apply)."""
-    layer, full, plan = _checked(conv, lowering, params, input_shape, opset)
+    layer, _, plan = _checked(conv, lowering, params, input_shape, max(MIN_OPSET.values()))
     return _cost(layer, plan)
 
 

@@ -173,13 +173,13 @@ def test_toeplitz_is_exact_and_reverts(case, symbolic_last):
 
 @st.composite
 def polyphase_cases(draw):
-    case = draw(layers(ranks=[1, 1, 1, 2], max_kernel={1: 31, 2: 9}))
+    case = draw(layers(ranks=[1, 1, 1, 2, 2, 3], max_kernel={1: 31, 2: 9, 3: 5}))
     rank = len(case["kernel"])
     params = {"block": draw(st.sampled_from([2, 3, 4, 5, 8, 16, 32]))}
     if rank == 1:
         params["as_2d"] = draw(st.booleans())
-    # 1-D: the length may be symbolic; 2-D: one of the two spatial sizes may be
-    symbolic = draw(st.sampled_from([None, rank + 1] if rank == 1 else [None, 2, 3]))
+    # any one spatial size may be symbolic (the Reshape back infers one)
+    symbolic = draw(st.sampled_from([None] + list(range(2, rank + 2))))
     return case, params, symbolic
 
 
@@ -680,6 +680,13 @@ def test_candidates():
     assert lowerings.candidates(conv, ["N", 8, "T"], opset=17) == [("conv2d", {})] + [
         ("polyphase", {"block": b, "as_2d": a}) for b in (4, 8, 16, 32, 64) for a in (False, True)]
     assert lowerings.candidates(conv, ["N", 8, 256], opset=9) == [("conv2d", {})]
+    # a weight limit keeps the blocks whose weight and bias fit: 8 * B * (B + 30) + 8 * B values
+    limit = 8 * 16 * (16 + 30) * 4 + 8 * 16 * 4
+    assert [p["block"] for name, p in lowerings.candidates(conv, ["N", 8, 256], opset=17, max_weight_bytes=limit)
+            if name == "polyphase"] == [4, 4, 8, 8, 16, 16]
+    assert lowerings.why_not(conv, "polyphase", {"block": 32}, ["N", 8, 256], opset=17, max_weight_bytes=limit) == (
+        f"the lowered weight and bias would take 0.1 MiB ({8 * 32 * 62 * 4 + 8 * 32 * 4} bytes), past the limit "
+        f"of {limit} bytes")
     # a block as long as the input is one block; a longer one would only compute padding
     conv, model = conv_of(channels=8, kernel=(9,), spatial=(32,), pads=(4, 4))
     assert [p["block"] for name, p in lowerings.candidates(conv, input_shape(model), opset=17)
