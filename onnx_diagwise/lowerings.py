@@ -156,8 +156,8 @@ def _pads(layer: _Layer, axis: int, size: int | None) -> tuple[int, int] | str:
     if layer.auto_pad not in SAME:
         return f"auto_pad '{layer.auto_pad}' is not an ONNX value"
     if d != 1:
-        return (f"auto_pad {layer.auto_pad} with dilation {d} along {name}: onnxruntime refuses it and the "
-                "ONNX formula differs, so there is no one padding to keep")
+        return (f"auto_pad {layer.auto_pad} with dilation {d} along {name}: onnxruntime refuses the combination, "
+                "so there is no padding to match")
     if s == 1:
         total = k - 1
     elif size is None:
@@ -211,7 +211,7 @@ class _Toeplitz:
 class _Polyphase:
     block: int
     as_2d: bool
-    taps: int  # K_p
+    span: int  # K_p: the inputs one block of B outputs reads
     pads_begin: list[int]  # of the grouped Conv, every spatial axis
     pads_end: list[int]
     length_out: int | None  # L_out, None when L is symbolic
@@ -297,7 +297,7 @@ def _plan_polyphase(layer: _Layer, block: int, as_2d: bool) -> _Polyphase | str:
     if problem:
         return problem
     k, s, d = layer.kernel[last], layer.strides[last], layer.dilations[last]
-    taps = (block - 1) * s + (k - 1) * d + 1
+    span = (block - 1) * s + (k - 1) * d + 1
     (begin, end), length = all_pads[last], layer.size(last)
     offset = begin + end - (k - 1) * d - 1
     if length is None:
@@ -313,7 +313,7 @@ def _plan_polyphase(layer: _Layer, block: int, as_2d: bool) -> _Polyphase | str:
     reshape_out = _reshape_tail(others + [None if blocks is None else blocks * block], "the output's spatial shape")
     if isinstance(reshape_out, str):
         return f"polyphase needs static sizes on all spatial axes but one: {reshape_out}"
-    return _Polyphase(block, as_2d, taps, [p[0] for p in all_pads[:last]] + [begin],
+    return _Polyphase(block, as_2d, span, [p[0] for p in all_pads[:last]] + [begin],
                       [p[1] for p in all_pads[:last]] + [end], length_out, blocks,
                       [0, layer.out_channels, *reshape_out], offset)
 
@@ -328,7 +328,7 @@ def _ranges(values: list[int]) -> str:
     return ", ".join(parts)
 
 
-# ---------------------------------------------------------------- weights: lowered from and recovered to the depthwise one
+# ---------------------------------------------------------------- weights: lowered, and recovered from the lowered ones
 
 
 def _lowered_weight(layer: _Layer, plan) -> np.ndarray:
@@ -340,7 +340,7 @@ def _lowered_weight(layer: _Layer, plan) -> np.ndarray:
         return t.reshape((layer.out_channels * plan.rows_out, plan.rows) + w.shape[3:])
     if isinstance(plan, _Polyphase):
         s, d, k = layer.strides[-1], layer.dilations[-1], layer.kernel[-1]
-        p = np.zeros((layer.out_channels, plan.block) + w.shape[2:-1] + (plan.taps,), w.dtype)
+        p = np.zeros((layer.out_channels, plan.block) + w.shape[2:-1] + (plan.span,), w.dtype)
         for r in range(plan.block):
             p[:, r][..., r * s + np.arange(k) * d] = w[:, 0]  # p[:, r] is a view: this writes into p
         p = p.reshape((layer.out_channels * plan.block, 1) + p.shape[2:])
@@ -369,7 +369,7 @@ def _recover(layer: _Layer, plan, weight: np.ndarray, bias: np.ndarray | None
             first.setdefault(kh, (i, h))
         rows = np.stack([t[:, i, h] for i, h in (first[kh] for kh in range(layer.kernel[0]))], axis=1)
         return rows[:, None], (None if bias is None else bias[::plan.rows_out])
-    p = weight.reshape((out, plan.block) + tuple(layer.kernel[:-1]) + (plan.taps,))[:, 0]  # phase 0 has every tap
+    p = weight.reshape((out, plan.block) + tuple(layer.kernel[:-1]) + (plan.span,))[:, 0]  # phase 0 has every tap
     taps = p[..., np.arange(layer.kernel[-1]) * layer.dilations[-1]]
     return taps[:, None], (None if bias is None else bias[::plan.block])
 
@@ -487,8 +487,8 @@ def _cost(layer: _Layer, plan) -> Cost:
         k = layer.kernel[-1]
         # padding outputs past L_out are work too; for a symbolic L they tend to nothing
         wasted = 1.0 if plan.length_out is None else plan.blocks * plan.block / plan.length_out
-        factor = plan.taps / k * wasted
-        grown = out * plan.block * plan.taps * math.prod(layer.kernel[:-1]) + bias * plan.block
+        factor = plan.span / k * wasted
+        grown = out * plan.block * plan.span * math.prod(layer.kernel[:-1]) + bias * plan.block
     return Cost(before, grown * itemsize, factor)
 
 

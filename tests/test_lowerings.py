@@ -395,10 +395,11 @@ def two_layer_model() -> onnx.ModelProto:
         helper.make_node("Conv", ["h", "w2"], ["y"], name="dw2", group=8, kernel_shape=[3, 7], strides=[1, 1],
                          auto_pad="SAME_UPPER"),
     ]
-    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 12, 14])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 12, 14])], [weight1, bias],
+    shape = ["N", 8, 12, 14]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], [weight1, bias],
                               value_info=[helper.make_tensor_value_info("w1", TensorProto.FLOAT, [8, 1, 5, 5]),
-                                          helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 8, 12, 14])])
+                                          helper.make_tensor_value_info("h", TensorProto.FLOAT, shape)])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -621,8 +622,8 @@ ONE_D = dict(channels=4, kernel=(5,), spatial=(12,), pads=(2, 2))
      "auto_pad SAME_LOWER with stride 2 along W pads by an amount that depends on the size there, which is 'L'"),
     (dict(ONE_D, pads=None, auto_pad="SAME_LOWER"), "polyphase", {"block": 4}, ["N", 4, "L"], None),
     (dict(channels=4, kernel=(3, 3), spatial=(6, 6), pads=None, auto_pad="SAME_UPPER", dilations=(1, 2)),
-     "polyphase", {"block": 4}, None, "auto_pad SAME_UPPER with dilation 2 along W: onnxruntime refuses it and the "
-                                      "ONNX formula differs, so there is no one padding to keep"),
+     "polyphase", {"block": 4}, None, "auto_pad SAME_UPPER with dilation 2 along W: onnxruntime refuses the "
+                                      "combination, so there is no padding to match"),
     (BASE, "polyphase", {"block": 4}, ["N", 4, "H", "W"], "polyphase needs static sizes on all spatial axes but "
      "one: the output's spatial shape has 2 symbolic sizes; the Reshape back can infer only one"),
     (BASE, "polyphase", {"block": 4, "as_2d": True}, None,
