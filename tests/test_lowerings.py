@@ -363,7 +363,7 @@ def test_new_names_clash_with_none_already_in_the_model():
     onnx.checker.check_model(low, full_check=True)
 
 
-def test_other_nodes_may_not_be_lowered_with_a_shared_weight():
+def test_a_weight_read_elsewhere_is_refused():
     model = depthwise_model(channels=4, kernel=(3, 3), spatial=(6, 6), pads=(1,) * 4)
     model.graph.node.append(helper.make_node("Identity", ["w"], ["w_copy"], name="reader"))
     model.graph.output.append(helper.make_tensor_value_info("w_copy", TensorProto.FLOAT, None))
