@@ -151,6 +151,22 @@ class MemoryProbe:
 # ---------------------------------------------------------------- variants
 
 
+def settle(run: Callable[[], Any], minimum: int, max_calls: int = 40, max_seconds: float = 15.0) -> int:
+    """Warm-up: MINIMUM + 1 calls, then more until two calls in a row agree within 20% (first calls
+    build kernels, plans and caches: PyTorch's CPU path needed a dozen here), at most MAX_CALLS or
+    MAX_SECONDS.  Returns the number of calls made."""
+    times, started = [], time.perf_counter()
+    while len(times) < max_calls:
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+        if len(times) > minimum and len(times) >= 2 and abs(times[-1] - times[-2]) <= 0.2 * min(times[-2:]):
+            break
+        if time.perf_counter() - started > max_seconds and len(times) > minimum:
+            break
+    return len(times)
+
+
 @dataclass
 class Variant:
     """One thing to time: run() does one synchronized call; outputs() returns the last outputs on the host."""
@@ -192,12 +208,12 @@ def ort_variant(name: str, model, config: RuntimeConfig, feeds: dict[str, np.nda
 
         def outputs():
             return [np.asarray(o) for o in (last or session.run(None, feeds))]
-    for _ in range(warmup + 1):
-        run()
+    calls = settle(run, warmup)
     after = memory.used()
     held = None if before is None or after is None else max(0, after - before)
     variant = Variant(name, "onnxruntime", run, outputs,
-                      {"provider_options": dict(config.provider_options or {}), "memory_bytes": held, **info})
+                      {"provider_options": dict(config.provider_options or {}), "memory_bytes": held,
+                       "warmup_calls": calls, **info})
     variant.info["_keep"] = (session, binding if config.is_gpu else None,
                              values if config.is_gpu else None)  # not serialized (leading underscore)
     return variant
@@ -251,8 +267,7 @@ def torch_variant(name: str, module, inputs: list, device: str, precision: str, 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     before = None if cuda else memory.used()
-    for _ in range(warmup + 1):
-        run()
+    calls = settle(run, warmup)
     weights = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
     if cuda:  # weights + the peak of one call above what was allocated before it (activations, workspace)
         held = weights + max(0, torch.cuda.max_memory_allocated() - allocated)
@@ -261,7 +276,8 @@ def torch_variant(name: str, module, inputs: list, device: str, precision: str, 
         held = None if before is None or after is None else max(0, after - before) + weights
     last.clear()
     variant = Variant(name, "pytorch", run, outputs,
-                      {"layout": layout, "memory_bytes": held, "weights_bytes": weights, **info})
+                      {"layout": layout, "memory_bytes": held, "weights_bytes": weights, "warmup_calls": calls,
+                       **info})
     variant.info["_keep"] = (module, inputs)
     return variant
 

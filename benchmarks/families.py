@@ -349,10 +349,10 @@ class InceptionDWConv2d(nn.Module):
 
 
 class MetaNeXtBlock(nn.Module):
-    def __init__(self, dim):
+    def __init__(self, dim, mlp_ratio=4):
         super().__init__()
         self.token_mixer, self.norm = InceptionDWConv2d(dim), nn.BatchNorm2d(dim)
-        self.mlp = nn.Sequential(nn.Conv2d(dim, 4 * dim, 1), nn.GELU(), nn.Conv2d(4 * dim, dim, 1))
+        self.mlp = nn.Sequential(nn.Conv2d(dim, mlp_ratio * dim, 1), nn.GELU(), nn.Conv2d(mlp_ratio * dim, dim, 1))
         self.gamma = nn.Parameter(torch.full((1, dim, 1, 1), 1e-6))
 
     def forward(self, x):
@@ -360,14 +360,14 @@ class MetaNeXtBlock(nn.Module):
 
 
 class InceptionNeXt(nn.Module):
-    def __init__(self, dims=(96, 192, 384, 768), depths=(3, 3, 9, 3), classes=1000):
+    def __init__(self, dims=(96, 192, 384, 768), depths=(3, 3, 9, 3), mlp_ratios=(4, 4, 4, 3), classes=1000):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), nn.BatchNorm2d(dims[0]))
         stages = []
         for i, (d, depth) in enumerate(zip(dims, depths)):
             down = nn.Identity() if i == 0 else nn.Sequential(nn.BatchNorm2d(dims[i - 1]),
                                                               nn.Conv2d(dims[i - 1], d, 2, 2))
-            stages.append(nn.Sequential(down, *[MetaNeXtBlock(d) for _ in range(depth)]))
+            stages.append(nn.Sequential(down, *[MetaNeXtBlock(d, mlp_ratios[i]) for _ in range(depth)]))
         self.stages = nn.Sequential(*stages)
         c = dims[-1]
         self.head = nn.Sequential(nn.Linear(c, 3 * c), nn.GELU(), nn.LayerNorm(3 * c), nn.Linear(3 * c, classes))

@@ -1,25 +1,27 @@
-"""Per-layer benchmark under onnxruntime: every depthwise layer of the zoo networks
-(benchmarks/zoo.py) and the large-kernel layers known to be slow on GPUs (RepLKNet-31B's
-31x31@56, 29x29@28, 27x27@14, 13x13@7; a 1-D conformer layer, k=31), original vs block-diagonal with G in
-{2, 4, 8, 16, 32, 64, full}, timed side by side.
+"""Per-layer benchmark: every depthwise layer of the zoo networks (benchmarks/zoo.py) and the
+large-kernel layers known to be slow on GPUs (RepLKNet-31B's 31x31@56, 29x29@28, 27x27@14,
+13x13@7; a 1-D conformer layer, k=31), against what a user could run instead.
 
-    python benchmarks/layers.py                          # CPU: batch 1, fp32, every layer
-    python benchmarks/layers.py --provider cuda --batch 64 --dtype float16 float32 \\
-        --provider-option cudnn_conv_algo_search=EXHAUSTIVE
+    python benchmarks/layers.py                          # CPU: batch 1, float32, every layer
+    python benchmarks/layers.py --provider cuda --batch 64 --precision float16 float32-strict float32-default
 
-Each layer is a one-node model (input fixed at the layer's shape); the original and every
-G variant run in one interleaved benchmark.  On CUDA every variant also runs under both
-layouts (prefer_nhwc=0 and =1; TF32 off for float32) and speedups are over the *fastest*
-original layout.  A layer that appears several times is timed once.  'BW' is
-the fraction of the memory-bandwidth bound reached: (input + output bytes) / time, over
-the copy bandwidth measured in the same run with an elementwise op.  Results are rewritten
-after every layer; --max-seconds starts no new layer after that many seconds.
+Each layer is a one-node model (input fixed at the layer's shape), measured as benchmarks/networks.py
+measures a network, all in one interleaved benchmark: onnxruntime's original under every
+configuration a user could pick (on CUDA prefer_nhwc {0,1} x cudnn_conv_algo_search {EXHAUSTIVE,
+HEURISTIC}, x cudnn_conv1d_pad_to_nc1d {0,1} for 1-D), block-diagonal G in {2, 4, 8, 16, 32, 64, full}
+under the fastest original's configuration and its other layout, and PyTorch's own conv of the same
+weight (groups = C: its depthwise kernel) in NCHW and channels_last, cudnn.benchmark on.  Every time
+is also shown as "x of bound", bound = max(activation bytes / copy bandwidth measured in this run,
+depthwise FLOPs / the CUDA-core peak of the dtype).  The outputs of all timed sessions are compared
+with the fastest original's.  A layer that appears several times is timed once.  Results are
+rewritten after every layer; --max-seconds starts no new layer after that many seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,10 +31,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import baselines  # noqa: E402
+import networks  # noqa: E402
 import zoo  # noqa: E402
-from _common import add_runtime_flags, layout_configs, md_table, parse_args, runtime_config, write_results  # noqa: E402
+from _common import RESULTS, md_table  # noqa: E402
 
-from onnx_diagwise import InputOptions, benchmark, rewrite  # noqa: E402
+from onnx_diagwise import InputOptions  # noqa: E402
+from onnx_diagwise.dims import make_inputs  # noqa: E402
 from onnx_diagwise.model_io import BUILT_IR_VERSION  # noqa: E402
 
 GROUP_SIZES = [2, 4, 8, 16, 32, 64, "full"]
@@ -69,90 +74,75 @@ def group_sizes_for(channels: int) -> list[tuple[str, int]]:
     return sizes + [("full", channels)]
 
 
-def run_layer(layer: zoo.Layer, batch: int, dtype: str, config, args, copy_bw: float, max_gflop) -> dict:
+def run_layer(layer: zoo.Layer, batch: int, precision: str, args, device, max_gflop) -> dict:
+    dtype = baselines.precision_dtype(precision)
     model = layer_model(layer, batch, dtype)
-    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(DTYPES[dtype])).itemsize
-    out_elements = int(np.prod(layer.out_size))
-    base_flop = 2 * batch * layer.channels * layer.multiplier * layer.kernel ** layer.rank * out_elements
-    variants, skipped = [("original", model)], []
+    base_flop = 2 * batch * layer.channels * layer.multiplier * layer.kernel ** layer.rank * int(np.prod(layer.out_size))
+    policies, skipped = [], []
     for label, g in group_sizes_for(layer.channels):
         if max_gflop is not None and base_flop * g / 1e9 > max_gflop:
             skipped.append(label)
         else:
-            variants.append((label, rewrite(model, node_group_sizes={"dw": g}).model))
-    layouts = layout_configs(config, dtype)
-    names = [f"{label}/{layout}" if layout else label for layout in layouts for label, _ in variants]
-    report = benchmark([m for _ in layouts for _, m in variants], warmup=args.warmup, iterations=args.iterations,
-                       names=names, configs=[c for c in layouts.values() for _ in variants],
-                       inputs=InputOptions(batch=batch))
-    ms = {m.name: m.median_ms for m in report.models}
-
-    def fastest(label: str) -> str:
-        return min((n for n in names if n.split("/")[0] == label), key=ms.get)
-
-    original = fastest("original")
-    speedups = {label: ms[original] / ms[fastest(label)] for label, _ in variants[1:]}
-    best = max(speedups, key=speedups.get) if speedups else "original"
-    if speedups.get(best, 0.0) <= 1.0:
-        best = "original"  # nothing beat the depthwise kernel
-    act_bytes = batch * layer.channels * (int(np.prod(layer.size)) + layer.multiplier * out_elements) * itemsize
-    bound_ms = act_bytes / copy_bw * 1000
-    return {
-        "layer": dataclasses.asdict(layer), "batch": batch, "dtype": dtype, "ms": ms,
-        "original": original, "original_ms": ms[original],
-        "speedups": {str(g): speedups.get(str(g)) for g in GROUP_SIZES},
-        "fastest": {label: fastest(label) for label, _ in variants},
-        "skipped_over_flop_budget": skipped, "best": best, "best_speedup": speedups.get(best, 1.0),
-        "activation_bytes": act_bytes, "bandwidth_bound_ms": bound_ms,
-        "bw_fraction_original": bound_ms / ms[original], "bw_fraction_best": bound_ms / ms[fastest(best)],
-        "environment": report.environment,
-    }
+            policies.append(f"node:dw={g}")
+    feeds = make_inputs(model, InputOptions(batch=batch))
+    factory = networks.onnx_torch_factory(model, feeds, args.torch_device, "torch conv, groups = C (onnx_torch.py)")
+    row = networks.measure("layer", model, factory, feeds, batch, precision, policies, args, device)
+    labels = {str(g): ("full" if g == layer.channels else str(g)) for _, g in group_sizes_for(layer.channels)}
+    row["best_by_policy"] = {labels[k]: v for k, v in row["best_by_policy"].items()}
+    row.update(layer=dataclasses.asdict(layer), skipped_over_flop_budget=skipped)
+    return row
 
 
-def markdown(rows: list[dict], bandwidth: dict[str, float], skipped: list[str]) -> list[str]:
-    lines = []
-    for key in dict.fromkeys((r["table"], r["batch"], r["dtype"]) for r in rows):
-        table, batch, dtype = key
-        group = [r for r in rows if (r["table"], r["batch"], r["dtype"]) == key]
-        lines += [f"## {table}, batch {batch}, {dtype}", "",
-                  f"Copy bandwidth {bandwidth[dtype] / 1e9:.1f} GB/s. Cells: speedup over the fastest original "
-                  "(>1 = rewrite faster); '-' = G does not divide C or skipped.", ""]
-        lines += md_table(
-            ["#", "C", "size", "s", "k", "orig ms", *[f"G={g}" for g in GROUP_SIZES], "best", "BW orig", "BW best"],
-            [[str(r["index"]) + (f" (also {', '.join(r['same_as'])})" if r["same_as"] else ""),
-              r["layer"]["channels"], "x".join(map(str, r["layer"]["size"])), r["layer"]["stride"],
-              r["layer"]["kernel"], f"{r['original_ms']:.3f}" + (f" {r['original'].split('/')[1]}"
-                                                                  if "/" in r["original"] else ""),
-              *[f"{r['speedups'][str(g)]:.2f}" if r["speedups"].get(str(g)) is not None else "-"
-                for g in GROUP_SIZES],
-              r["best"], f"{r['bw_fraction_original']:.0%}", f"{r['bw_fraction_best']:.0%}"] for r in group])
-    if skipped:
-        lines += [f"Not run (time budget): {', '.join(skipped)}", ""]
+def markdown(result: dict) -> list[str]:
+    lines = networks.legend(result)
+    for key in dict.fromkeys((r["batch"], r["precision"]) for r in result["rows"]):
+        batch, precision = key
+        group = [r for r in result["rows"] if (r["batch"], r["precision"]) == key]
+        lines += [f"## batch {batch}, {baselines.PRECISION_LABELS[precision]}", ""]
+        table = []
+        for r in group:
+            v = r["variants"]
+            original = v[r["best_original"]]
+            torch_best = v.get(r["best_pytorch"]) if r["best_pytorch"] else None
+            rewrites = {g: v[name] for g, name in r["best_by_policy"].items()}
+            best = min(rewrites, key=lambda g: rewrites[g]["median_ms"]) if rewrites else None
+            size = "x".join(map(str, r["layer"]["size"]))
+            table.append([
+                f"{r['table']} #{r['index']}" + (f" (also {', '.join(r['same_as'])})" if r["same_as"] else ""),
+                r["layer"]["channels"], size, r["layer"]["stride"], r["layer"]["kernel"],
+                f"{networks._ms(original)} {original.get('ort_config', '')}",
+                f"{networks._ms(torch_best)} {torch_best.get('layout', '')}" if torch_best else (r["pytorch_note"] or "-"),
+                f"G={best}: {networks._ms(rewrites[best])}; {networks.verdict(rewrites[best])}" if best else "-",
+                " ".join(f"{g}:{e['vs_best_original']:.2f}" for g, e in rewrites.items()),
+                f"{r['bound']['bound_ms']:.3f} ({r['bound']['limited_by']})",
+                f"{max(e['max_rel_diff'] or 0 for e in v.values()):.1e}"
+                + ("" if all(e["same_result"] for e in v.values()) else " DIFFERS")])
+        lines += md_table(["layer", "C", "size", "s", "k", "ORT original, best config", "PyTorch, best layout",
+                           "best rewrite", "every G vs ORT", "bound ms", "max diff"], table)
+    if result["not_run"]:
+        lines += [f"Not run (time budget): {', '.join(result['not_run'])}", ""]
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_runtime_flags(parser)
+    networks.add_common_flags(parser)
     parser.add_argument("--network", nargs="+", default=None, choices=[*zoo.NETWORKS, *zoo.EXTRA_LAYERS],
                         help="zoo networks and/or extra layer sets, in the order to run (default: all)")
-    parser.add_argument("--batch", nargs="+", type=int, default=[1])
-    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=list(DTYPES))
     parser.add_argument("--max-gflop", type=float, default=None,
                         help="skip variants above this many GFLOP per run (default: 2 on CPU, no limit elsewhere)")
-    parser.add_argument("--max-seconds", type=float, default=None, help="start no new layer after this")
-    args = parse_args(parser, argv, "layers.py")
-    config = runtime_config(args)
-    max_gflop = args.max_gflop if args.max_gflop is not None else (None if config.is_gpu else 2.0)
+    args = networks.parse(argv, parser, "layers.py")
+    max_gflop = args.max_gflop if args.max_gflop is not None else (None if args.provider == "cuda" else 2.0)
     table = zoo.layer_table(args.network)
-
-    start, rows, skipped, bandwidth = time.perf_counter(), [], [], {}
-    for dtype in args.dtype:
-        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(DTYPES[dtype])).itemsize
-        elements = (64 if config.is_gpu else 16) * 2**20
-        copy = benchmark([copy_model(elements, dtype)], config, warmup=args.warmup, iterations=args.iterations)
-        bandwidth[dtype] = 2 * elements * itemsize / (copy.models[0].median_ms / 1000)
-        print(f"{dtype}: copy bandwidth {bandwidth[dtype] / 1e9:.1f} GB/s")
+    device = networks.device_for(args)
+    base = args.out or RESULTS / f"layers-{args.provider}"
+    result = {"title": "Depthwise layers: onnxruntime original (best configuration) vs block-diagonal vs PyTorch",
+              "command": args.command, "environment": networks.environment(args), "device": device.to_dict(),
+              "precision_labels": {p: baselines.PRECISION_LABELS[p] for p in args.precision}, "rows": [],
+              "not_run": []}
+    print(f"device {device.name}: copy {device.copy_gbps:.1f} GB/s, peaks {device.peak_tflops}", flush=True)
+    start = time.perf_counter()
+    for precision in args.precision:
         for batch in args.batch:
             measured: dict[zoo.Layer, dict] = {}
             for name, index, layer in table:
@@ -160,25 +150,34 @@ def main(argv: list[str] | None = None) -> None:
                     measured[layer]["same_as"].append(f"{name} #{index}")
                     continue
                 if args.max_seconds is not None and time.perf_counter() - start > args.max_seconds:
-                    skipped.append(f"{name} #{index} b{batch} {dtype}")
+                    result["not_run"].append(f"{name} #{index} b{batch} {precision}")
                     continue
                 row = {"table": name, "index": index, "same_as": [],
-                       **run_layer(layer, batch, dtype, config, args, bandwidth[dtype], max_gflop)}
+                       **run_layer(layer, batch, precision, args, device, max_gflop)}
                 measured[layer] = row
-                rows.append(row)
+                result["rows"].append(row)
+                result["memory_kind"] = row["memory_kind"]
+                original = row["variants"][row["best_original"]]
                 print(f"{name} #{index} C={layer.channels} {'x'.join(map(str, layer.size))} s{layer.stride} "
-                      f"k{layer.kernel} b{batch} {dtype}: orig {row['original_ms']:.3f} ms, best {row['best']} "
-                      f"{row['best_speedup']:.2f}x", flush=True)
-                save(rows, bandwidth, skipped, args)
-    path = save(rows, bandwidth, skipped, args)
-    print(f"results: {path}.json / .md")
+                      f"k{layer.kernel} b{batch} {precision}: orig {original['median_ms']:.3f} ms "
+                      f"({original.get('ort_config')}); " + "; ".join(
+                          f"G={g} {networks.verdict(row['variants'][n])}" for g, n in row["best_by_policy"].items()
+                          if n == min(row["best_by_policy"].values(), key=lambda k: row["variants"][k]["median_ms"])),
+                      flush=True)
+                save(result, base)
+    save(result, base)
+    print(f"results: {base}.json / .md")
+    return 0
 
 
-def save(rows: list[dict], bandwidth: dict[str, float], skipped: list[str], args) -> Path:
-    environment = rows[-1]["environment"] if rows else None
-    data = {"environment": environment, "copy_bandwidth": bandwidth, "rows": rows, "not_run": skipped}
-    return write_results("layers", args, data, markdown(rows, bandwidth, skipped))
+def save(result: dict, base: Path) -> Path:
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    header = [f"# {result['title']}", "", f"Command: `{result['command']}`", "",
+              f"Environment: {json.dumps(result['environment'])}", ""]
+    base.with_suffix(".md").write_text("\n".join(header + markdown(result)) + "\n")
+    return base
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
