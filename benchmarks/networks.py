@@ -399,6 +399,10 @@ def markdown(result: dict) -> list[str]:
             lines.append(f"- {r['network']} b{r['batch']} {r['precision']}: {note}")
     if result.get("not_run"):
         lines += ["", f"Not run (time budget): {', '.join(result['not_run'])}"]
+    if result.get("skipped"):
+        lines += ["", "Skipped: " + "; ".join(result["skipped"])]
+    if result.get("failures"):
+        lines += ["", "Failed: " + "; ".join(result["failures"])]
     return lines + [""]
 
 
@@ -535,16 +539,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--models {args.models}: not a folder")
     if not (args.family or args.zoo or args.models):
         parser.error("give --family, --zoo and/or --models")
+    skipped = []
     if args.family:
-        import families
-
-        unknown = [f for f in args.family if f not in families.FAMILIES]
-        if unknown:
-            parser.error(f"--family: unknown {', '.join(unknown)}; known: {', '.join(families.FAMILIES)}")
         problem = baselines.torch_problem()
-        if problem:
-            print(f"networks: --family needs PyTorch to build the families: {problem}", file=sys.stderr)
-            return 2
+        if problem:  # the families are PyTorch modules: without it they are left out, with the reason
+            skipped = [f"{name}: the families are built in PyTorch; {problem}" for name in args.family]
+            print("networks: " + "; ".join(skipped), file=sys.stderr)
+            args.family = []
+        else:
+            import families
+
+            unknown = [f for f in args.family if f not in families.FAMILIES]
+            if unknown:
+                parser.error(f"--family: unknown {', '.join(unknown)}; known: {', '.join(families.FAMILIES)}")
     unknown = [z for z in args.zoo if z not in zoo._ARCHITECTURES]
     if unknown:
         parser.error(f"--zoo: unknown {', '.join(unknown)}")
@@ -556,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
               "command": args.command, "environment": environment(args), "device": device.to_dict(),
               "policies": args.policies, "precisions": args.precision,
               "precision_labels": {p: baselines.PRECISION_LABELS[p] for p in args.precision},
-              "rows": [], "not_run": [], "failures": []}
+              "rows": [], "not_run": [], "failures": [], "skipped": skipped}
     print(f"device {device.name}: copy {device.copy_gbps:.1f} GB/s, peaks {device.peak_tflops} ({device.peak_source})",
           flush=True)
     started = time.perf_counter()

@@ -2,15 +2,20 @@
 
     python benchmarks/suite.py --provider cuda --out results/ --bundle suite.tar.gz   # default budget 420 s
     python benchmarks/suite.py --provider cpu --quick --out /tmp/suite                # the same plan, CPU-sized
+    python benchmarks/suite.py --provider cuda --models DIR --out results/            # also your own .onnx files
 
-Steps, most valuable first:
-  torch-layers   every depthwise layer of the zoo networks (and large-kernel ones) through
-                 PyTorch's cuDNN: depthwise vs block-diagonal for each G (needs only torch)
-  zoo            whole networks (benchmarks/zoo.py) at batch 64, float16 then float32, original
-                 and rewritten, each under prefer_nhwc=0 and =1 (onnxruntime)
-  ort-layers     the per-layer table under onnxruntime
-  auto           --group-size auto on two zoo networks
-  training       the paper's MobileNet V1 training benchmark in PyTorch
+Steps, most valuable first (each against onnxruntime's original in its best configuration, PyTorch
+eager with the same weights and the bound; float16, float32 with TF32 off and float32 as shipped):
+  layers-large   RepLKNet-31B's four large-kernel layers and the conformer k=31 layer (layers.py)
+  headline-1     RepLKNet-31B and the conformer family whole, batch 64, float16, >= 10 rounds
+  headline-2     the same again in a second process (cuDNN's choices differ between processes);
+                 headline.md puts both side by side
+  families       the large-kernel families (benchmarks/families.py) at batch 64 and 1
+  models         your own files (--models DIR), as they are (fp16 or fp32)
+  zoo            the mobile networks whole (networks.py --zoo)
+  layers-zoo     the per-layer table of the mobile networks
+  torch-layers   PyTorch alone: depthwise vs block-diagonal for each G (torch_layers.py)
+  training-*     the paper's MobileNet V1 training benchmark in PyTorch (TF32 stated, interleaved)
   validate       every sample model against its rewrite on the provider (TF32 off)
 
 The plan gives each step a share of what is left of --budget when it starts, as --max-seconds
@@ -18,14 +23,16 @@ The plan gives each step a share of what is left of --budget when it starts, as 
 sooner leaves the rest to the steps after it.  The plan prints each step's estimate, from the
 numbers of layers, models and variants and the per-run costs assumed in ASSUMED below.
 Each step writes its results as they come; summary.json and the bundle are rewritten after
-every step, so a run stopped from outside still leaves everything that finished.  Steps
-that need onnxruntime's CUDA provider are skipped, with the reason, when it does not load;
-the PyTorch steps still run.  With no usable CUDA at all, it exits 2 at once.
+every step, so a run stopped from outside still leaves everything that finished.  Steps that need
+onnxruntime's CUDA provider are skipped, with the reason, when it does not load; steps that need
+PyTorch are skipped, with the reason, when it does not import, and the others leave its columns
+out and say why.  With no usable CUDA at all, it exits 2 at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -45,6 +52,10 @@ PY = sys.executable
 # Steps import onnx_diagwise from this checkout, installed or not.
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 GRACE_S = 20  # past its allowance a step is stopped: its last layer or model may still be running
+PRECISIONS = ["float16", "float32-strict", "float32-default"]
+HEADLINE = {"zoo": ["replknet_31b"], "family": ["conformer"]}
+FAMILIES = ["conformer", "wav2vec2_conformer", "convmixer_1536_20", "mixnet_s", "inception_next_tiny",
+            "edgenext_small", "focalnet_large_fl4", "vocos"]
 
 # Per-run costs the estimates assume (seconds), for an H100-class GPU; CPU runs use --quick sizes.
 ASSUMED = {
@@ -55,7 +66,8 @@ ASSUMED = {
     "ort_layer_session": 0.3,  # a one-node layer session
     "ort_network_run_b64": 0.02,  # one whole network at batch 64
     "ort_layer_run_b64": 1.0e-3,
-    "tune_layer": 3.0,  # timing every candidate G of one layer signature
+    "export": 10.0,  # exporting one family to ONNX, per dtype
+    "tune_network": 30.0,  # auto's tuning of one network
     "training_variant": 4.0,  # warm-up (cudnn.benchmark) and timed steps of one training variant
     "validate_sample": 3.0,
 }
@@ -69,92 +81,132 @@ class Step:
     assumption: str
     share: float  # of the budget
     needs_ort: bool = True
+    needs_torch: bool = False
     outputs: list[str] = field(default_factory=list)
 
 
-def plan(provider: str, out: Path, quick: bool) -> list[Step]:
+def network_estimate(networks: int, batches: int, precisions: int, sessions: int, rounds: int) -> float:
+    per = sessions * ASSUMED["ort_session"] + ASSUMED["tune_network"] + sessions * (rounds + 4) * \
+        ASSUMED["ort_network_run_b64"]
+    return networks * batches * precisions * per
+
+
+def plan(provider: str, out: Path, quick: bool, models: Path | None = None) -> list[Step]:
     gpu = provider != "cpu"
     device = "cuda" if gpu else "cpu"
-    algo = ["--provider-option", "cudnn_conv_algo_search=EXHAUSTIVE"] if gpu else []
-    ort = ["--provider", provider, *algo]
-    table = zoo.layer_table()
+    common = ["--provider", provider]
     steps = []
+    grid = 4 if gpu else 1  # onnxruntime configurations of the original (8 for 1-D convs)
 
     if quick:
-        torch_args, torch_configs = ["--quick"], 1
-        torch_layers = 3
+        size = ["--batch", "1", "--precision", "float32-strict", "--rounds", "3", "--warmup", "1"]
+        layer_args = ["--network", "conformer", *size]
+        layers, precisions, batches = 1, 1, 1
     else:
-        torch_args = ["--network", "mobilenet_v1", "replknet_31b", "conformer", "mobilenet_v2", "efficientnet_b0",
-                      "mobilenet_v3_large", "convnext_tiny", "--batch", "64", "1", "--dtype", "float16", "float32",
-                      "--layout", "channels_last", "nchw", "--rounds", "15"]
-        torch_configs, torch_layers = 2 * 2 * 2, len({layer for _, _, layer in table})  # each layer timed once
+        layer_args = ["--network", "replknet_31b", "conformer", "--batch", "64", "1", "--precision", *PRECISIONS,
+                      "--rounds", "10", "--warmup", "2"]
+        layers, precisions, batches = len(zoo.EXTRA_LAYERS["replknet_31b"]) + 1, 3, 2
+    sessions = grid + 2 * 7 + 2
+    steps.append(Step("layers-large", [PY, str(BENCH / "layers.py"), *common, *layer_args,
+                                       "--out", str(out / f"layers-large-{provider}")],
+                      layers * precisions * batches * sessions * (ASSUMED["ort_layer_session"] + 14 * 5e-3),
+                      f"{layers} layers x {precisions} precisions x {batches} batches x {sessions} variants at "
+                      f"{ASSUMED['ort_layer_session']} s + 14 runs of up to 5 ms", 0.16))
+
+    if quick:
+        head = ["--family", "conformer", "--tiny", *size, "--tune-budget", "10"]
+        head_networks, head_rounds = 1, 3
+    else:
+        head = ["--zoo", *HEADLINE["zoo"], "--family", *HEADLINE["family"], "--batch", "64", "--precision",
+                "float16", "--rounds", "10", "--seconds", "10", "--policies", "auto", "32", "--tune-budget", "60"]
+        head_networks, head_rounds = 2, 10
+    for index in (1, 2):
+        steps.append(Step(f"headline-{index}", [PY, str(BENCH / "networks.py"), *common, *head,
+                                                "--cache-dir", str(out / f"tune-cache-{index}"),
+                                                "--out", str(out / f"headline-{index}-{provider}")],
+                          network_estimate(head_networks, 1, 1, grid + 4 + 2, head_rounds),
+                          f"{head_networks} networks, {grid + 6} variants, {head_rounds} rounds, tuning "
+                          f"{ASSUMED['tune_network']} s each; its own process", 0.12))
+
+    if quick:
+        fam = ["--family", "vocos", "mixnet_s", "--tiny", *size, "--tune-budget", "10"]
+        fam_networks, fam_batches, fam_precisions = 2, 1, 1
+    else:
+        fam = ["--family", *FAMILIES, "--batch", "64", "1", "--precision", *PRECISIONS, "--rounds", "10",
+               "--tune-budget", "40"]
+        fam_networks, fam_batches, fam_precisions = len(FAMILIES), 2, 3
+    steps.append(Step("families", [PY, str(BENCH / "networks.py"), *common, *fam, "--cache-dir",
+                                   str(out / "tune-cache-1"), "--out", str(out / f"families-{provider}")],
+                      fam_networks * 2 * ASSUMED["export"] + network_estimate(fam_networks, fam_batches,
+                                                                                fam_precisions, grid + 3, 10),
+                      f"{fam_networks} families x {fam_batches} batches x {fam_precisions} precisions, "
+                      f"{grid + 3} variants, exported at {ASSUMED['export']} s per dtype", 0.16, needs_torch=True))
+
+    if models is not None:
+        files = len(list(Path(models).glob("*.onnx")))
+        model_args = ["--batch", "1", "--rounds", "3"] if quick else ["--batch", "64", "1", "--rounds", "10",
+                                                                      "--tune-budget", "40"]
+        steps.append(Step("models", [PY, str(BENCH / "networks.py"), *common, "--models", str(models),
+                                     "--precision", *PRECISIONS, *model_args, "--cache-dir", str(out / "tune-cache-1"),
+                                     "--out", str(out / f"models-{provider}")],
+                          network_estimate(files, 1 if quick else 2, 2, grid + 3, 10),
+                          f"{files} files x {1 if quick else 2} batches x their dtype's precisions", 0.14))
+
+    if quick:
+        zoo_args = ["--zoo", "mobilenet_v1", *size, "--policies", "8"]
+        zoo_networks, zoo_precisions = 1, 1
+    else:
+        zoo_args = ["--zoo", *zoo.NETWORKS, "--batch", "64", "--precision", "float16", "float32-strict",
+                    "--rounds", "10", "--policies", "auto", "32", "--tune-budget", "30"]
+        zoo_networks, zoo_precisions = len(zoo.NETWORKS), 2
+    steps.append(Step("zoo", [PY, str(BENCH / "networks.py"), *common, *zoo_args, "--cache-dir",
+                              str(out / "tune-cache-1"), "--out", str(out / f"zoo-{provider}")],
+                      network_estimate(zoo_networks, 1, zoo_precisions, grid + 4 + 2, 10),
+                      f"{zoo_networks} networks x {zoo_precisions} precisions, {grid + 6} variants", 0.10))
+
+    if quick:
+        zl_args = ["--network", "mobilenet_v1", *size]
+        zl = len({layer for layer in zoo.depthwise_layers("mobilenet_v1")})
+    else:
+        zl_args = ["--network", *zoo.NETWORKS, "--batch", "64", "--precision", "float16", "--rounds", "10"]
+        zl = len({layer for _, _, layer in zoo.layer_table(list(zoo.NETWORKS))})
+    steps.append(Step("layers-zoo", [PY, str(BENCH / "layers.py"), *common, *zl_args,
+                                     "--out", str(out / f"layers-zoo-{provider}")],
+                      zl * sessions * (ASSUMED["ort_layer_session"] + 14 * ASSUMED["ort_layer_run_b64"]),
+                      f"{zl} layers x {sessions} variants", 0.08))
+
+    table = zoo.layer_table()
+    if quick:
+        torch_args, torch_configs, torch_layers = ["--quick"], 1, 3
+    else:
+        torch_args = ["--network", "replknet_31b", "conformer", *zoo.NETWORKS, "--batch", "64", "1", "--dtype",
+                      "float16", "float32", "--layout", "channels_last", "nchw", "--rounds", "15"]
+        torch_configs, torch_layers = 2 * 2 * 2, len({layer for _, _, layer in table})
     variants = 7
     per_config = variants * (16 * (ASSUMED["torch_run_b64"] + ASSUMED["torch_run_b1"]) / 2) + \
         variants * ASSUMED["torch_autotune"]
     steps.append(Step("torch-layers", [PY, str(BENCH / "torch_layers.py"), "--device", device, *torch_args,
                                        "--out", str(out / f"torch_layers-{device}")],
                       torch_layers * torch_configs * per_config,
-                      f"{torch_layers} layers x {torch_configs} (dtype, layout, batch) x {variants} variants x "
-                      f"16 runs at {ASSUMED['torch_run_b64'] * 1e3:g} ms (b64) / {ASSUMED['torch_run_b1'] * 1e3:g} ms "
-                      f"(b1), + {ASSUMED['torch_autotune']} s autotuning per variant", 0.30, needs_ort=False))
+                      f"{torch_layers} layers x {torch_configs} (dtype, layout, batch) x {variants} variants",
+                      0.06, needs_ort=False, needs_torch=True))
 
-    if quick:
-        zoo_args = ["--batch", "1", "--dtype", "float32", "--policies", "8", "--iterations", "2", "--warmup", "1"]
-        networks, dtypes, policies, layouts, seconds = len(zoo.NETWORKS), 1, 1, 1, 0.0
-    else:
-        zoo_args = ["--batch", "64", "--dtype", "float16", "float32", "--policies", "8", "32", "full",
-                    "--seconds", "4", "--warmup", "3"]
-        networks, dtypes, policies, layouts, seconds = len(zoo.NETWORKS), 2, 3, 2, 4.0
-    sessions = layouts * (1 + policies)
-    per_model = sessions * ASSUMED["ort_session"] + seconds + sessions * 5 * ASSUMED["ort_network_run_b64"]
-    steps.append(Step("zoo", [PY, str(BENCH / "models.py"), "--zoo", *ort, *zoo_args,
-                              "--out", str(out / f"models-zoo-{provider}")],
-                      networks * dtypes * per_model,
-                      f"{networks} networks x {dtypes} dtypes, {sessions} sessions each at "
-                      f"{ASSUMED['ort_session']} s + {seconds:g} s of timed rounds", 0.30))
-
-    if quick:
-        layer_args = ["--network", "conformer", "--batch", "1", "--dtype", "float32", "--iterations", "3",
-                      "--warmup", "1"]
-        layers, configs = len(zoo.EXTRA_LAYERS["conformer"]), 1
-    else:
-        layer_args = ["--network", "replknet_31b", "conformer", *zoo.NETWORKS, "--batch", "64", "--dtype", "float16",
-                      "--iterations", "10", "--warmup", "2"]
-        layers, configs = len({layer for _, _, layer in table}), 2
-    layer_sessions = configs * (1 + variants)
-    steps.append(Step("ort-layers", [PY, str(BENCH / "layers.py"), *ort, *layer_args,
-                                     "--out", str(out / f"layers-{provider}")],
-                      layers * layer_sessions * (ASSUMED["ort_layer_session"] + 12 * ASSUMED["ort_layer_run_b64"]),
-                      f"{layers} layers x {layer_sessions} sessions at {ASSUMED['ort_layer_session']} s + 12 runs at "
-                      f"{ASSUMED['ort_layer_run_b64'] * 1e3:g} ms", 0.12))
-
-    auto_networks = ["mobilenet_v1"] if quick else ["mobilenet_v1", "efficientnet_b0"]
-    auto_args = (["--batch", "1", "--dtype", "float32", "--iterations", "2", "--warmup", "1", "--tune-budget", "20"]
-                 if quick else ["--batch", "64", "--dtype", "float16", "--seconds", "4", "--tune-budget", "40"])
-    signatures = sum(len({layer for layer in zoo.depthwise_layers(n)}) for n in auto_networks)
-    steps.append(Step("auto", [PY, str(BENCH / "models.py"), "--zoo", "--model", *auto_networks, "--policies",
-                               "auto", *ort, *auto_args, "--cache-dir", str(out / "tune-cache"),
-                               "--out", str(out / f"models-auto-{provider}")],
-                      signatures * (1 if quick else 2) * ASSUMED["tune_layer"] + len(auto_networks) * 10,
-                      f"{signatures} layer signatures x {1 if quick else 2} layouts at {ASSUMED['tune_layer']} s, "
-                      "+ 10 s per network", 0.13))
-
-    training = [["--small", "--no-layers"]] if quick else [["--steps", "2", "--rounds", "3", "--no-layers"],
+    training = [["--small", "--no-layers"]] if quick else [["--steps", "2", "--rounds", "5", "--no-layers"],
                                                            ["--amp", "bf16", "--channels-last", "--steps", "2",
-                                                            "--rounds", "3", "--no-layers"]]
+                                                            "--rounds", "5", "--no-layers"]]
     for extra in training:
         label = "-".join(a.strip("-") for a in extra if a.startswith("--") and a not in
                          ("--steps", "--rounds", "--no-layers", "--small")) or "fp32"
         steps.append(Step(f"training-{label}", [PY, str(BENCH / "paper_training.py"), "--device", device, *extra,
                                                 "--out", str(out / f"paper_training-{device}-{label}")],
-                          6 * ASSUMED["training_variant"], f"6 variants at {ASSUMED['training_variant']} s", 0.05,
-                          needs_ort=False))
+                          6 * ASSUMED["training_variant"], f"6 variants at {ASSUMED['training_variant']} s", 0.03,
+                          needs_ort=False, needs_torch=True))
 
     samples = sorted((ROOT / "sample_models").glob("*.onnx"))
     steps.append(Step("validate", [PY, str(Path(__file__).resolve()), "--validate-samples", "--provider", provider,
                                    "--out", str(out)],
                       len(samples) * ASSUMED["validate_sample"],
-                      f"{len(samples)} samples at {ASSUMED['validate_sample']} s", 0.05))
+                      f"{len(samples)} samples at {ASSUMED['validate_sample']} s", 0.03))
     return steps
 
 
@@ -169,6 +221,19 @@ def allowances(steps: list[Step], budget: float) -> list[float]:
 
 
 # ---------------------------------------------------------------- can this machine run the plan?
+
+
+def torch_missing() -> str:
+    """'' if PyTorch imports here, else why not (one line; tried in a child process)."""
+    if importlib.util.find_spec("torch") is None:
+        return "PyTorch is not installed (No module named 'torch')"
+    try:
+        run = subprocess.run([PY, "-c", "import torch"], capture_output=True, text=True, timeout=120, env=ENV)
+    except subprocess.TimeoutExpired:
+        return "importing torch took over 120 s"
+    if run.returncode != 0:
+        return "PyTorch does not import: " + (run.stderr.strip().splitlines() or ["?"])[-1]
+    return ""
 
 
 def torch_cuda() -> str:
@@ -255,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=None, help="also pack --out into this .tar.gz")
     parser.add_argument("--only", nargs="+", default=None, help="run only these steps")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--models", type=Path, default=None, help="also measure every .onnx file in this folder")
     parser.add_argument("--validate-samples", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--max-seconds", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -262,23 +328,34 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--provider must be cuda or cpu")
     if args.budget <= 0:
         parser.error("--budget must be > 0")
+    if args.models is not None and not args.models.is_dir():
+        parser.error(f"--models {args.models}: not a folder")
+    if args.models is not None and not list(args.models.glob("*.onnx")):
+        parser.error(f"--models {args.models}: no .onnx files there")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.validate_samples:
         return validate_samples(args.provider, args.out, args.max_seconds)
 
     start = time.time()
+    torch_problem = torch_missing()
     if args.dry_run:
-        torch_problem = ort_problem = ""
+        ort_problem = ""
     else:
-        torch_problem = torch_cuda() if args.provider == "cuda" else ""
+        if not torch_problem and args.provider == "cuda":
+            torch_problem = torch_cuda()
         ort_problem = ort_provider(args.provider)
     if torch_problem and ort_problem:
-        print(f"error: no usable CUDA: {ort_problem}; PyTorch: {torch_problem}", file=sys.stderr)
+        what = "no usable CUDA" if args.provider == "cuda" else "neither onnxruntime nor PyTorch runs"
+        print(f"error: {what}: {ort_problem}; PyTorch: {torch_problem}", file=sys.stderr)
         return 2
-    steps = [s for s in plan(args.provider, args.out, args.quick) if not args.only or s.name in args.only]
+    steps = [s for s in plan(args.provider, args.out, args.quick, args.models) if not args.only or s.name in args.only]
 
     def blocker(step: Step) -> str:
-        return ort_problem if step.needs_ort else torch_problem
+        if step.needs_ort and ort_problem:
+            return ort_problem
+        if step.needs_torch and torch_problem:
+            return torch_problem
+        return "" if step.needs_ort else torch_problem
 
     runnable = [s for s in steps if not blocker(s)]
     caps = dict(zip([s.name for s in runnable], allowances(runnable, args.budget - (time.time() - start))))
@@ -297,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     for step in steps:
         record = {"step": step.name, "command": " ".join(step.command)}
         if blocker(step):
-            record.update(exit="skipped", reason=blocker(step))
+            record.update(exit="skipped", reason=blocker(step), reason_kind="environment")
             summary["steps"].append(record)
+            print(f"{step.name}: skipped ({blocker(step)})", flush=True)
             continue
         left = args.budget - (time.time() - start)
         rest = runnable[runnable.index(step):]
@@ -318,7 +396,19 @@ def main(argv: list[str] | None = None) -> int:
         write_summary(summary, args.out, args.bundle)
         print(f"{step.name}: {record['exit']}" + (f" after {record['seconds']:.0f} s" if "seconds" in record else
                                                    f" ({record.get('reason')})"), flush=True)
-    return 0 if all(s["exit"] == 0 for s in summary["steps"]) else 1
+    merge_headlines(args.out, args.provider, summary, args.bundle)
+    return 0 if all(s["exit"] in (0, "skipped") and (s["exit"] == 0 or s.get("reason_kind") == "environment")
+                    for s in summary["steps"]) else 1
+
+
+def merge_headlines(out: Path, provider: str, summary: dict, bundle: Path | None) -> None:
+    """headline.md: the two headline processes side by side (when both wrote results)."""
+    runs = [out / f"headline-{i}-{provider}.json" for i in (1, 2)]
+    if all(r.exists() for r in runs):
+        subprocess.run([PY, str(BENCH / "networks.py"), "--merge", *map(str, runs), "--out", str(out / "headline")],
+                       cwd=ROOT, env=ENV, timeout=120)
+        summary["headline"] = str(out / "headline.md")
+        write_summary(summary, out, bundle)
 
 
 if __name__ == "__main__":
