@@ -50,7 +50,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 @contextmanager
-def _locked(folder: Path, blocking: bool = True) -> Iterator[bool]:
+def locked(folder: Path, blocking: bool = True) -> Iterator[bool]:
     """An exclusive lock on FOLDER (yields False when not BLOCKING and someone else holds it)."""
     if fcntl is None:
         yield True
@@ -73,7 +73,7 @@ class Staging:
     def __init__(self, output: Path):
         self.output = output
         self.parent = output.parent if str(output.parent) else Path(".")
-        with _locked(self.parent):
+        with locked(self.parent):
             self._remove_abandoned()
             self.folder = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=self.parent))
             self._hold = os.open(self.folder, os.O_RDONLY)
@@ -86,7 +86,7 @@ class Staging:
             if not path.is_dir() or path.is_symlink() or fcntl is None:
                 continue
             try:
-                with _locked(path, blocking=False) as free:
+                with locked(path, blocking=False) as free:
                     if free:
                         shutil.rmtree(path, ignore_errors=True)
             except OSError:
@@ -96,7 +96,7 @@ class Staging:
         """Rename DATA_FILE (its name final already) and then MODEL_FILE into place, with the mode of
         the OUT they replace; then remove data files of OUT's earlier versions (never a PROTECTED one)."""
         mode = _mode_for(self.output)
-        with _locked(self.parent):
+        with locked(self.parent):
             for path in (data_file, model_file):
                 if path is not None:
                     os.chmod(path, mode)

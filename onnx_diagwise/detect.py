@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper
 
+from .errors import DiagwiseError
 from .graphs import Scope, iter_scopes, node_label, resolve, use_counts
 from .tensors import tensor_array
 from .weights import dynamic_mask, is_block_diagonal, is_block_diagonal_transposed
@@ -159,10 +160,27 @@ class Detection:
 
 
 def attribute(node: NodeProto, name: str, default=None):
+    """The value of NODE's attribute NAME, DEFAULT when absent.  An attribute that refers to a
+    function's attribute has no value here: see references()."""
     for attr in node.attribute:
-        if attr.name == name:
+        if attr.name == name and not attr.ref_attr_name:
             return helper.get_attribute_value(attr)
     return default
+
+
+def references(node: NodeProto) -> list[str]:
+    """NODE's attributes that refer to an attribute of the function holding it (known only where
+    the function is called), as 'name -> function attribute'."""
+    return [f"{a.name} -> '{a.ref_attr_name}'" for a in node.attribute if a.ref_attr_name]
+
+
+def group_of(node: NodeProto, label: str) -> int:
+    """NODE's group; a group that is not a positive integer makes the model invalid."""
+    group = attribute(node, "group", 1)
+    if not isinstance(group, int) or group < 1:
+        raise DiagwiseError(f"node '{label}' ({node.op_type}) has group={group!r}, not a positive integer: "
+                            "the model is invalid")
+    return group
 
 
 def find_weight(scope: Scope, name: str) -> WeightSource | DynamicWeight | str:
@@ -234,6 +252,9 @@ def dequantize_source(scope: Scope, weight_name: str, reads: dict[str, int]):
         return None
     if reads.get(weight_name, 0) > 1:
         return f"dequantized weight '{weight_name}' is read by other nodes too"
+    if references(dq):
+        return (f"its DequantizeLinear's attributes refer to the function's ({', '.join(references(dq))}): "
+                "known only where the function is called")
     if attribute(dq, "block_size", 0):
         return "blocked quantization (DequantizeLinear block_size) is not supported"
     return dq, definition.scope
@@ -243,7 +264,10 @@ def _classify(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads: 
               value_types: dict) -> DepthwiseConv | SkippedConv | None:
     """The record of one convolution: a group = 1 one only when its weight is block-diagonal
     (rewrite()'s G = C form); any other dense convolution is no grouped one (None)."""
-    group = attribute(node, "group", 1)
+    if references(node):
+        return SkippedConv(label, node, scope, f"attributes refer to the function's ({', '.join(references(node))}): "
+                           "their values are known only where the function is called; left as it is", form=spec.form)
+    group = group_of(node, label)
     found = _classify_grouped(node, label, scope, spec, group, reads, value_types)
     if group > 1 or (isinstance(found, SkippedConv) and found.block_diagonal is not None):
         return found
@@ -436,7 +460,7 @@ def unhandled_conv(node: NodeProto, label: str, scope: Scope) -> SkippedConv | N
     """A grouped convolution of a kind this tool does not handle (onnxruntime's com.microsoft.nchwc.Conv
     or QLinearConv, other vendors' ops), so that reports list it with the reason instead of hiding it."""
     group = attribute(node, "group", 1)
-    if "conv" not in node.op_type.lower() or not isinstance(group, int) or group <= 1:
+    if "conv" not in node.op_type.lower() or not isinstance(group, int) or group <= 1 or references(node):
         return None
     op = f"{node.domain or 'ai.onnx'}.{node.op_type}"
     return SkippedConv(label, node, scope, f"{op} (group={group}) is not a form this tool handles; left as it is",

@@ -8,7 +8,7 @@ model-local function has a namespace of its own.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto
@@ -16,40 +16,59 @@ from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 @dataclass(eq=False)
 class Scope:
-    """One graph or function body, with the scope it is nested in."""
+    """One graph or function body, with the scope it is nested in.
+
+    Name lookups go through an index of the body built on first use, so resolving every weight
+    of a graph takes time linear in its size; whoever adds or removes nodes or initializers of
+    the body calls changed()."""
 
     body: GraphProto | FunctionProto
     path: str  # e.g. "main", "main/cond_node.then_branch", "function mydomain.Block"
     parent: Scope | None
     namespace: str  # "main" or the function's path
+    _index: _Index | None = field(default=None, init=False, repr=False)
 
     @property
     def is_function(self) -> bool:
         return isinstance(self.body, FunctionProto)
 
+    @property
+    def index(self) -> _Index:
+        if self._index is None:
+            self._index = _Index(self)
+        return self._index
+
+    def changed(self) -> None:
+        """The body's nodes or initializers changed: look names up afresh."""
+        self._index = None
+
     def initializer(self, name: str) -> TensorProto | None:
-        if self.is_function:
-            return None
-        for tensor in self.body.initializer:
-            if tensor.name == name:
-                return tensor
-        return None
+        return self.index.initializers.get(name)
 
     def producer(self, name: str) -> NodeProto | None:
-        for node in self.body.node:
-            if name in node.output:
-                return node
-        return None
+        return self.index.producers.get(name)
 
     def input_names(self) -> set[str]:
-        if self.is_function:
-            return set(self.body.input)
-        return {v.name for v in self.body.input}
+        return self.index.inputs
 
     def output_names(self) -> set[str]:
         if self.is_function:
             return set(self.body.output)
         return {v.name for v in self.body.output}
+
+
+class _Index:
+    """A body's names: initializers, the node producing each value, the inputs."""
+
+    def __init__(self, scope: Scope):
+        body = scope.body
+        self.initializers: dict[str, TensorProto] = {} if scope.is_function else {
+            t.name: t for t in reversed(body.initializer)}  # the first of a repeated name, as a scan finds it
+        self.producers: dict[str, NodeProto] = {}
+        for node in reversed(body.node):
+            for name in node.output:
+                self.producers[name] = node
+        self.inputs: set[str] = set(body.input) if scope.is_function else {v.name for v in body.input}
 
 
 def node_label(node: NodeProto, index: int) -> str:

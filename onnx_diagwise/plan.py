@@ -55,7 +55,13 @@ def compile_pattern(pattern: str | None, parameter: str) -> re.Pattern | None:
 
 
 def largest_divisor_at_most(channels: int, limit: int) -> int:
-    return max(d for d in range(1, min(channels, limit) + 1) if channels % d == 0)
+    """Divisors come in pairs (d, C/d) with d <= sqrt(C): sqrt(C) steps, whatever LIMIT is."""
+    best, d = 1, 1
+    while d * d <= channels:
+        if channels % d == 0:
+            best = max([best] + [x for x in (d, channels // d) if x <= limit])
+        d += 1
+    return best
 
 
 def group_size_for(channels: int, policy: GroupSize) -> tuple[int, str]:

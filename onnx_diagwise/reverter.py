@@ -21,7 +21,7 @@ from .detect import (FLOAT_TYPES, BlockDiagonal, DepthwiseConv, SkippedConv, Wei
                      find_weight, node_form)
 from .graphs import Scope
 from .report import NodeDecision, RewriteReport, RewriteResult, model_stats, stats_after
-from .rewriter import SUFFIX, WeightEditor, set_group
+from .rewriter import SUFFIX, WeightEditor, remove_node, set_group
 from .shapes import infer_value_types
 from .tensors import tensor_array
 from .weights import collapse_block_diagonal, collapse_transposed, is_block_diagonal
@@ -150,8 +150,8 @@ def _remove_node(scope: Scope, node: NodeProto) -> None:
     """Remove NODE from the first scope, inner to outer, that holds it."""
     current = scope
     while current is not None:
-        if node in current.body.node:
-            current.body.node.remove(node)
+        if any(other is node for other in current.body.node):
+            remove_node(current, node)
             return
         current = current.parent
 

@@ -93,9 +93,10 @@ class WeightEditor:
         self._release(source, reads)
 
     def _replace_in_place(self, source: WeightSource, tensor: TensorProto, namespace: str, names: set[str]) -> None:
-        tensor.name = source.tensor.name
-        if source.tensor.HasField("doc_string"):
-            tensor.doc_string = source.tensor.doc_string
+        for kept in ("name", "doc_string"):  # only those set: a Constant's tensor may have no name at all
+            tensor.ClearField(kept)
+            if source.tensor.HasField(kept):
+                setattr(tensor, kept, getattr(source.tensor, kept))
         source.tensor.CopyFrom(tensor)
         self._declare_shape(namespace, names, list(tensor.dims))
 
@@ -115,13 +116,13 @@ class WeightEditor:
         """Put TENSOR beside SOURCE, so every node that can see the original sees it too."""
         tensor.name = name
         body = source.scope.body
+        source.scope.changed()
         if not source.scope.is_function:
             body.initializer.append(tensor)
             return
         # Functions have no initializers: a Constant node right after the original one.
         constant = helper.make_node("Constant", [], [name], name=unique_name(name, self.taken), value=tensor)
-        index = next(i for i, node in enumerate(body.node) if node == source.constant)
-        body.node.insert(index + 1, constant)
+        body.node.insert(position(body, source.constant) + 1, constant)
 
     @staticmethod
     def _release(source: WeightSource, reads: Counter) -> None:
@@ -132,7 +133,7 @@ class WeightEditor:
                 return
             if index < len(source.identities):
                 node, scope = source.identities[index]
-                scope.body.node.remove(node)
+                remove_node(scope, node)
                 continue  # the Identity read the next name in the chain
             WeightEditor.drop_tensor(source)
 
@@ -140,9 +141,11 @@ class WeightEditor:
     def drop_tensor(source: WeightSource) -> None:
         """Remove SOURCE's initializer or Constant node from the scope that holds it."""
         if source.constant is not None:
-            source.scope.body.node.remove(source.constant)
+            remove_node(source.scope, source.constant)
         else:
-            source.scope.body.initializer.remove(source.tensor)
+            initializers = source.scope.body.initializer
+            del initializers[position(source.scope.body, source.tensor, initializers)]
+            source.scope.changed()
 
 
 def apply_plan(model: ModelProto, plan: Plan) -> tuple[NodeDecision, ...]:
@@ -198,11 +201,23 @@ def _expand_at_run_time(conv: DepthwiseConv, g: int, taken: set[str]) -> None:
                  for n, v in constants.items()] + nodes
     else:
         body.initializer.extend(numpy_helper.from_array(v, n) for n, v in constants.items())
-    index = next(i for i, node in enumerate(body.node) if node == conv.node)
+    index = position(body, conv.node)
     for offset, node in enumerate(nodes):
         body.node.insert(index + offset, node)
+    conv.scope.changed()
     node, input_index = conv.reader
     node.input[input_index] = weight_out
+
+
+def position(body, item, items=None) -> int:
+    """Where ITEM (a node of BODY, or an element of ITEMS) sits: by identity, not by protobuf's
+    deep equality, which compares whole messages."""
+    return next(i for i, other in enumerate(body.node if items is None else items) if other is item)
+
+
+def remove_node(scope, node: NodeProto) -> None:
+    del scope.body.node[position(scope.body, node)]
+    scope.changed()
 
 
 def set_group(node: NodeProto, group: int) -> None:

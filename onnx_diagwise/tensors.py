@@ -123,7 +123,13 @@ def tensor_array(tensor: TensorProto) -> np.ndarray:
     loading it into TENSOR, so a lazily loaded model stays lazy: only the weights the rewrite
     needs are read."""
     if tensor.data_location != TensorProto.EXTERNAL:
-        return np.asarray(numpy_helper.to_array(tensor))
+        try:
+            array = np.asarray(numpy_helper.to_array(tensor))
+        except (ValueError, TypeError, IndexError) as exc:
+            raise DiagwiseError(f"tensor '{tensor.name}' cannot be read: {exc}") from None
+        if array.size != tensor_elements(tensor):  # dims without (enough) data: an invalid model
+            raise DiagwiseError(f"tensor '{tensor.name}' has dims {list(tensor.dims)} but {array.size} values")
+        return array
     data = read_external(tensor)
     dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
     count = tensor_elements(tensor)
@@ -173,7 +179,11 @@ def skeleton(model: ModelProto, keep_dims: bool = True) -> ModelProto:
                                  AttributeProto.TENSORS):
                 new.CopyFrom(attr)
                 continue
-            new.name, new.type, new.doc_string, new.ref_attr_name = attr.name, attr.type, attr.doc_string, attr.ref_attr_name
+            # Only the fields set: a ref_attr_name set even to "" makes the checker read a reference.
+            new.name, new.type = attr.name, attr.type
+            for optional in ("doc_string", "ref_attr_name"):
+                if attr.HasField(optional):
+                    setattr(new, optional, getattr(attr, optional))
             if attr.HasField("g"):
                 new.g.CopyFrom(strip_graph(attr.g))
             new.graphs.extend(strip_graph(g) for g in attr.graphs)

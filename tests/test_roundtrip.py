@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from helpers import SAMPLE_DIR, cli
 from onnx_diagwise import revert, rewrite
@@ -64,3 +64,25 @@ def test_files_round_trip_byte_for_byte(tmp_path):
     assert cli("rewrite", source, tmp_path / "diag.onnx", "-q").returncode == 0
     assert cli("revert", tmp_path / "diag.onnx", tmp_path / "back.onnx", "-q").returncode == 0
     assert (tmp_path / "back.onnx").read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("in_function", [False, True])
+def test_constant_weight_without_a_tensor_name_round_trips_byte_for_byte(in_function):
+    """A Constant's value tensor may have no name at all; the rewrite must not give it an empty one."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32))
+    w.ClearField("name")
+    nodes = [helper.make_node("Constant", [], ["w"], name="const", value=w),
+             helper.make_node("Conv", ["x", "w"], ["y"], group=4, pads=[1, 1, 1, 1], name="dw")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])
+    if in_function:
+        function = helper.make_function("local", "Block", ["x"], ["y"], nodes, [helper.make_opsetid("", 17)])
+        graph = helper.make_graph([helper.make_node("Block", ["x"], ["y"], domain="local", name="call")], "g", [x], [y])
+        model = helper.make_model(graph, functions=[function], ir_version=8,
+                                  opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    else:
+        model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), ir_version=8,
+                                  opset_imports=[helper.make_opsetid("", 17)])
+    rewritten = rewrite(model, group_size=2)
+    assert rewritten.report.rewritten
+    assert revert(rewritten.model).model.SerializeToString() == model.SerializeToString()

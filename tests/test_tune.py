@@ -234,3 +234,103 @@ def test_separated_decides_when_more_rounds_are_needed():
     assert not separated([noisy_a, noisy_b])  # 3% apart, 30% noise
     assert not separated([tight_a, list(np.array(tight_a) * 1.005)])  # under 1%
     assert separated([tight_a])
+
+
+# ---------------------------------------------------------------- a cache that is only a cache
+
+
+def _cache_file(tmp_path, entries) -> None:
+    """A cache as one earlier run left it, then ENTRIES put in place of every entry."""
+    tune(MV1, _options(FakeTimer(_mv1_times()), tmp_path))
+    path = tmp_path / "tune-cache.json"
+    stored = json.loads(path.read_text())
+    if callable(entries):
+        stored["entries"] = {k: entries(v) for k, v in stored["entries"].items()}
+        path.write_text(json.dumps(stored, allow_nan=True))
+    else:
+        path.write_text(entries)
+
+
+DAMAGED = {
+    "a list": "[]",
+    "entries a list": '{"version": 1, "entries": []}',
+    "not JSON": "{not json",
+    "entry a list": lambda v: list(v.values()),
+    "string times": lambda v: {g: str(t) for g, t in v.items()},
+    "no G=1": lambda v: {g: t for g, t in v.items() if g != "1"},
+    "a time of 0": lambda v: {**v, "1": 0},
+    "G not an integer": lambda v: {**v, "x4": 0.5},
+    "NaN": lambda v: {**v, "4": float("nan")},
+    "poisoned": lambda v: {**v, "4": 1e-12},  # would read as a million-fold speedup
+    "negative": lambda v: {**v, "4": -1.0},
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED.values(), ids=DAMAGED.keys())
+def test_damaged_cache_entries_are_measured_again_with_a_warning(tmp_path, caplog, damage):
+    _cache_file(tmp_path, damage)
+    timer = FakeTimer(_mv1_times(winner_channels=(128,)), node_deltas={f"dw{i}": -0.01 for i in range(1, 14)})
+    with caplog.at_level("WARNING", logger="onnx_diagwise"):
+        report = tune(MV1, _options(timer, tmp_path))
+    assert timer.layer_calls == 9 and not any(layer.cached for layer in report.layers)
+    assert set(report.choices.values()) == {4} and max(layer.speedup for layer in report.layers) == pytest.approx(2.0)
+    assert "tuning cache" in caplog.text
+    again = FakeTimer(_mv1_times())
+    tune(MV1, _options(again, tmp_path))  # the damage is gone: the second run hits the new entries
+    assert again.layer_calls == 0
+
+
+def test_damaged_cache_does_not_fail_the_command_line(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tune-cache.json").write_text('{"version": 1, "entries": {"k": {"1": "slow"}}}')
+    r = cli("rewrite", MV2, tmp_path / "x.onnx", "-g", "auto", "--threads", "1", "--cache-dir", cache,
+            "--time-budget", "1")
+    assert r.returncode == 0, r.stderr
+    assert "damaged" in r.stderr and "Traceback" not in r.stderr
+    assert cli("cache", "info", "--cache-dir", cache).returncode == 0
+
+
+def test_good_entries_survive_beside_damaged_ones(tmp_path):
+    tune(MV1, _options(FakeTimer(_mv1_times()), tmp_path))
+    path = tmp_path / "tune-cache.json"
+    stored = json.loads(path.read_text())
+    first = sorted(stored["entries"])[0]
+    stored["entries"][first] = {"1": "nan"}
+    path.write_text(json.dumps(stored))
+    timer = FakeTimer(_mv1_times())
+    tune(MV1, _options(timer, tmp_path))
+    assert timer.layer_calls == 1  # only the damaged layer measured again
+
+
+def _tune_in_another_process(args) -> None:
+    cache_dir, provider = args
+    timer = FakeTimer(_mv1_times())
+    timer.context = lambda: {"provider": provider}
+    tune(MV1, _options(timer, cache_dir))
+
+
+def test_concurrent_tuning_runs_merge_their_entries(tmp_path):
+    import multiprocessing
+
+    providers = [f"p{i}" for i in range(4)]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_tune_in_another_process, [(tmp_path, p) for p in providers])
+    stored = json.loads((tmp_path / "tune-cache.json").read_text())
+    assert len(stored["entries"]) == 4 * 9  # every run's nine layers, none lost
+    for provider in providers:
+        timer = FakeTimer(_mv1_times())
+        timer.context = lambda provider=provider: {"provider": provider}
+        tune(MV1, _options(timer, tmp_path))
+        assert timer.layer_calls == 0
+
+
+def test_an_unwritable_cache_folder_only_warns(tmp_path, caplog):
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    timer = FakeTimer(_mv1_times(winner_channels=(128,)), node_deltas={f"dw{i}": -0.01 for i in range(1, 14)})
+    with caplog.at_level("WARNING", logger="onnx_diagwise"):
+        report = tune(MV1, _options(timer, tmp_path / "file" / "cache"))
+    assert report.choices and "cannot write the tuning cache" in caplog.text
+    r = cli("rewrite", MV2, tmp_path / "x.onnx", "-g", "auto", "--threads", "1", "--cache-dir",
+            tmp_path / "file" / "cache", "--time-budget", "1")
+    assert r.returncode == 0 and "cannot write the tuning cache" in r.stderr, r.stderr

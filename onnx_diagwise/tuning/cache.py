@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import DiagwiseError
+from ..commit import locked
 from .layers import LayerSignature
+
+log = logging.getLogger("onnx_diagwise")
+
 
 def default_cache_dir() -> Path:
     if os.environ.get("ONNX_DIAGWISE_CACHE_DIR"):
@@ -19,17 +23,59 @@ def default_cache_dir() -> Path:
     return Path(base) / "onnx-diagwise"
 
 
+# A layer's time in seconds outside these bounds is no measurement onnxruntime can make.
+PLAUSIBLE_SECONDS = (1e-7, 3600.0)
+
+
+def _valid(entry: Any) -> dict[int, float] | None:
+    """A cache entry as {G: seconds}: G=1 (the original) present, every G a positive integer and
+    every time a plausible number of seconds; None when anything is off."""
+    if not isinstance(entry, dict) or "1" not in entry:
+        return None
+    times = {}
+    for g, t in entry.items():
+        if not (isinstance(g, str) and g.isdigit() and int(g) >= 1):
+            return None
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (
+                PLAUSIBLE_SECONDS[0] <= t <= PLAUSIBLE_SECONDS[1]):  # NaN fails too
+            return None
+        times[int(g)] = float(t)
+    return times
+
+
 class TuneCache:
-    """Layer timings on disk, one JSON file; None disables caching."""
+    """Layer timings on disk, one JSON file; None disables caching.
+
+    The cache only saves time: an entry that is not a plausible measurement is dropped with a
+    warning, never trusted; a damaged or unreadable file, or a folder that cannot be written,
+    makes tuning measure without it (with a warning).  Writers merge their new entries into what
+    is on disk under a lock, so concurrent tuning runs lose nothing."""
 
     def __init__(self, directory: Path | None):
         self.path = Path(directory) / "tune-cache.json" if directory is not None else None
-        self.entries: dict[str, dict[str, float]] = {}
-        if self.path is not None and self.path.exists():
-            try:
-                self.entries = json.loads(self.path.read_text()).get("entries", {})
-            except (OSError, ValueError):
-                self.entries = {}  # a damaged cache is only a cache: start again
+        self.entries: dict[str, dict[int, float]] = {}
+        self.new: dict[str, dict[int, float]] = {}  # measured by this run, merged into the file on save
+        if self.path is not None:
+            self.entries = self._read(warn=True)
+
+    def _read(self, warn: bool) -> dict[str, dict[int, float]]:
+        if not self.path.exists():
+            return {}
+        try:
+            stored = json.loads(self.path.read_text())
+            entries = stored.get("entries") if isinstance(stored, dict) else None
+            if not isinstance(entries, dict):
+                raise ValueError("no entries")
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            if warn:
+                log.warning(f"the tuning cache '{self.path}' cannot be read ({getattr(exc, 'strerror', None) or exc}); "
+                            "measuring without it")
+            return {}
+        valid = {key: times for key, times in ((k, _valid(v)) for k, v in entries.items()) if times is not None}
+        if warn and len(valid) < len(entries):
+            log.warning(f"dropped {len(entries) - len(valid)} damaged entr{'y' if len(entries) - len(valid) == 1 else 'ies'} "
+                        f"of the tuning cache '{self.path}' (those layers are measured again)")
+        return valid
 
     @staticmethod
     def key(context: dict[str, Any], signature: LayerSignature, sizes: list[int]) -> str:
@@ -38,22 +84,34 @@ class TuneCache:
 
     def get(self, key: str) -> dict[int, float] | None:
         entry = self.entries.get(key)
-        return {int(g): t for g, t in entry.items()} if entry else None
+        return dict(entry) if entry else None
 
     def put(self, key: str, times: dict[int, float]) -> None:
-        self.entries[key] = {str(g): t for g, t in times.items()}
+        valid = _valid({str(g): t for g, t in times.items()})
+        if valid is not None:  # a measurement that is no measurement is not kept
+            self.entries[key] = self.new[key] = valid
 
     def save(self) -> None:
-        if self.path is None:
+        """Merge this run's entries into the file (other runs' entries kept); warn, never fail."""
+        if self.path is None or not self.new:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tune-cache.")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": 1, "entries": self.entries}, f)
-            os.replace(tmp, self.path)
+            with locked(self.path.parent):
+                merged = {**self._read(warn=False), **self.new}
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tune-cache.")
+                try:
+                    with os.fdopen(fd, "w") as f:
+                        json.dump({"version": 1, "entries": {k: {str(g): t for g, t in v.items()}
+                                                              for k, v in merged.items()}}, f)
+                    os.replace(tmp, self.path)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+            self.entries = merged
         except OSError as exc:
-            raise DiagwiseError(f"cannot write the tuning cache '{self.path}': {exc.strerror or exc}") from None
+            log.warning(f"cannot write the tuning cache '{self.path}': {exc.strerror or exc}; "
+                        "the timings of this run are not kept")
 
 
 def clear_cache(directory: Path | None = None) -> Path | None:

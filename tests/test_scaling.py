@@ -1,0 +1,44 @@
+"""Time grows with the size of the graph no faster than n log n: inspect and rewrite of a graph 8x
+larger take well under 64x (quadratic) as long.  Ratios of minima, so a busy machine shifts both."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_diagwise import inspect, rewrite
+
+
+def chain(nodes: int, channels: int = 4):
+    """NODES nodes: depthwise Conv (its own weight) -> Relu -> Identity -> Neg, repeated."""
+    body, weights, previous = [], [], "x"
+    for i in range(nodes // 4):
+        weights.append(numpy_helper.from_array(np.full((channels, 1, 3, 3), 0.1, np.float32), f"w{i}"))
+        body += [helper.make_node("Conv", [previous, f"w{i}"], [f"c{i}"], group=channels, pads=[1, 1, 1, 1], name=f"dw{i}"),
+                 helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"),
+                 helper.make_node("Identity", [f"r{i}"], [f"i{i}"], name=f"id{i}"),
+                 helper.make_node("Neg", [f"i{i}"], [f"n{i}"], name=f"neg{i}")]
+        previous = f"n{i}"
+    graph = helper.make_graph(body, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 8, 8])],
+                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, channels, 8, 8])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _seconds(call, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_inspect_and_rewrite_scale_like_n_log_n():
+    small, large = chain(2000), chain(16000)
+    for name, work in (("inspect", lambda m: inspect(m)), ("rewrite", lambda m: rewrite(m, group_size=2))):
+        ratio = _seconds(lambda: work(large)) / _seconds(lambda: work(small))
+        # n log n: 8 x 1.27 = 10; quadratic: 64.  The old name lookups by scan gave about 50.
+        assert ratio < 24, f"{name}: 8x the nodes took {ratio:.1f}x the time"
+        assert len(work(small).report.nodes if name == "rewrite" else work(small).nodes) == 500
