@@ -7,8 +7,13 @@ update), original depthwise convolutions vs diagonalwise ones with G in {8, 16, 
 
 Qin et al. (arXiv:1803.09926) report 5.4x for PyTorch on MobileNet V1, batch 64,
 224x224, fp32, with G = 32.  Variants are trained from the same initial weights,
-in interleaved rounds so drift hits all alike; the per-layer table times each of the
-13 depthwise layers alone (forward, and forward + backward) at its input shape.
+in interleaved rounds (every variant once per round, in a fresh random order) so drift
+hits all alike; the per-layer table times each of the 13 depthwise layers alone
+(forward, and forward + backward) at its input shape.
+
+float32 and TF32: `--tf32 off` (the default) turns TF32 off for cuDNN convolutions and
+matmuls, so fp32 means fp32; `--tf32 default` keeps PyTorch's own defaults (TF32 on for
+cuDNN convolutions), as users get it.  The results state which, with the flags' values.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import shlex
 import statistics
 import sys
@@ -94,10 +100,12 @@ def time_training(variants: dict[str, nn.Module], args, device) -> dict[str, lis
             trainer.step(images, labels)
     times: dict[str, list[float]] = {name: [] for name in trainers}
     started = time.perf_counter()
+    order = random.Random(0)
     for round_index in range(args.rounds):
         if round_index and args.max_seconds is not None and time.perf_counter() - started > args.max_seconds:
             break  # at least one round, then as many as the time allows
-        for name, trainer in trainers.items():
+        for name in order.sample(list(trainers), len(trainers)):  # a fresh order each round
+            trainer = trainers[name]
             sync(device)
             start = time.perf_counter()
             for _ in range(args.steps):
@@ -148,7 +156,8 @@ def _median_ms(fn, args, device) -> float:
 
 def environment(device) -> dict:
     env = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-           "device": str(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+           "device": str(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "tf32_cudnn": torch.backends.cudnn.allow_tf32, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
     if device.type == "cuda":
         env.update({"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
                     "cudnn": torch.backends.cudnn.version(), "cudnn_benchmark": torch.backends.cudnn.benchmark})
@@ -166,6 +175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--group-sizes", nargs="+", default=["8", "16", "32", "64", "full"])
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--tf32", choices=["off", "default"], default="off",
+                        help="off: float32 means float32 (default); default: PyTorch's TF32 defaults")
     parser.add_argument("--steps", type=int, default=5, help="training steps per variant per round")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=3)
@@ -187,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if args.tf32 == "off":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     base = mobilenet_v1(args.width)
     variants = {"original": base}
@@ -213,14 +226,20 @@ def main(argv: list[str] | None = None) -> dict:
 def write(result: dict, args, device) -> None:
     amp = args.amp or "fp32"
     name = f"paper_training-{device.type}-b{args.batch}-{amp}{'-cl' if args.channels_last else ''}"
+    env = result["environment"]
+    precision = (f"{args.amp} autocast" if args.amp else "float32") + \
+        f"; TF32 {'off' if args.tf32 == 'off' else 'as PyTorch ships it'} (cuDNN allow_tf32={env['tf32_cudnn']}, " \
+        f"matmul allow_tf32={env['tf32_matmul']})"
     base = args.out or RESULTS / name
     base.parent.mkdir(parents=True, exist_ok=True)
+    result["precision"] = precision
     base.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    env = result["environment"]
     lines = [f"# MobileNet V1 training, {amp}, batch {args.batch}, {args.size}x{args.size}, width {args.width}", "",
              f"Command: `{result['command']}`", "", f"Environment: {json.dumps(env)}", "",
+             f"Precision: {precision}.", "",
              "Speedup: median step time of the original over the variant's, with the 95% bootstrap interval "
-             "of that ratio over the timed rounds (an interval holding 1 is noise).", "",
+             "of that ratio over the timed rounds (an interval holding 1 is noise). Variants ran interleaved, "
+             "in a fresh random order each round.", "",
              "| variant | ms / step | images / s | speedup vs original | 95% interval |", "|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['step_ms']:.2f} | {r['images_per_s']:.1f} | {r['speedup']:.2f}x | "
               f"{r['speedup_ci95'][0]:.2f}-{r['speedup_ci95'][1]:.2f} |"

@@ -192,6 +192,8 @@ def plan(provider: str, out: Path, quick: bool, models: Path | None = None) -> l
                       0.06, needs_ort=False, needs_torch=True))
 
     training = [["--small", "--no-layers"]] if quick else [["--steps", "2", "--rounds", "5", "--no-layers"],
+                                                           ["--tf32", "default", "--steps", "2", "--rounds", "5",
+                                                            "--no-layers"],
                                                            ["--amp", "bf16", "--channels-last", "--steps", "2",
                                                             "--rounds", "5", "--no-layers"]]
     for extra in training:
