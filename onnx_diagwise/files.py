@@ -21,7 +21,7 @@ from .plan import GroupSize, parse_group_size
 from .report import RewriteResult
 from .reverter import revert as revert_model
 from .runtime import InputOptions, RuntimeConfig
-from .validation import Tolerance, ValidationReport, validate
+from .validation import Tolerance, ValidationReport, failure_message, validate
 
 Step = Callable[[str], None]  # told what is being done now (for a progress display)
 # Added to a sizing error when only the check needs the sizes.
@@ -107,8 +107,8 @@ def _save(result: RewriteResult, loaded: LoadedModel, src: Path, dst: Path, prot
         validation = validate(src, path, check.runtime, check.inputs, check.runs, check.atol, check.rtol,
                               check.allow_tf32)
         if not validation.passed:
-            raise CheckFailed(f"the {what} model differs from the original on {validation.provider}; "
-                              f"nothing written to '{dst}' (see the FAILED lines)", validation)
+            headline = f"the {what} model differs from the original on {validation.provider}; nothing written to '{dst}'"
+            raise CheckFailed(failure_message(validation, headline), validation)
 
     modified = any(n.action in ("rewritten", "reverted") for n in result.report.nodes)
     if external_data is None and loaded.has_external_data:

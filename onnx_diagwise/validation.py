@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -30,6 +30,19 @@ LOW_PRECISION = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16
 # A user's --atol / --rtol: one value for every output, or per output name.
 Tolerance = float | Mapping[str, float] | None
 
+# The runtime's own noise: the original runs a second time, on the same inputs, at another graph
+# optimization level; how far its outputs move is the noise floor, and the default atol of each
+# output is at least NOISE_FACTOR times it.  Outputs that sit near 0 (sigmoid maps on random
+# inputs) have a default atol far below what onnxruntime itself can resolve there.  ENABLE_BASIC
+# against ENABLE_ALL changes summation order as the rewrite does (NCHWc kernels, Conv+activation
+# fusion) for the cost of one more session.  DISABLE_ALL is not used: it runs QDQ graphs in float,
+# whose results differ by whole quantization steps and would hide a wrong weight; thread counts
+# leave CPU results unchanged, and float64 has no Conv kernel on the CPU provider.
+NOISE_FACTOR = 4
+NOISE_LEVEL = {"all": "basic", "extended": "basic", "basic": "all"}  # none under "disable": no peer level
+# An error within this many times the noise floor is likely rounding that the inputs magnify.
+FEW_TIMES_NOISE = 10
+
 
 @dataclass
 class OutputComparison:
@@ -47,6 +60,7 @@ class OutputComparison:
     mismatches: int = 0
     elements: int = 0
     worst_index: list[int] | None = None
+    noise: float | None = None  # max |original - original at another optimization level|; None: not measured
 
     def line(self) -> str:
         """One Polygraphy-style line."""
@@ -61,6 +75,7 @@ class ValidationReport:
     outputs: list[OutputComparison]
     tf32: bool = False
     config: dict[str, Any] = field(default_factory=dict)
+    noise_config: dict[str, Any] | None = None  # the original's second configuration; None: noise not measured
 
     @property
     def passed(self) -> bool:
@@ -71,8 +86,9 @@ class ValidationReport:
         return f"{ok}/{len(self.outputs)} outputs passed ({self.runs} run(s) on {self.provider})"
 
     def to_dict(self) -> dict[str, Any]:
+        noise = {"factor": NOISE_FACTOR, "config": self.noise_config} if self.noise_config else None
         return {"passed": self.passed, "provider": self.provider, "runs": self.runs, "tf32": self.tf32,
-                "config": self.config, "outputs": [asdict(o) for o in self.outputs]}
+                "config": self.config, "noise_floor": noise, "outputs": [asdict(o) for o in self.outputs]}
 
 
 def tolerance_for(dtype: np.dtype, scale: float, atol: float | None = None, rtol: float | None = None,
@@ -131,11 +147,23 @@ def computed_in(model: ModelProto) -> dict[str, str]:
     return found
 
 
+def noise_floor(expected: np.ndarray, other: np.ndarray) -> float | None:
+    """Max |OTHER - EXPECTED| over the elements finite in both: how far the runtime's own results of
+    one float output move between two configurations (None for other dtypes or shapes)."""
+    expected, other = np.asarray(expected), np.asarray(other)
+    if expected.dtype.kind in "biuSUO" or expected.shape != other.shape or expected.dtype != other.dtype:
+        return None
+    e, o = expected.astype(np.float64), other.astype(np.float64)
+    both = np.isfinite(e) & np.isfinite(o)
+    return float(np.abs(o - e)[both].max()) if both.any() else 0.0
+
+
 def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
             atol: float | None = None, rtol: float | None = None, tf32: bool = False,
-            precision: str | None = None) -> OutputComparison:
+            precision: str | None = None, noise: float | None = None) -> OutputComparison:
     """Compare ACTUAL to EXPECTED as numpy.isclose does (|a - e| <= atol + rtol * |e|, NaN == NaN),
-    with tolerance_for's scale-aware defaults (for the PRECISION the output is computed in)."""
+    with tolerance_for's scale-aware defaults (for the PRECISION the output is computed in); NOISE,
+    the runtime's own noise floor for this output, raises the default atol to NOISE_FACTOR times it."""
     if actual is None:
         return OutputComparison(name, False, "missing from the candidate's outputs")
     expected, actual = np.asarray(expected), np.asarray(actual)
@@ -153,9 +181,14 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
     scale = float(finite.max()) if finite.size else 0.0
     lower = precision if precision and not exact and precision != expected.dtype.name else None
     a_tol, r_tol = tolerance_for(expected.dtype, scale, atol, rtol, tf32, lower)
+    noise = None if exact else noise
+    from_noise = atol is None and noise is not None and NOISE_FACTOR * noise > a_tol
+    if from_noise:
+        a_tol = NOISE_FACTOR * noise
     result = OutputComparison(name, True, "", shape=list(expected.shape), dtype=str(expected.dtype), precision=lower,
-                              atol=a_tol, rtol=r_tol, scale=scale, elements=int(expected.size))
-    tol_text = f"(atol {a_tol:.1e}, rtol {r_tol:.0e}" + (f"; computed in {lower}" if lower else "") + ")"
+                              atol=a_tol, rtol=r_tol, scale=scale, elements=int(expected.size), noise=noise)
+    tol_text = (f"(atol {a_tol:.1e}" + (f" = {NOISE_FACTOR}x the noise floor" if from_noise else "")
+                + f", rtol {r_tol:.0e}" + (f"; computed in {lower}" if lower else "") + ")")
     if expected.size == 0:
         result.message = f"empty output {tol_text}"
         return result
@@ -187,7 +220,8 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
     worst = np.unravel_index(int(np.argmax(np.where(ok, 0.0, diff + 1.0) if result.mismatches else diff)),
                              diff.shape)
     result.worst_index = [int(i) for i in worst]
-    stats = (f"max abs {result.max_abs:.1e} of values up to {scale:.3g}, max rel {result.max_rel:.1e} "
+    floor = f", noise floor {noise:.1e}" if noise is not None else ""
+    stats = (f"max abs {result.max_abs:.1e} of values up to {scale:.3g}{floor}, max rel {result.max_rel:.1e} "
              f"{tol_text}")
     if result.mismatches:
         result.passed = False
@@ -196,6 +230,41 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
     else:
         result.message = stats
     return result
+
+
+def advice(report: ValidationReport, skippable: bool = True) -> list[str]:
+    """For a failed check: how each failed output's error compares with the runtime's own noise, and
+    what to do.  Options are named as in the API (the command line names its flags)."""
+    failed = [o for o in report.outputs if not o.passed]
+    lines = []
+    for o in failed:
+        if o.max_abs is None or o.noise is None or not np.isfinite(o.max_abs):
+            continue
+        if o.noise == 0:
+            lines.append(f"output '{o.name}': the original gave the same values in both configurations, so the "
+                         f"difference (max abs {o.max_abs:.1e}) is the candidate's, not the runtime's noise")
+            continue
+        ratio = o.max_abs / o.noise
+        times = f"{ratio:.1f}" if ratio < 100 else f"{ratio:,.0f}"
+        verdict = (f"within {FEW_TIMES_NOISE}x of it: likely rounding that these inputs magnify, not a wrong result"
+                   if ratio <= FEW_TIMES_NOISE else f"more than {FEW_TIMES_NOISE}x it: likely a real difference")
+        lines.append(f"output '{o.name}': the error (max abs {o.max_abs:.1e}) is {times}x the runtime's own "
+                     f"noise floor ({o.noise:.1e}), {verdict}")
+    widen = {o.name: float(f"{2 * o.max_abs:.1e}") for o in failed
+             if o.max_abs is not None and np.isfinite(o.max_abs) and o.max_abs > 0
+             and (o.dtype or "").startswith(("float", "bfloat"))}
+    steps = ["run the check on real inputs (InputOptions.data)"]
+    if widen:
+        steps.append(f"allow differences of this size (atol={widen!r})")
+    if skippable:
+        steps.append("skip the check (check=False)")
+    lines.append("what to do: " + "; or ".join(steps))
+    return lines
+
+
+def failure_message(report: ValidationReport, headline: str, skippable: bool = True) -> str:
+    """HEADLINE, the FAILED lines, and advice(): the whole story of a failed check in one message."""
+    return "\n".join([headline, *(o.line() for o in report.outputs if not o.passed), *advice(report, skippable)])
 
 
 def _check_comparable(original_inputs: dict[str, tuple[str, int]], candidate_session) -> None:
@@ -262,6 +331,17 @@ def validate(
     original_inputs = {i.name: (i.type, len(i.shape)) for i in session.get_inputs()}
     expected = [run_session(session, f, "the original") for f in feeds]
     del session
+    noise_config = None
+    noise: dict[str, float | None] = {name: None for name in output_names}
+    if run_config.opt_level in NOISE_LEVEL:
+        noise_config = {"graph_optimization_level": NOISE_LEVEL[run_config.opt_level]}
+        session = create_session(original, replace(run_config, opt_level=noise_config["graph_optimization_level"]))
+        for f, run_expected in zip(feeds, expected):
+            for name, value, other in zip(output_names, run_expected, run_session(session, f, "the original")):
+                floor = noise_floor(value, other)
+                if floor is not None:
+                    noise[name] = max(floor, noise[name] or 0.0)
+        del session
     session = create_session(candidate, run_config)
     _check_comparable(original_inputs, session)
     candidate_names = [o.name for o in session.get_outputs()]
@@ -274,7 +354,7 @@ def validate(
     for run_expected, run_actual in zip(expected, actual):
         for name, value in zip(output_names, run_expected):
             result = compare(name, value, run_actual.get(name), for_output(atol, name), for_output(rtol, name), tf32,
-                             precisions.get(name))
+                             precisions.get(name), noise[name])
             worst[name] = _merge(worst.get(name), result)
     return ValidationReport(run_config.provider_full, runs, [worst[n] for n in output_names], tf32,
-                            run_config.to_dict())
+                            run_config.to_dict(), noise_config)

@@ -43,6 +43,11 @@ CASES = {
     "dtype differs": (base, base.astype(np.float64), {}),
     "missing": (base, None, {}),
     "empty": (np.zeros((0, 3), f32), np.zeros((0, 3), f32), {}),
+    "noise floor sets atol": (base * f32(1e-3), base * f32(1e-3) + f32(2e-7), {"noise": 1e-7}),
+    "noise floor caught": (base * f32(1e-3), base * f32(1e-3) + f32(5e-7), {"noise": 1e-7}),
+    "noise floor below atol": (base, base + f32(1e-6), {"noise": 1e-7}),
+    "noise floor, atol given": (base * f32(1e-3), base * f32(1e-3) + f32(2e-7), {"noise": 1e-7, "atol": 1e-8}),
+    "noise floor, integers": (np.arange(6, dtype=np.int64), np.arange(6, dtype=np.int64), {"noise": 3.0}),
 }
 
 
