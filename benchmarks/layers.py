@@ -79,16 +79,14 @@ def run_layer(layer: zoo.Layer, batch: int, precision: str, args, device, max_gf
     model = layer_model(layer, batch, dtype)
     base_flop = 2 * batch * layer.channels * layer.multiplier * layer.kernel ** layer.rank * int(np.prod(layer.out_size))
     policies, skipped = [], []
-    for label, g in group_sizes_for(layer.channels):
+    for label, g in group_sizes_for(layer.channels):  # each G divides C, so the policy gives exactly G
         if max_gflop is not None and base_flop * g / 1e9 > max_gflop:
             skipped.append(label)
         else:
-            policies.append(f"node:dw={g}")
+            policies.append(label)
     feeds = make_inputs(model, InputOptions(batch=batch))
     factory = networks.onnx_torch_factory(model, feeds, args.torch_device, "torch conv, groups = C (onnx_torch.py)")
     row = networks.measure("layer", model, factory, feeds, batch, precision, policies, args, device)
-    labels = {str(g): ("full" if g == layer.channels else str(g)) for _, g in group_sizes_for(layer.channels)}
-    row["best_by_policy"] = {labels[k]: v for k, v in row["best_by_policy"].items()}
     row.update(layer=dataclasses.asdict(layer), skipped_over_flop_budget=skipped)
     return row
 

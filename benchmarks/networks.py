@@ -126,16 +126,30 @@ def model_dtype(model: onnx.ModelProto) -> str:
 
 
 def _policy_kwargs(policy: str) -> dict:
-    if policy == "auto":
-        return {"group_size": "auto"}
-    if policy.startswith("node:"):  # node:NAME=G (the layer benchmark's exact G)
-        name, _, g = policy[5:].partition("=")
-        return {"node_group_sizes": {name: int(g)}}
-    return {"group_size": policy if policy in ("paper", "full") else int(policy)}
+    return {"group_size": policy if policy in ("auto", "paper", "full") else int(policy)}
 
 
 def _label(policy: str) -> str:
-    return policy.split("=")[-1] if policy.startswith("node:") else policy
+    return policy
+
+
+def _decision(node) -> dict:
+    """What rewrite decided for one node (the fields the report has)."""
+    fields = ("name", "action", "form", "group_size", "reason", "channels", "kernel")
+    out = {f: getattr(node, f, None) for f in fields}
+    out["reason"] = str(out["reason"]) if out["reason"] is not None else None
+    out["node"], out["G"] = out.pop("name"), out.pop("group_size")
+    return out
+
+
+def _tuning(result) -> dict | None:
+    tuning = getattr(result, "tuning", None)
+    if tuning is None:
+        return None
+    try:
+        return tuning.to_dict()
+    except Exception as exc:  # noqa: BLE001 - keep the measurement when the report's shape changes
+        return {"summary": getattr(tuning, "summary", ""), "error": f"{type(exc).__name__}: {exc}"}
 
 
 def measure(name: str, model: onnx.ModelProto, torch_factory, feeds: dict[str, np.ndarray], batch: int,
@@ -167,9 +181,7 @@ def measure(name: str, model: onnx.ModelProto, torch_factory, feeds: dict[str, n
             continue
         decisions[_label(policy)] = {
             "seconds": round(time.perf_counter() - started, 2),
-            "nodes": [{"node": d.name, "action": d.action, "form": d.form, "G": d.group_size, "reason": d.reason,
-                       "channels": d.channels, "kernel": d.kernel} for d in result.report.nodes],
-            "tuning": result.tuning.to_dict() if result.tuning is not None else None}
+            "nodes": [_decision(d) for d in result.report.nodes], "tuning": _tuning(result)}
         layouts = {best_label: tuned_on}
         if baselines.is_cuda(config):  # the same search under the other layout
             other = best_label.replace("nchw", "#").replace("nhwc", "nchw").replace("#", "nhwc")

@@ -227,7 +227,11 @@ def allowances(steps: list[Step], budget: float) -> list[float]:
 
 def torch_missing() -> str:
     """'' if PyTorch imports here, else why not (one line; tried in a child process)."""
-    if importlib.util.find_spec("torch") is None:
+    try:
+        found = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
         return "PyTorch is not installed (No module named 'torch')"
     try:
         run = subprocess.run([PY, "-c", "import torch"], capture_output=True, text=True, timeout=120, env=ENV)
@@ -378,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         if blocker(step):
             record.update(exit="skipped", reason=blocker(step), reason_kind="environment")
             summary["steps"].append(record)
+            write_summary(summary, args.out, args.bundle)
             print(f"{step.name}: skipped ({blocker(step)})", flush=True)
             continue
         left = args.budget - (time.time() - start)

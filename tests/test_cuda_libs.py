@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import sys
@@ -71,9 +72,23 @@ def test_search_roots_are_sys_path_entries_then_torch_once(tmp_path):
     b.mkdir()
     roots = search_roots([str(a), str(tmp_path / "missing"), str(b), str(a), ""])
     assert roots[:2] == [a, b]
-    torch_site = Path(__import__("importlib").util.find_spec("torch").origin).parent.parent
+    try:
+        spec = importlib.util.find_spec("torch")
+    except ImportError:
+        spec = None
+    if spec is None or not spec.origin:  # no torch here: only the given entries
+        assert roots[2:] == []
+        return
+    torch_site = Path(spec.origin).parent.parent
     assert roots[2:] == [torch_site]  # found without importing torch
     assert search_roots([str(torch_site)]) == [torch_site]
+
+
+def test_search_roots_without_torch_are_the_path_entries(tmp_path, monkeypatch):
+    a = tmp_path / "a"
+    a.mkdir()
+    monkeypatch.setattr(cuda_libs.importlib.util, "find_spec", lambda name: None)
+    assert search_roots([str(a)]) == [a]
 
 
 def test_preload_loads_every_library_and_logs_the_folder(tmp_path, caplog):
@@ -100,6 +115,7 @@ def test_a_library_that_does_not_load_is_missing(tmp_path):
 
 
 def test_prepare_names_the_missing_library(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     staged = tmp_path / "site"
     for name in NAMES[:-1]:
         put(staged, "cu13", name)
@@ -114,6 +130,7 @@ def test_prepare_names_the_missing_library(tmp_path, monkeypatch):
 
 
 def test_cpu_builds_need_nothing():
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     ort = runtime.import_ort()
     if cuda_libs.onnxruntime_cuda_major(ort) is not None:
         pytest.skip("onnxruntime-gpu is installed here")
