@@ -549,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.models is not None and not args.models.is_dir():
         parser.error(f"--models {args.models}: not a folder")
+    if args.models is not None and not list(args.models.glob("*.onnx")):
+        parser.error(f"--models {args.models}: no .onnx files there")
     if not (args.family or args.zoo or args.models):
         parser.error("give --family, --zoo and/or --models")
     skipped = []
