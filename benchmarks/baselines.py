@@ -151,7 +151,7 @@ class MemoryProbe:
 # ---------------------------------------------------------------- variants
 
 
-def settle(run: Callable[[], Any], minimum: int, max_calls: int = 40, max_seconds: float = 15.0) -> int:
+def settle(run: Callable[[], Any], minimum: int, max_calls: int = 40, max_seconds: float = 8.0) -> int:
     """Warm-up: MINIMUM + 1 calls, then more until two calls in a row agree within 20% (first calls
     build kernels, plans and caches: PyTorch's CPU path needed a dozen here), at most MAX_CALLS or
     MAX_SECONDS.  Returns the number of calls made."""
