@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
               "not_run": []}
     print(f"device {device.name}: copy {device.copy_gbps:.1f} GB/s, peaks {device.peak_tflops}", flush=True)
     start = time.perf_counter()
-    for precision in args.precision:
-        for batch in args.batch:
+    for batch in args.batch:  # breadth first: every layer at the first batch and precision before the next
+        for precision in args.precision:
             measured: dict[zoo.Layer, dict] = {}
             for name, index, layer in table:
                 if layer in measured:  # networks repeat layers (MobileNet V1 has five alike): time each once

@@ -297,8 +297,6 @@ def family_items(args) -> list[tuple]:
             torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
             device = args.torch_device or "cpu"
             if (name, dtype) not in built:
-                for key in [k for k in built if k[0] != name]:  # one family on the device at a time
-                    del built[key]
                 if name == "replknet_31b":  # ONNX built in code; PyTorch runs that graph (onnx_torch.py)
                     module, source = None, "benchmarks/zoo.py"
                     path = zoo.zoo_path(name, dtype, args.work_dir / "zoo")
@@ -597,15 +595,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device.name}: copy {device.copy_gbps:.1f} GB/s, peaks {device.peak_tflops} ({device.peak_source})",
           flush=True)
     started = time.perf_counter()
-    for item in items:
-        name, load = item[0], item[1]
+    # Breadth first: every network at the first batch and precision before any at the next.
+    for batch in args.batch:
         for precision in args.precision:
             dtype = baselines.precision_dtype(precision)
-            if args.models is not None and len(item) > 2:
-                file_dtype = model_dtype(onnx.load(str(item[2]), load_external_data=False))
-                if file_dtype != dtype:
-                    continue  # a user's file is measured in the dtype it is
-            for batch in args.batch:
+            for item in items:
+                name, load = item[0], item[1]
+                if args.models is not None and len(item) > 2:
+                    file_dtype = model_dtype(onnx.load(str(item[2]), load_external_data=False))
+                    if file_dtype != dtype:
+                        continue  # a user's file is measured in the dtype it is
                 key = f"{name} b{batch} {precision}"
                 if args.max_seconds is not None and time.perf_counter() - started > args.max_seconds:
                     result["not_run"].append(key)
