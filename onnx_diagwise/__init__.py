@@ -1,16 +1,23 @@
 """onnx-diagwise: run depthwise convolutions of ONNX models as block-diagonal grouped
 convolutions (diagonalwise refactorization, Qin et al., arXiv:1803.09926)."""
 
-from .api import TuneOptions, inspect, rewrite, tune
-from .bench import BenchReport, benchmark
-from .errors import CheckFailed, DiagwiseError
-from .files import CheckOptions, FileResult, revert_file, rewrite_file
-from .report import NodeDecision, RewriteReport, RewriteResult
-from .reverter import revert
-from .runtime import InputOptions, RuntimeConfig
-from .validation import ValidationReport, validate
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that the command line starts without loading onnx and numpy.
+_HOMES = {
+    "inspect": "api", "rewrite": "api", "tune": "api", "TuneOptions": "api",
+    "BenchReport": "bench", "benchmark": "bench",
+    "CheckFailed": "errors", "DiagwiseError": "errors",
+    "CheckOptions": "files", "FileResult": "files", "revert_file": "files", "rewrite_file": "files",
+    "NodeDecision": "report", "RewriteReport": "report", "RewriteResult": "report",
+    "revert": "reverter",
+    "InputOptions": "runtime", "RuntimeConfig": "runtime",
+    "ValidationReport": "validation", "validate": "validation",
+}
 
 __all__ = [
     "inspect", "rewrite", "revert", "tune", "TuneOptions", "validate", "benchmark",
@@ -18,3 +25,15 @@ __all__ = [
     "NodeDecision", "RewriteReport", "RewriteResult", "ValidationReport", "BenchReport",
     "RuntimeConfig", "InputOptions", "DiagwiseError", "CheckFailed", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'onnx_diagwise' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -5,68 +5,157 @@ Exit codes: 0 success, 1 a check failed, 2 bad input or usage, 3 internal error.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
 import re
 import sys
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperCommand, TyperGroup
+from typer._click.formatting import HelpFormatter
 
-from . import __version__, api
+from . import __version__
 from .errors import CheckFailed, DiagwiseError, RuntimeMissing, UnsizedDims
-from .model_io import load_model
-from .plan import Selection, parse_group_size
-from .bench import benchmark
-from .plot import plot_bench, plot_tuning, require_matplotlib
-from .render import (bench_table, compare_table, depthwise_time_table, nodes_table, op_type_table, size,
-                     summary_line, tune_table, validation_lines)
-from .files import CheckOptions, FileResult, revert_file, rewrite_file
-from .tuning import TuneCache, clear_cache, default_cache_dir
-from .dims import InputShapes, with_input_shapes
-from .runtime import (InputOptions, RuntimeConfig, load_input_data, parse_dims, parse_input_shapes,
-                      parse_key_values)
-from .validation import validate as validate_models
 
-# Off a terminal (pipes, CI logs) rich would wrap at 80 columns and squeeze the tables.
-_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 200))
-out = Console(highlight=False, width=_WIDTH)
-err = Console(stderr=True, highlight=False, width=_WIDTH)
+# onnx, numpy, onnxruntime and rich are imported by the commands that use them: --version and
+# --help print in a fraction of a second.
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
+
+def _wrap(text: str, width: int, indent: str = "") -> str:
+    """TEXT's paragraphs wrapped at spaces only (click's wrapper breaks words at hyphens and splits
+    words longer than the line); a paragraph after a line holding '\\b' keeps its lines."""
+    paragraphs = []
+    for paragraph in re.split(r"\n\s*\n", text.strip("\n")):
+        if paragraph.startswith("\b"):
+            paragraphs.append("\n".join(indent + line for line in paragraph.splitlines()[1:]))
+        else:
+            paragraphs.append(textwrap.fill(" ".join(paragraph.split()), max(width, 20), initial_indent=indent,
+                                            subsequent_indent=indent, break_long_words=False,
+                                            break_on_hyphens=False))
+    return "\n\n".join(paragraphs)
+
+
+class _HelpFormatter(HelpFormatter):
+    """click's plain help layout (option names whole, descriptions beside or below them) with
+    words never broken."""
+
+    def write_text(self, text: str) -> None:
+        self.write(_wrap(text, self.width, " " * self.current_indent) + "\n")
+
+    def write_dl(self, rows, col_max: int = 30, col_spacing: int = 2) -> None:
+        rows = list(rows)
+        first_col = min(max(len(first) for first, _ in rows), col_max) + col_spacing
+        if self.width - first_col < 40:  # narrow: each description below its option, indented
+            first_col, col_spacing = 6, 7
+        indent = " " * self.current_indent
+        for first, second in rows:
+            self.write(indent + first)
+            if not second:
+                self.write("\n")
+                continue
+            lines = _wrap(second, self.width - first_col - self.current_indent).splitlines()
+            if len(first) <= first_col - col_spacing:
+                self.write(" " * (first_col - len(first)) + lines.pop(0) + "\n")
+            else:
+                self.write("\n")
+            for line in lines:
+                self.write(indent + " " * first_col + line + "\n")
+
+
+class _Context(typer.Context):
+    formatter_class = _HelpFormatter
+
+
+class _Group(TyperGroup):
+    context_class = _Context
+
+
+class _Command(TyperCommand):
+    context_class = _Context
+
+
+# click's plain help, not rich's panels: these cut option names at narrow widths.
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     context_settings=HELP_OPTIONS,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
     help=(
         "Run depthwise convolutions of ONNX models as block-diagonal grouped convolutions "
         "(diagonalwise refactorization, Qin et al., arXiv:1803.09926).\n\n"
-        "[bold]Examples[/bold]\n\n"
-        "  onnx-diagwise inspect model.onnx\n\n"
-        "  onnx-diagwise rewrite model.onnx model.diag.onnx --group-size 32\n\n"
-        "  onnx-diagwise rewrite model.onnx out.onnx --group-size full --exclude 'stem' -v\n\n"
-        "  onnx-diagwise rewrite model.onnx out.onnx --group-size auto --provider cuda --batch 64\n\n"
-        "  onnx-diagwise bench model.onnx out.onnx --provider cuda --profile"
+        "\b\nExamples:\n"
+        "  onnx-diagwise inspect model.onnx\n"
+        "  onnx-diagwise rewrite model.onnx model.diag.onnx -g 32\n"
+        "  onnx-diagwise rewrite model.onnx out.onnx -g full -v\n"
+        "  onnx-diagwise rewrite model.onnx out.onnx -g auto \\\n"
+        "      --provider cuda --batch 64\n"
+        "  onnx-diagwise bench model.onnx out.onnx --profile"
     ),
 )
 
+_consoles: dict[bool, Any] = {}
+
+
+def console(stderr: bool = False):
+    """The rich console for stdout or stderr, made on first use.  Off a terminal (pipes, CI logs) it is
+    COLUMNS wide (200 if unset): rich would otherwise assume 80."""
+    if stderr not in _consoles:
+        from rich.console import Console
+
+        width = None
+        if not (sys.stderr if stderr else sys.stdout).isatty():
+            try:
+                width = int(os.environ.get("COLUMNS") or 200)
+            except ValueError:
+                width = 200
+        _consoles[stderr] = Console(stderr=stderr, highlight=False, width=width)
+    return _consoles[stderr]
+
+
+def show(items, stderr: bool = False) -> None:
+    """Print a render view: tables as rich draws them, lines of text never re-wrapped."""
+    from rich.text import Text
+
+    for item in items:
+        console(stderr).print(item, soft_wrap=isinstance(item, Text))
+
+
+def say(text: str, stderr: bool = False) -> None:
+    """One line of plain text, never re-wrapped (paths stay whole)."""
+    from rich.text import Text
+
+    console(stderr).print(Text(text), soft_wrap=True)
+
+
+def warn(text: str) -> None:
+    from rich.text import Text
+
+    console(True).print(Text("warning: ", style="yellow") + Text(text), soft_wrap=True)
+
+
 GROUP_SIZE_HELP = ("Channels per group G: 'auto' (measure every layer on --provider and rewrite only what makes the "
-                   "model faster; rewrite only), an integer N (largest divisor of C <= N), "
+                   "model faster), an integer N (largest divisor of C <= N), "
                    "'paper' (N=32, the authors' choice) or 'full' (G=C, one dense conv).")
+INSPECT_GROUP_SIZE_HELP = ("Channels per group G: an integer N (largest divisor of C <= N), 'paper' (N=32, the "
+                           "authors' choice) or 'full' (G=C, one dense conv). What 'auto' would do is measured: "
+                           "use tune.")
+# The library's default (api.DEFAULT_WARN_GROWTH), here so that help needs no onnx.
+WARN_GROWTH = 2.0
 
 
 def _version(value: bool) -> None:
     if value:
-        out.print(f"onnx-diagwise {__version__}")
+        typer.echo(f"onnx-diagwise {__version__}")
         raise typer.Exit()
 
 
@@ -117,13 +206,17 @@ class _StderrHandler(logging.Handler):
     """Library log lines on the error console: warnings marked as such, details as they are."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = escape(record.getMessage())
-        err.print(f"[yellow]warning:[/yellow] {text}" if record.levelno >= logging.WARNING else text, soft_wrap=True)
+        if record.levelno >= logging.WARNING:
+            warn(record.getMessage())
+        else:
+            say(record.getMessage(), stderr=True)
 
 
 def _check_flags(group_size: str, include: str | None, exclude: str | None,
                  min_channels: int | None) -> str | int:
     """The library's own checks, before any model is loaded."""
+    from .plan import Selection, parse_group_size
+
     Selection(include, exclude, min_channels)
     return parse_group_size(group_size)
 
@@ -150,68 +243,88 @@ def _check_json_path(path: Path | None) -> None:
 
 JSON_HELP = "Write the report as JSON to PATH ('-' for stdout, which replaces the tables)."
 
-# Options shared by every command that runs models.
+# Options shared by every command that runs models.  Words in help texts stay short: click breaks a
+# word longer than the description column (24 characters at 60 columns).
 Provider = Annotated[str, typer.Option(
-    "--provider", "-p", help="Execution provider: cpu, cuda, tensorrt, ... or a full name (CUDAExecutionProvider).")]
+    "--provider", "-p", metavar="NAME",
+    help="Execution provider: cpu, cuda, tensorrt, ... or a full name such as CUDAExecutionProvider.")]
 ProviderOption = Annotated[list[str], typer.Option(
-    "--provider-option", help="KEY=VALUE passed to the provider, e.g. cudnn_conv_algo_search=EXHAUSTIVE, "
-    "prefer_nhwc=1, use_tf32=0. Repeatable.")]
-Threads = Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads (default: onnxruntime's).")]
-OptLevel = Annotated[str, typer.Option("--opt-level", help="Graph optimization: disable, basic, extended, all.")]
-Batch = Annotated[int, typer.Option("--batch", "-b", help="Value of a leading symbolic (batch) dim.")]
-Dim = Annotated[list[str], typer.Option("--dim", help="NAME=VALUE for a symbolic dim. Repeatable.")]
+    "--provider-option", metavar="KEY=VALUE",
+    help="An option of the provider, e.g. prefer_nhwc=1 or use_tf32=0. Repeatable.")]
+Threads = Annotated[Optional[int], typer.Option(
+    "--threads", metavar="N", help="Intra-op threads (default: onnxruntime's).")]
+OptLevel = Annotated[str, typer.Option(
+    "--opt-level", metavar="LEVEL", help="Graph optimization: disable, basic, extended, all.")]
+Batch = Annotated[int, typer.Option("--batch", "-b", metavar="N", help="Value of a leading symbolic (batch) dim.")]
+Dim = Annotated[list[str], typer.Option(
+    "--dim", metavar="NAME=V", help="The size of a symbolic dim. Repeatable.")]
 InputShape = Annotated[list[str], typer.Option(
-    "--overwrite-input-shape", help="NAME:D1,D2,... fixes one input's shape (onnxsim syntax). Repeatable.")]
+    "--overwrite-input-shape", metavar="NAME:D1,D2,...", help="One input's shape (onnxsim syntax). Repeatable.")]
 InputData = Annotated[list[str], typer.Option(
-    "--input-data", help="NAME:FILE.npy real data for one input. Repeatable.")]
-InputsNpz = Annotated[Optional[Path], typer.Option("--inputs", help="An .npz with real data for the inputs.")]
+    "--input-data", metavar="NAME:FILE.npy", help="Real data for one input. Repeatable.")]
+InputsNpz = Annotated[Optional[Path], typer.Option(
+    "--inputs", metavar="FILE.npz", help="Real data for the inputs, by name.")]
 TOLERANCE_RULE = ("An element passes when |candidate - original| <= atol + rtol * |original|. Defaults scale "
                   "with each output: rtol 1e-5 (float32/64), 1e-3 (float16), 1e-2 (bfloat16), 5e-3 (TF32), "
-                  "and atol = rtol * the output's largest |value|; integers and bools must be equal.")
+                  "and atol = rtol * the output's largest |value|, or 4x the runtime's own noise (how far "
+                  "the original's output moves at another optimization level) when that is larger; "
+                  "integers and bools must be equal. A value given is used as it is.")
 Atol = Annotated[list[str], typer.Option(
-    "--atol", help="Absolute tolerance: V for every output, or NAME=V for one. Repeatable. " + TOLERANCE_RULE)]
+    "--atol", metavar="V|NAME=V",
+    help="Absolute tolerance: V for every output, or NAME=V for one. Repeatable. " + TOLERANCE_RULE)]
 Rtol = Annotated[list[str], typer.Option(
-    "--rtol", help="Relative tolerance: V for every output, or NAME=V for one. Repeatable.")]
+    "--rtol", metavar="V|NAME=V", help="Relative tolerance: V for every output, or NAME=V for one. Repeatable.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings.")]
 Details = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Print details on stderr, e.g. which CUDA libraries were loaded.")]
 AllowTf32 = Annotated[bool, typer.Option("--allow-tf32", help="On CUDA, compare fp32 with TF32 enabled.")]
+JsonPath = Annotated[Optional[Path], typer.Option("--json", metavar="PATH", help=JSON_HELP)]
+Include = Annotated[Optional[str], typer.Option(
+    "--include", metavar="REGEX", help="Only nodes whose name matches this regex.")]
+Exclude = Annotated[Optional[str], typer.Option(
+    "--exclude", metavar="REGEX", help="Skip nodes whose name matches this regex.")]
+MinChannels = Annotated[Optional[int], typer.Option(
+    "--min-channels", metavar="N", help="Skip nodes with fewer channels.")]
 
 
 MinSpeedup = Annotated[float, typer.Option(
-    "--min-speedup", help="auto: a layer is rewritten only if at least this much faster (0.05 = 5%).")]
+    "--min-speedup", metavar="F", help="auto: a layer is rewritten only if at least this much faster (0.05 = 5%).")]
 TimeBudget = Annotated[Optional[float], typer.Option(
-    "--time-budget", help="auto: seconds for tuning; layers not tuned in time stay depthwise.")]
+    "--time-budget", metavar="SECONDS", help="auto: seconds for tuning; layers not tuned in time stay depthwise.")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="auto: measure again, ignore the tuning cache.")]
 CacheDir = Annotated[Optional[Path], typer.Option(
-    "--cache-dir", help="auto: tuning cache directory (default ~/.cache/onnx-diagwise).")]
+    "--cache-dir", metavar="DIR", help="auto: the tuning cache; default: ~/.cache/onnx-diagwise")]
 
 
-def _tune_options(config: RuntimeConfig, inputs: InputOptions, min_speedup: float, time_budget: float | None,
-                  no_cache: bool, cache_dir: Path | None, progress) -> api.TuneOptions:
-    return api.TuneOptions(config, inputs, min_speedup, time_budget, cache_dir, not no_cache, None, progress)
+def _tune_options(config, inputs, min_speedup: float, time_budget: float | None, no_cache: bool,
+                  cache_dir: Path | None, progress):
+    from .api import TuneOptions
+
+    return TuneOptions(config, inputs, min_speedup, time_budget, cache_dir, not no_cache, None, progress)
 
 
 @contextmanager
 def _working(text: str, quiet: bool = False):
     """A spinner on stderr while something that can take a while runs, only on a terminal; yields
     a function that changes its text."""
-    if quiet or not err.is_terminal:
+    if quiet or not console(True).is_terminal:
         yield lambda new_text: None
         return
-    with err.status(text) as status:
+    with console(True).status(text) as status:
         yield lambda new_text: status.update(new_text)
 
 
 @contextmanager
 def _progress_bar(quiet: bool):
-    """A rich progress bar for tuning (layers done / total, current layer, elapsed)."""
-    if quiet:
+    """A rich progress bar for tuning (layers done / total, current layer, elapsed), on a terminal only."""
+    if quiet or not console(True).is_terminal:
         yield None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
+    with Progress(*columns, console=console(True), transient=True) as bar:
         task = bar.add_task("", total=None)
 
         def update(done: int, total: int, current: str) -> None:
@@ -220,34 +333,39 @@ def _progress_bar(quiet: bool):
         yield update
 
 
-def _runtime(provider: str, provider_option: list[str], threads: int | None, opt_level: str) -> RuntimeConfig:
+def _runtime(provider: str, provider_option: list[str], threads: int | None, opt_level: str):
+    from .runtime import RuntimeConfig, parse_key_values
+
     config = RuntimeConfig(provider, parse_key_values(provider_option, "--provider-option"), threads, opt_level)
     config.provider_full  # noqa: B018 - fails early on an unknown provider
     return config
 
 
-def _inputs(batch: int, dim: list[str], shape: list[str], data: list[str], npz: Path | None) -> InputOptions:
+def _inputs(batch: int, dim: list[str], shape: list[str], data: list[str], npz: Path | None):
+    from .runtime import InputOptions, load_input_data, parse_dims, parse_input_shapes
+
     if npz is not None and not npz.is_file():
         raise DiagwiseError(f"--inputs '{npz}' does not exist")
     return InputOptions(batch, parse_dims(dim), parse_input_shapes(shape),
                         load_input_data(data, str(npz) if npz else None))
 
 
-@app.command()
+@app.command(cls=_Command)
 def inspect(
-    model: Path = typer.Argument(..., help="ONNX model to inspect."),
-    group_size: str = typer.Option("paper", "--group-size", "-g", help=GROUP_SIZE_HELP),
-    include: Optional[str] = typer.Option(None, help="Only nodes whose name matches this regex."),
-    exclude: Optional[str] = typer.Option(None, help="Skip nodes whose name matches this regex."),
-    min_channels: Optional[int] = typer.Option(None, help="Skip nodes with fewer channels."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model to inspect."),
+    group_size: str = typer.Option("paper", "--group-size", "-g", metavar="N|paper|full",
+                                   help=INSPECT_GROUP_SIZE_HELP),
+    include: Include = None,
+    exclude: Exclude = None,
+    min_channels: MinChannels = None,
     batch: Batch = 1,
     dim: Dim = [],
     overwrite_input_shape: InputShape = [],
-    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    json_path: JsonPath = None,
     verbose: Details = False,
     quiet: Quiet = False,
 ) -> None:
-    """List every depthwise / grouped Conv and what [bold]rewrite[/bold] would do with it.
+    """List every depthwise / grouped Conv and what rewrite would do with it.
 
     FLOPs need the inputs' sizes: symbolic dims are sized as for the check (onnxruntime tries
     sizes when it is installed); dims that cannot be sized leave the FLOPs unknown.
@@ -258,6 +376,11 @@ def inspect(
     _log_details(verbose)
     _check_json_path(json_path)
     input_options = _inputs(batch, dim, overwrite_input_shape, [], None)
+    from . import api
+    from .dims import with_input_shapes
+    from .model_io import load_model
+    from .render import nodes_table, summary_line
+
     loaded = load_model(model)
     try:
         _, sized = with_input_shapes(loaded.model, input_options)
@@ -270,8 +393,8 @@ def inspect(
                             **report.to_dict()})
     if str(json_path) != "-" and not quiet:
         if report.nodes:
-            out.print(nodes_table(report, f"{model}: depthwise and grouped Conv nodes"))
-        out.print(summary_line(report))
+            show(nodes_table(report, f"{model}: depthwise and grouped Conv nodes", console().width))
+        show(_lines(summary_line(report)))
 
 
 # Options of the commands that write a model (rewrite, revert).
@@ -282,55 +405,68 @@ Verbose = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Also print the per-node table, and which CUDA libraries were loaded.")]
 Check = Annotated[bool, typer.Option("--check/--no-check",
                                      help="Validate the result against the original before writing it.")]
-CheckN = Annotated[int, typer.Option("--check-n", help="Input sets for the check.")]
+CheckN = Annotated[int, typer.Option("--check-n", metavar="N", help="Input sets for the check.")]
 
 
-def _sized_inputs(model, input_options: InputOptions, config: RuntimeConfig | None,
-                  escape: str | None = None) -> tuple[InputOptions, InputShapes]:
+def _lines(text: str) -> list:
+    """TEXT wrapped at spaces to the console's width."""
+    from .render import wrapped
+
+    return wrapped(text, console().width)
+
+
+def _sized_inputs(model, input_options, config, escape: str | None = None):
     """Size the inputs' symbolic dims once, before any work (the rule: onnx_diagwise.dims; -v prints it)."""
+    from .dims import with_input_shapes
+
     try:
         return with_input_shapes(model, input_options, config)
     except DiagwiseError as exc:
         raise DiagwiseError(f"{exc} ({escape})" if escape else str(exc)) from None
 
 
-def _print_written(written: FileResult, source: Path, json_path: Path | None, verbose: bool, quiet: bool) -> None:
+def _print_written(written, source: Path, json_path: Path | None, verbose: bool, quiet: bool) -> None:
+    from .render import compare_table, nodes_table, size, summary_line, tune_table
+
     report, tuning = written.report, written.result.tuning
     _write_json(json_path, written.to_dict(source))
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+        warn(warning)
     if quiet or str(json_path) == "-":
         return
+    width = console().width
     if tuning is not None:
-        out.print(tune_table(tuning))
-        out.print(tuning.summary)
+        show(tune_table(tuning, width))
+        show(_lines(tuning.summary))
     if verbose and report.nodes:
-        out.print(nodes_table(report, "Depthwise and grouped convolutions"))
-    out.print(compare_table(report.before, report.after, written.file_bytes_before, written.file_bytes_after,
-                            report.elapsed_s,
-                            title=f"onnx-diagwise {'revert' if report.policy == 'revert' else 'rewrite'}"))
-    out.print(summary_line(report))
+        show(nodes_table(report, "Depthwise and grouped convolutions", width))
+    show([compare_table(report.before, report.after, written.file_bytes_before, written.file_bytes_after,
+                        report.elapsed_s,
+                        title=f"onnx-diagwise {'revert' if report.policy == 'revert' else 'rewrite'}")])
+    show(_lines(summary_line(report)))
     if written.validation is not None:
-        out.print(f"check: {written.validation.summary()}")
+        show(_lines(f"check: {written.validation.summary()}"))
     data_note = f" (+ weights in {written.data_path})" if written.data_path else ""
-    out.print(f"saved {written.output}{data_note}, {size(written.file_bytes_after)}")
+    show(_lines(f"saved {written.output}{data_note}, {size(written.file_bytes_after)}"))
 
 
-@app.command()
+@app.command(cls=_Command)
 def rewrite(
-    input: Path = typer.Argument(..., help="ONNX model to rewrite (never modified)."),
-    output: Path = typer.Argument(..., help="Where to write the rewritten model."),
-    group_size: str = typer.Option("paper", "--group-size", "-g", help=GROUP_SIZE_HELP),
-    include: Optional[str] = typer.Option(None, help="Only rewrite nodes whose name matches this regex."),
-    exclude: Optional[str] = typer.Option(None, help="Never rewrite nodes whose name matches this regex."),
-    min_channels: Optional[int] = typer.Option(None, help="Leave nodes with fewer channels depthwise."),
+    input: Path = typer.Argument(..., metavar="INPUT", help="ONNX model to rewrite (never modified)."),
+    output: Path = typer.Argument(..., metavar="OUTPUT", help="Where to write the rewritten model."),
+    group_size: str = typer.Option("paper", "--group-size", "-g", metavar="N|paper|full|auto", help=GROUP_SIZE_HELP),
+    include: Optional[str] = typer.Option(None, metavar="REGEX",
+                                          help="Only rewrite nodes whose name matches this regex."),
+    exclude: Optional[str] = typer.Option(None, metavar="REGEX",
+                                          help="Never rewrite nodes whose name matches this regex."),
+    min_channels: Optional[int] = typer.Option(None, metavar="N", help="Leave nodes with fewer channels depthwise."),
     node_group_size: list[str] = typer.Option(
-        [], "--node-group-size", help="NAME=G: exact G for one node (must divide its C). Repeatable."),
+        [], "--node-group-size", metavar="NAME=G", help="Exact G for one node (must divide its C). Repeatable."),
     skip_dynamic: bool = typer.Option(False, "--skip-dynamic",
                                       help="Leave nodes whose weight is a graph input or computed alone."),
     external_data: ExternalData = None,
-    warn_growth: float = typer.Option(api.DEFAULT_WARN_GROWTH, help="Warn when weights grow more than this factor."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    warn_growth: float = typer.Option(WARN_GROWTH, metavar="X", help="Warn when weights grow more than this factor."),
+    json_path: JsonPath = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
     check: Check = True,
@@ -358,10 +494,13 @@ def rewrite(
     whole model faster; it never writes a model it measured slower than the original.
 
     The result is run against the original on --provider (CPU by default) and written only if
-    every output matches; --no-check skips that.
+    every output matches, each judged against the runtime's own noise as well as the tolerance;
+    --no-check skips that.
 
     Example: onnx-diagwise rewrite model.onnx model.diag.onnx --group-size 32 -v
     """
+    from .files import CheckOptions, rewrite_file
+
     policy = _check_flags(group_size, include, exclude, min_channels)
     _log_details(verbose)
     atol, rtol = _tolerance(atol, "--atol"), _tolerance(rtol, "--rtol")
@@ -379,12 +518,12 @@ def rewrite(
     _print_written(written, input, json_path, verbose, quiet)
 
 
-@app.command("revert")
+@app.command("revert", cls=_Command)
 def revert_command(
-    input: Path = typer.Argument(..., help="ONNX model to revert (never modified)."),
-    output: Path = typer.Argument(..., help="Where to write the reverted model."),
+    input: Path = typer.Argument(..., metavar="INPUT", help="ONNX model to revert (never modified)."),
+    output: Path = typer.Argument(..., metavar="OUTPUT", help="Where to write the reverted model."),
     external_data: ExternalData = None,
-    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    json_path: JsonPath = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
     check: Check = True,
@@ -407,6 +546,8 @@ def revert_command(
 
     Example: onnx-diagwise revert model.diag.onnx model.onnx
     """
+    from .files import CheckOptions, revert_file
+
     _check_json_path(json_path)
     _log_details(verbose)
     atol, rtol = _tolerance(atol, "--atol"), _tolerance(rtol, "--rtol")
@@ -418,16 +559,17 @@ def revert_command(
     _print_written(written, input, json_path, verbose, quiet)
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(
-    original: Path = typer.Argument(..., help="The reference model."),
-    candidate: Path = typer.Argument(..., help="The model to check against it (e.g. a rewritten one)."),
+    original: Path = typer.Argument(..., metavar="ORIGINAL", help="The reference model."),
+    candidate: Path = typer.Argument(..., metavar="CANDIDATE",
+                                     help="The model to check against it (e.g. a rewritten one)."),
     provider: Provider = "cpu",
     provider_option: ProviderOption = [],
     threads: Threads = None,
     opt_level: OptLevel = "all",
-    check_n: int = typer.Option(3, "--check-n", help="Random input sets (seeds --seed, --seed+1, ...)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the first random input set."),
+    check_n: int = typer.Option(3, "--check-n", metavar="N", help="Random input sets (seeds --seed, --seed+1, ...)."),
+    seed: int = typer.Option(0, "--seed", metavar="S", help="Seed of the first random input set."),
     atol: Atol = [],
     rtol: Rtol = [],
     allow_tf32: AllowTf32 = False,
@@ -438,12 +580,19 @@ def validate(
     inputs: InputsNpz = None,
     verbose: Details = False,
     quiet: Quiet = False,
-    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    json_path: JsonPath = None,
 ) -> None:
     """Run two models on the same inputs and compare every output (exit 1 if any differs).
 
+    Each output is judged against the tolerance and against the runtime's own noise: how far the
+    original's outputs move when it runs again at another graph optimization level.
+
     Example: onnx-diagwise validate model.onnx model.diag.onnx --provider cuda --check-n 5
     """
+    from .model_io import load_model
+    from .render import validation_lines
+    from .validation import advice, validate as validate_models
+
     _log_details(verbose)
     atol, rtol = _tolerance(atol, "--atol"), _tolerance(rtol, "--rtol")
     config = _runtime(provider, provider_option, threads, opt_level)
@@ -457,16 +606,19 @@ def validate(
     _write_json(json_path, {"original": str(original), "candidate": str(candidate),
                             "input_shapes": sized.to_dict(), **report.to_dict()})
     if str(json_path) != "-" and not quiet:
-        for line in validation_lines(report):
-            out.print(line, soft_wrap=True)
-        out.print(report.summary())
+        show(validation_lines(report))
+        say(report.summary())
+        if not report.passed:
+            for line in advice(report, skippable=False):
+                say(as_flags(line))
     if not report.passed:
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def bench(
-    models: list[Path] = typer.Argument(..., help="Models to time; ratios are relative to the first."),
+    models: list[Path] = typer.Argument(..., metavar="MODEL...",
+                                        help="Models to time; ratios are relative to the first."),
     provider: Provider = "cpu",
     provider_option: ProviderOption = [],
     threads: Threads = None,
@@ -476,21 +628,29 @@ def bench(
     overwrite_input_shape: InputShape = [],
     input_data: InputData = [],
     inputs: InputsNpz = None,
-    warmup: int = typer.Option(10, "--warmup", help="Untimed runs per model first."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="Timed rounds (default 50)."),
-    seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget for the timed rounds instead."),
+    warmup: int = typer.Option(10, "--warmup", metavar="N", help="Untimed runs per model first."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", metavar="N",
+                                             help="Timed rounds (default 50)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", metavar="S",
+                                            help="Time budget for the timed rounds instead."),
     iobinding: Optional[bool] = typer.Option(None, "--iobinding/--no-iobinding",
                                              help="Keep inputs/outputs on the device (default: on for GPUs)."),
     profile: bool = typer.Option(False, "--profile", help="Per-node times from onnxruntime's profiler."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the comparison as a PNG (needs matplotlib)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="PNG",
+                                        help="Draw the comparison as a PNG (needs matplotlib)."),
     verbose: Details = False,
     quiet: Quiet = False,
-    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    json_path: JsonPath = None,
 ) -> None:
     """Time models side by side in one process, interleaved, on identical inputs.
 
     Example: onnx-diagwise bench model.onnx model.diag.onnx --provider cuda --batch 64 --profile
     """
+    from .bench import benchmark
+    from .model_io import load_model
+    from .plot import plot_bench, require_matplotlib
+    from .render import bench_table, depthwise_time_table, op_type_table
+
     _log_details(verbose)
     config = _runtime(provider, provider_option, threads, opt_level)
     input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
@@ -509,18 +669,19 @@ def bench(
         plot_bench(report, plot)
     if str(json_path) == "-" or quiet:
         return
-    out.print(bench_table(report))
+    width = console().width
+    show(bench_table(report, width))
     if profile:
-        out.print(op_type_table(report))
+        show(op_type_table(report, width))
         if report.depthwise_nodes():
-            out.print(depthwise_time_table(report))
+            show(depthwise_time_table(report, width))
     if plot is not None:
-        out.print(f"plot saved to {plot}")
+        say(f"plot saved to {plot}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def tune(
-    model: Path = typer.Argument(..., help="ONNX model to tune (not modified)."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model to tune (not modified)."),
     provider: Provider = "cpu",
     provider_option: ProviderOption = [],
     threads: Threads = None,
@@ -530,22 +691,27 @@ def tune(
     overwrite_input_shape: InputShape = [],
     input_data: InputData = [],
     inputs: InputsNpz = None,
-    include: Optional[str] = typer.Option(None, help="Only nodes whose name matches this regex."),
-    exclude: Optional[str] = typer.Option(None, help="Skip nodes whose name matches this regex."),
-    min_channels: Optional[int] = typer.Option(None, help="Skip nodes with fewer channels."),
+    include: Include = None,
+    exclude: Exclude = None,
+    min_channels: MinChannels = None,
     min_speedup: MinSpeedup = 0.05,
     time_budget: TimeBudget = None,
     no_cache: NoCache = False,
     cache_dir: CacheDir = None,
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Per-layer speedup of every G as a PNG."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="PNG", help="Per-layer speedup of every G as a PNG."),
     verbose: Details = False,
     quiet: Quiet = False,
-    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    json_path: JsonPath = None,
 ) -> None:
     """Time every depthwise layer as it is and rewritten with each G; report what 'auto' would do.
 
     Example: onnx-diagwise tune model.onnx --provider cuda --batch 64
     """
+    from . import api
+    from .model_io import load_model
+    from .plot import plot_tuning, require_matplotlib
+    from .render import tune_table
+
     _check_flags("auto", include, exclude, min_channels)
     _log_details(verbose)
     config = _runtime(provider, provider_option, threads, opt_level)
@@ -562,27 +728,35 @@ def tune(
     if plot is not None:
         plot_tuning(report, plot)
     if str(json_path) != "-" and not quiet:
-        out.print(tune_table(report))
-        out.print(report.summary)
+        show(tune_table(report, console().width))
+        show(_lines(report.summary))
 
 
-cache_app = typer.Typer(help="The tuning cache of --group-size auto.", no_args_is_help=True,
-                        context_settings=HELP_OPTIONS)
+cache_app = typer.Typer(cls=_Group, help="The tuning cache of --group-size auto.", no_args_is_help=True,
+                        context_settings=HELP_OPTIONS, rich_markup_mode=None)
 app.add_typer(cache_app, name="cache")
 
 
-@cache_app.command("clear")
-def cache_clear(cache_dir: CacheDir = None) -> None:
+@cache_app.command("clear", cls=_Command)
+def cache_clear(cache_dir: CacheDir = None, verbose: Details = False, quiet: Quiet = False) -> None:
     """Delete the cached layer timings."""
+    from .tuning import clear_cache
+
+    _log_details(verbose)
     removed = clear_cache(cache_dir)
-    out.print(f"removed {removed}" if removed else "the tuning cache was already empty")
+    if not quiet:
+        say(f"removed {removed}" if removed else "the tuning cache was already empty")
 
 
-@cache_app.command("info")
-def cache_info(cache_dir: CacheDir = None) -> None:
+@cache_app.command("info", cls=_Command)
+def cache_info(cache_dir: CacheDir = None, verbose: Details = False, quiet: Quiet = False) -> None:
     """Where the cache is and how many layer timings it holds."""
+    from .tuning import TuneCache, default_cache_dir
+
+    _log_details(verbose)
     cache = TuneCache(cache_dir or default_cache_dir())
-    out.print(f"{cache.path}: {len(cache.entries)} layer timing(s)")
+    if not quiet:
+        say(f"{cache.path}: {len(cache.entries)} layer timing(s)")
 
 
 # Library errors name parameters; on the command line they are these flags.
@@ -593,13 +767,22 @@ PARAMETER_FLAGS = {"warn_growth": "--warn-growth", "warmup": "--warmup", "iterat
                    "rtol": "--rtol", "group_size": "--group-size", "include": "--include", "exclude": "--exclude",
                    "node_group_sizes": "--node-group-size", "InputOptions.shapes": "--overwrite-input-shape",
                    "InputOptions.dims": "--dim"}
-_PARAMETER = re.compile(r"\b(" + "|".join(map(re.escape, PARAMETER_FLAGS)) + r")\b"
+# A name already spelled as a flag (--atol) is left alone.
+_PARAMETER = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, PARAMETER_FLAGS)) + r")\b"
                         r"(?= must| names|, not| or | '| [^ ]+=| without| [^ ]+:)")
+_ATOL_MAP = re.compile(r"\batol=(\{[^}]*\})")  # a failed check's suggestion, atol={'y': 1e-06}
+
+
+def _atol_flags(match: re.Match) -> str:
+    return " ".join(f"--atol {name}={value}" for name, value in ast.literal_eval(match.group(1)).items())
 
 
 def as_flags(message: str) -> str:
     """A library message with its parameter names spelled as this command line's flags."""
-    return _PARAMETER.sub(lambda m: PARAMETER_FLAGS[m.group(1)], message).replace("check=False", "--no-check")
+    message = _PARAMETER.sub(lambda m: PARAMETER_FLAGS[m.group(1)], message)
+    message = _ATOL_MAP.sub(_atol_flags, message)
+    return (message.replace("check=False", "--no-check")
+            .replace("InputOptions.data", "--input-data NAME:FILE.npy or --inputs FILE.npz"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -608,13 +791,10 @@ def main(argv: list[str] | None = None) -> int:
         result = app(args=argv, prog_name="onnx-diagwise", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except DiagwiseError as exc:
-        err.print(f"[red]error:[/red] {escape(as_flags(str(exc)))}", soft_wrap=True)
+        _error("error", as_flags(str(exc)))
         return 2
-    except CheckFailed as exc:
-        if exc.validation is not None:
-            for line in validation_lines(exc.validation):
-                err.print(line, soft_wrap=True)
-        err.print(f"[red]check failed:[/red] {escape(str(exc))}", soft_wrap=True)
+    except CheckFailed as exc:  # its message: what failed, the FAILED lines, what to do
+        _error("check failed", as_flags(str(exc)))
         return 1
     except typer.Exit as exc:
         return exc.exit_code
@@ -623,21 +803,32 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         ctx = getattr(exc, "ctx", None)
         command = ctx.command_path if ctx is not None else "onnx-diagwise"
-        err.print(f"[red]error:[/red] {exc.format_message()} (see '{command} --help')", soft_wrap=True)
+        _error("error", f"{exc.format_message()} (see '{command} --help')")
         return 2
     except typer.Abort:
-        err.print("aborted")
+        say("aborted", stderr=True)
         return 130
     except KeyboardInterrupt:
-        err.print("interrupted")
+        say("interrupted", stderr=True)
         return 130
     except MemoryError:
-        err.print("[red]error:[/red] out of memory")
+        _error("error", "out of memory")
         return 2
     except Exception as exc:  # a bug: still one line, with a way to get the traceback
         if os.environ.get("ONNX_DIAGWISE_DEBUG"):
             raise
-        err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
-                  "(set ONNX_DIAGWISE_DEBUG=1 for a traceback)", soft_wrap=True)
+        _error("internal error", f"{type(exc).__name__}: {exc} (set ONNX_DIAGWISE_DEBUG=1 for a traceback)")
         return 3
+
+
+def _error(label: str, message: str) -> None:
+    """LABEL: MESSAGE in red on stderr; a FAILED line of a failed check marked as validate marks it."""
+    from rich.text import Text
+
+    first, *rest = message.splitlines() or [""]
+    console(True).print(Text(f"{label}:", style="red") + Text(f" {first}"), soft_wrap=True)
+    for line in rest:
+        status, sep, tail = line.partition(" | ")
+        text = Text(status, style="red") + Text(sep + tail) if status == "FAILED" and sep else Text(line)
+        console(True).print(text, soft_wrap=True)
 

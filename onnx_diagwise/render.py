@@ -1,10 +1,26 @@
-"""Rich tables for people; the CLI prints these, the API returns the data behind them."""
+"""Tables for people; the CLI prints these, the API returns the data behind them.
+
+Every view is a list of things to print: a bordered table when it fits the width whole, and
+otherwise plain aligned columns, one line per row, that leave out the least useful columns until
+the line fits.  Nothing is ever broken inside a word or a name: text wraps at spaces only, and a
+name longer than the width runs past it (the terminal wraps it, whole).
+"""
 
 from __future__ import annotations
 
+import textwrap
+from typing import Iterable, Sequence
+
+from rich.console import Console, RenderableType
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from .report import ModelStats, RewriteReport, human_bytes as size
+
+Cell = str | Text
+Row = dict[str, Cell]
+GAP = "  "  # between plain columns
 
 
 def count(n: int | None) -> str:
@@ -20,20 +36,92 @@ def _dims(values: list[int] | None) -> str:
     return "x".join(map(str, values)) if values else "-"
 
 
-def nodes_table(report: RewriteReport, title: str) -> Table:
-    table = Table(title=title, title_justify="left", show_lines=False)
-    for column in ("node", "form", "C", "M", "kernel", "stride", "dilation", "dtype", "weight", "G", "action",
-                   "reason"):
-        table.add_column(column, overflow="fold", justify="right" if column in ("C", "M", "G") else "left")
+def wrapped(text: str, width: int | None, indent: str = "", style: str = "") -> list[Text]:
+    """TEXT wrapped at spaces to WIDTH, one Text per line; a word longer than the width keeps its own line."""
+    if width is None:
+        return [Text(indent + text, style=style)]
+    lines = textwrap.wrap(text, max(width, 20), initial_indent=indent, subsequent_indent=indent,
+                          break_long_words=False, break_on_hyphens=False)
+    return [Text(line, style=style) for line in lines or [""]]
+
+
+def _natural_width(table: Table) -> int:
+    console = Console(width=10**6)
+    return Measurement.get(console, console.options, table).maximum
+
+
+def _text(cell: Cell) -> Text:
+    return cell if isinstance(cell, Text) else Text(cell)
+
+
+def grid(title: str | None, headers: Sequence[str], rows: Sequence[Row], width: int | None, *,
+         right: Iterable[str] = (), plain: Sequence[str] | None = None, labels: dict[str, str] | None = None,
+         drop: Sequence[str] = (), notes: Sequence[str] = (), caption: str | None = None) -> list[RenderableType]:
+    """ROWS ({key: cell}) as a bordered table of HEADERS if it fits WIDTH; otherwise plain columns
+    PLAIN (keys, default HEADERS, in that order; headed by LABELS or the key), leaving out the
+    columns of DROP, in order, until a line fits, with NOTES (wrapped) below."""
+    right = set(right)
+    table = Table(title_justify="left")
+    for header in headers:
+        table.add_column(header, justify="right" if header in right else "left")
+    for row in rows:
+        table.add_row(*(_text(row.get(h, "")) for h in headers))
+    head = wrapped(title, width, style="italic") if title else []
+    tail = wrapped(caption, width) if caption else []
+    if width is None or _natural_width(table) <= width:
+        return [*head, table, *tail]
+    columns, labels = list(plain or headers), {c: (labels or {}).get(c, c) for c in (plain or headers)}
+    cells = [{c: _text(row.get(c, "")) for c in columns} for row in rows]
+    widths = {c: max([len(labels[c]), *(len(r[c]) for r in cells)]) for c in columns}
+    for column in drop:
+        if sum(widths[c] for c in columns) + len(GAP) * (len(columns) - 1) <= width:
+            break
+        if column in columns:
+            columns.remove(column)
+    header = GAP.join(labels[c].rjust(widths[c]) if c in right else labels[c].ljust(widths[c]) for c in columns)
+    lines = [Text(header.rstrip(), style="bold")]
+    for row in cells:
+        line = Text()
+        for i, c in enumerate(columns):
+            cell, pad = row[c], " " * (widths[c] - len(row[c]))
+            last = i == len(columns) - 1
+            line.append_text(Text(pad) + cell if c in right else cell + Text("" if last else pad))
+            if not last:
+                line.append(GAP)
+        lines.append(line)
+    return [*head, *lines, *(line for note in notes for line in wrapped(note, width)), *tail]
+
+
+def _action(n) -> str:
+    """What the summary line calls it too: a block-diagonal layer left alone is 'already block-diagonal'."""
+    return "already block-diagonal" if n.action == "skipped" and n.block_diagonal else n.action
+
+
+NODE_HEADERS = ("node", "form", "C", "M", "kernel", "stride", "dilation", "dtype", "weight", "G", "action", "reason")
+
+
+def nodes_table(report: RewriteReport, title: str, width: int | None = None) -> list[RenderableType]:
+    """Every grouped Conv with its decision.  At narrow widths one line per node, the name last,
+    and the reason of each node left alone as a numbered note below (a rewritten node's reason is
+    its G, shown)."""
+    reasons: dict[str, int] = {}
+    rows = []
     for n in report.nodes:
         style = "green" if n.action in ("rewrite", "rewritten", "reverted") else "yellow"
-        node = n.name if n.graph == "main" else f"{n.name}\n[dim]{n.graph}[/dim]"
-        table.add_row(
-            node, n.form or "-", str(n.channels or "-"), str(n.multiplier or "-"), _dims(n.kernel), _dims(n.strides),
-            _dims(n.dilations), n.dtype or "-", n.weight_source or "-", str(n.group_size or "-"),
-            f"[{style}]{n.action}[/{style}]", n.reason,
-        )
-    return table
+        action = _action(n)
+        row: Row = {"node": n.name if n.graph == "main" else f"{n.name} ({n.graph})", "form": n.form or "-",
+                    "C": str(n.channels or "-"), "M": str(n.multiplier or "-"), "kernel": _dims(n.kernel),
+                    "stride": _dims(n.strides), "dilation": _dims(n.dilations), "dtype": n.dtype or "-",
+                    "weight": n.weight_source or "-", "G": str(n.group_size or "-"),
+                    "action": Text(action, style=style), "reason": n.reason}
+        row["why"] = Text(action, style=style)
+        if style == "yellow" and n.reason:
+            row["why"].append(f" [{reasons.setdefault(n.reason, len(reasons) + 1)}]")
+        rows.append(row)
+    plain = ["C", "M", "kernel", "stride", "dilation", "form", "dtype", "weight", "G", "why", "node"]
+    notes = [f"[{number}] {reason}" for reason, number in reasons.items()]
+    return grid(title, NODE_HEADERS, rows, width, right=("C", "M", "G"), plain=plain, labels={"why": "action"},
+                drop=("weight", "dilation", "stride", "dtype", "form", "M", "kernel"), notes=notes)
 
 
 def summary_line(report: RewriteReport) -> str:
@@ -60,7 +148,7 @@ def _row(table: Table, label: str, before: str, after: str, changed: bool) -> No
 
 def compare_table(before: ModelStats, after: ModelStats, file_before: int | None,
                   file_after: int | None, elapsed: float | None, title: str = "onnx-diagwise rewrite") -> Table:
-    """onnxsim-style before/after table."""
+    """onnxsim-style before/after table (three short columns: it fits 60 columns)."""
     table = Table(title=title, title_justify="left")
     table.add_column("")
     table.add_column("Original model", justify="right")
@@ -85,75 +173,96 @@ def compare_table(before: ModelStats, after: ModelStats, file_before: int | None
     return table
 
 
-def validation_lines(report) -> list[str]:
+def validation_lines(report) -> list[Text]:
     """One coloured Polygraphy-style line per output."""
     lines = []
     for o in report.outputs:
-        colour = "green" if o.passed else "red"
-        status = "PASSED" if o.passed else "FAILED"
-        lines.append(f"[{colour}]{status}[/{colour}] | output '{o.name}' | {o.message}")
+        status = Text("PASSED" if o.passed else "FAILED", style="green" if o.passed else "red")
+        lines.append(status + Text(f" | output '{o.name}' | {o.message}"))
     return lines
 
 
-def bench_table(report) -> Table:
+BENCH_HEADERS = ("model", "median ms", "p10 ms", "p90 ms", "mean ms", "samples/s", "speedup", "95% interval")
+
+
+def bench_table(report, width: int | None = None) -> list[RenderableType]:
     env = report.environment
     title = (f"{env['provider']} on {env['device']}, batch {report.batch}, {env['rounds']} interleaved rounds "
              f"after {env['warmup']} warm-up, iobinding {'on' if env['iobinding'] else 'off'}")
-    table = Table(title=title, title_justify="left")
-    for column in ("model", "median ms", "p10 ms", "p90 ms", "mean ms", "samples/s", "speedup", "95% interval"):
-        table.add_column(column, justify="left" if column == "model" else "right", overflow="fold")
+    rows = []
     for m in report.models:
         low, high = m.speedup_ci95 or (m.speedup, m.speedup)
         # Coloured only when the interval excludes 1: otherwise the difference is noise.
-        colour = "green" if low > 1 else "red" if high < 1 else "white"
-        interval = f"{low:.2f}-{high:.2f}" if m.speedup_ci95 else "-"
-        table.add_row(m.name, f"{m.median_ms:.3f}", f"{m.p10_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.mean_ms:.3f}",
-                      f"{m.throughput:.1f}", f"[{colour}]{m.speedup:.2f}x[/{colour}]", interval)
-    return table
+        colour = "green" if low > 1 else "red" if high < 1 else ""
+        rows.append({"model": m.name, "median ms": f"{m.median_ms:.3f}", "p10 ms": f"{m.p10_ms:.3f}",
+                     "p90 ms": f"{m.p90_ms:.3f}", "mean ms": f"{m.mean_ms:.3f}", "samples/s": f"{m.throughput:.1f}",
+                     "speedup": Text(f"{m.speedup:.2f}x", style=colour),
+                     "95% interval": f"{low:.2f}-{high:.2f}" if m.speedup_ci95 else "-"})
+    plain = [*BENCH_HEADERS[1:], "model"]
+    return grid(title, BENCH_HEADERS, rows, width, right=BENCH_HEADERS[1:], plain=plain,
+                drop=("mean ms", "p10 ms", "p90 ms", "samples/s", "95% interval"))
 
 
-def op_type_table(report) -> Table:
-    table = Table(title="Kernel time per op type (us per run, onnxruntime profiler)", title_justify="left")
-    table.add_column("op type", overflow="fold")
-    for p in report.profiles:
-        table.add_column(p.model, justify="right", overflow="fold")
+def _numbered(report, width: int | None) -> tuple[list[str], list[str]]:
+    """Column headers for the profiled models: their names when short, else #1, #2, ... with a legend."""
+    names = [p.model for p in report.profiles]
+    if width is None or sum(len(n) + 3 for n in names) + 24 <= width:
+        return names, []
+    return [f"#{i + 1}" for i in range(len(names))], [f"#{i + 1}: {n}" for i, n in enumerate(names)]
+
+
+def op_type_table(report, width: int | None = None) -> list[RenderableType]:
+    headers, legend = _numbered(report, width)
+    rows = []
     ops = list(dict.fromkeys(op for p in report.profiles for op in p.by_op_type_us))
     for op in ops:
-        table.add_row(op, *[f"{p.by_op_type_us.get(op, 0.0):.1f}" for p in report.profiles])
-    return table
+        rows.append({"op type": op, **{h: f"{p.by_op_type_us.get(op, 0.0):.1f}"
+                                       for h, p in zip(headers, report.profiles)}})
+    return [*grid("Kernel time per op type (us per run, onnxruntime profiler)", ["op type", *headers], rows, width,
+                  right=headers, plain=[*headers, "op type"]), *(line for n in legend for line in wrapped(n, width))]
 
 
-def depthwise_time_table(report) -> Table:
-    table = Table(title="Depthwise Conv nodes of the first model, per model: group / kernel us per run",
-                  title_justify="left")
-    table.add_column("node", overflow="fold")
-    for p in report.profiles:
-        table.add_column(p.model, justify="right", overflow="fold")
+def depthwise_time_table(report, width: int | None = None) -> list[RenderableType]:
+    headers, legend = _numbered(report, width)
+    rows = []
     for row in report.depthwise_nodes():
-        cells = []
-        for group, t in zip(row["groups"], row["times_us"]):
-            cells.append("-" if t is None else f"{group} / {t:.1f}")
-        label = row["source"] or row["node"]
-        table.add_row(label, *cells)
-    return table
+        cells = {h: "-" if t is None else f"{group} / {t:.1f}"
+                 for h, group, t in zip(headers, row["groups"], row["times_us"])}
+        rows.append({"node": row["source"] or row["node"], **cells})
+    return [*grid("Depthwise Conv nodes of the first model, per model: group / kernel us per run",
+                  ["node", *headers], rows, width, right=headers, plain=[*headers, "node"]),
+            *(line for n in legend for line in wrapped(n, width))]
 
 
-def tune_table(report) -> Table:
+TUNE_HEADERS = ("node", "C", "kernel", "input shape", "original ms", "best G", "best ms", "speedup", "decision")
+
+
+def tune_table(report, width: int | None = None) -> list[RenderableType]:
     ctx = report.context
-    table = Table(title=f"Per-layer tuning on {ctx.get('provider')} ({ctx.get('device')}), "
-                        f"margin {1 + report.min_speedup:.2f}x", title_justify="left")
-    for column in ("node", "C", "kernel", "input shape", "original ms", "best G", "best ms", "speedup", "decision"):
-        table.add_column(column, overflow="fold",
-                         justify="right" if column in ("C", "original ms", "best G", "best ms", "speedup") else "left")
+    title = (f"Per-layer tuning on {ctx.get('provider')} ({ctx.get('device')}), "
+             f"margin {1 + report.min_speedup:.2f}x")
+    rows = []
+    decisions: dict[str, int] = {}
     for layer in report.layers:
         colour = "green" if layer.group_size > 1 else "yellow"
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        table.add_row(layer.node, str(layer.channels), _dims(layer.kernel),
-                      _dims(layer.input_shape) if layer.input_shape else "?", fmt(layer.original_ms, ".3f"),
-                      str(layer.best_group_size or "-"), fmt(layer.best_ms, ".3f"),
-                      "-" if layer.speedup is None else f"{layer.speedup:.2f}x",
-                      f"[{colour}]{layer.decision}[/{colour}]" + (" (cached)" if layer.cached else ""))
+        decision = layer.decision + (" (cached)" if layer.cached else "")
+        # At narrow widths a note per kind of decision: its figures in parentheses are the columns'.
+        number = decisions.setdefault(layer.decision.split(" (")[0], len(decisions) + 1)
+        rows.append({"node": layer.node, "C": str(layer.channels), "kernel": _dims(layer.kernel),
+                     "input shape": _dims(layer.input_shape) if layer.input_shape else "?",
+                     "original ms": fmt(layer.original_ms, ".3f"),
+                     "best G": str(layer.best_group_size or "-"),
+                     "best ms": fmt(layer.best_ms, ".3f"),
+                     "speedup": "-" if layer.speedup is None else f"{layer.speedup:.2f}x",
+                     "decision": Text(decision, style=colour),
+                     "why": Text("rewrite" if layer.group_size > 1 else "keep", style=colour) + Text(f" [{number}]")})
+    caption = None
     if report.end_to_end_speedup is not None:
-        table.caption = (f"whole model: original {report.original_ms:.3f} ms, tuned {report.tuned_ms:.3f} ms, "
-                         f"{report.end_to_end_speedup:.2f}x")
-    return table
+        caption = (f"whole model: original {report.original_ms:.3f} ms, tuned {report.tuned_ms:.3f} ms, "
+                   f"{report.end_to_end_speedup:.2f}x")
+    notes = [f"[{number}] {decision}" for decision, number in decisions.items()]
+    plain = ["C", "kernel", "input shape", "original ms", "best G", "best ms", "speedup", "why", "node"]
+    return grid(title, TUNE_HEADERS, rows, width, right=("C", "original ms", "best G", "best ms", "speedup"),
+                plain=plain, labels={"why": "decision"}, drop=("input shape", "kernel", "best ms", "original ms"),
+                notes=notes, caption=caption)

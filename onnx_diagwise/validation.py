@@ -155,7 +155,7 @@ def noise_floor(expected: np.ndarray, other: np.ndarray) -> float | None:
         return None
     e, o = expected.astype(np.float64), other.astype(np.float64)
     both = np.isfinite(e) & np.isfinite(o)
-    return float(np.abs(o - e)[both].max()) if both.any() else 0.0
+    return float(np.abs(o[both] - e[both]).max()) if both.any() else 0.0
 
 
 def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
