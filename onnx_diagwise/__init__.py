@@ -14,6 +14,8 @@ _HOMES = {
     "CheckFailed": "errors", "DiagwiseError": "errors",
     "CheckOptions": "files", "FileResult": "files", "revert_file": "files", "rewrite_file": "files",
     "NodeDecision": "report", "RewriteReport": "report", "RewriteResult": "report",
+    "Selection": "plan", "Choice": "plan", "GroupSize": "plan", "PAPER": "plan", "FULL": "plan", "Lowered": "plan",
+    "Measured": "plan", "Action": "reasons", "Reason": "reasons", "Leave": "reasons", "SaveOptions": "files",
     "revert": "reverter",
     "InputOptions": "runtime", "RuntimeConfig": "runtime",
     "ValidationReport": "validation", "validate": "validation",
@@ -21,7 +23,8 @@ _HOMES = {
 
 __all__ = [
     "inspect", "rewrite", "revert", "tune", "TuneOptions", "validate", "benchmark",
-    "rewrite_file", "revert_file", "FileResult", "CheckOptions",
+    "rewrite_file", "revert_file", "FileResult", "CheckOptions", "SaveOptions",
+    "Selection", "Choice", "GroupSize", "PAPER", "FULL", "Lowered", "Measured", "Action", "Reason", "Leave",
     "NodeDecision", "RewriteReport", "RewriteResult", "ValidationReport", "BenchReport",
     "RuntimeConfig", "InputOptions", "DiagwiseError", "CheckFailed", "__version__",
 ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from onnx import ModelProto
 
@@ -16,7 +16,7 @@ from .detect import Detection, detect
 from .dims import with_input_shapes
 from .errors import DiagwiseError
 from .model_io import MIN_OPSET, PROTOBUF_LIMIT
-from .plan import Choice, GroupSize, Plan, Selection, choose, parse_group_size, plan_exact
+from .plan import Auto, GroupSize, Measured, Plan, Policy, Selection, choose, parse_policy, plan_exact
 from .report import NodeDecision, RewriteReport, RewriteResult, human_bytes, model_stats, stats_after
 from .rewriter import apply_plan
 from .runtime import InputOptions, RuntimeConfig
@@ -31,45 +31,39 @@ ModelOrPath = ModelProto | str | os.PathLike
 DEFAULT_WARN_GROWTH = 2.0
 
 
-def _planned(model: ModelProto, policy, selection: Selection, node_group_sizes, input_shapes=None
-             ) -> tuple[Plan, Detection]:
-    """Detect and plan exactly what POLICY says (a named policy, or auto's measured map); dynamic
-    weights and FLOPs get their shapes from inference (INPUT_SHAPES sizes the graph inputs'
-    symbolic dims).  Returns the plan and the detection (which the statistics count too)."""
-    value_types = infer_value_types(model, input_shapes)
+def _planned(model: ModelProto, policy: Policy, selection: Selection, input_shapes=None) -> tuple[Plan, Detection]:
+    """Detect and plan exactly what POLICY says; dynamic weights, lowerings and FLOPs get their
+    shapes from inference (INPUT_SHAPES sizes the graph inputs' symbolic dims).  Returns the plan
+    and the detection (which the statistics count and the rewrite applies)."""
+    # Lowerings are built for the model's own shapes (a dim sized only for the check stays
+    # symbolic in the model); the FLOPs count at the sized ones.
+    value_types = infer_value_types(model)
     found = detect(model, value_types)
-    shapes = {name: dims for name, (_, dims) in value_types.items()}
-    label = "auto" if isinstance(policy, Mapping) else str(policy)
-    return plan_exact(found, choose(found, policy, selection, node_group_sizes), shapes, label), found
+    sized = infer_value_types(model, input_shapes) if input_shapes else value_types
+    shapes = {name: dims for name, (_, dims) in sized.items()}
+    return plan_exact(found, choose(found, policy, _usable(model, selection)), shapes, str(policy)), found
 
 
-def _selection(model: ModelProto, include, exclude, min_channels, dynamic) -> Selection:
+def _usable(model: ModelProto, selection: Selection) -> Selection:
+    """SELECTION, with dynamic weights left alone where the model's opset has no run-time expansion."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
-    if dynamic and opset < MIN_OPSET:  # the run-time expansion's Reshape/Mul have no onnxruntime kernels there
-        return Selection(include, exclude, min_channels, False,
-                         f"the run-time expansion needs opset >= {MIN_OPSET}; the model has {opset}")
-    return Selection(include, exclude, min_channels, dynamic)
+    if selection.dynamic and opset < MIN_OPSET:  # Reshape/Mul have no onnxruntime kernels there
+        return replace(selection, dynamic=False,
+                       why_not_dynamic=f"the run-time expansion needs opset >= {MIN_OPSET}; the model has {opset}")
+    return selection
 
 
-def inspect(
-    model_or_path: ModelOrPath,
-    group_size: GroupSize = "paper",
-    include: str | None = None,
-    exclude: str | None = None,
-    min_channels: int | None = None,
-    node_group_sizes: Mapping[str, int] | None = None,
-    dynamic: bool = True,
-    input_shapes: Mapping[str, list[int]] | None = None,
-) -> RewriteReport:
+def inspect(model_or_path: ModelOrPath, group_size: Any = "paper", selection: Selection | None = None,
+            input_shapes: Mapping[str, list[int]] | None = None) -> RewriteReport:
     """Report every grouped convolution and what rewrite() would do with it; changes nothing.
 
-    input_shapes sizes the inputs' symbolic dims for the FLOPs (see onnx_diagwise.dims)."""
-    policy = parse_group_size(group_size)
-    if policy == "auto":
+    group_size is a policy (see onnx_diagwise.plan); input_shapes sizes the inputs' symbolic
+    dims for the FLOPs and the lowerings (see onnx_diagwise.dims)."""
+    policy = parse_policy(group_size)
+    if isinstance(policy, Auto):
         raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune (onnx-diagwise tune)")
     with opened(model_or_path) as (model, _):
-        selection = _selection(model, include, exclude, min_channels, dynamic)
-        planned, found = _planned(model, policy, selection, node_group_sizes, dict(input_shapes or {}))
+        planned, found = _planned(model, policy, selection or Selection(), dict(input_shapes or {}))
         return RewriteReport(planned.policy, [p.decision for p in planned.nodes], model_stats(model, found))
 
 
@@ -99,72 +93,67 @@ class TuneOptions:
         return TuneCache((self.cache_dir or default_cache_dir()) if self.use_cache else None)
 
 
-def tune(model_or_path: ModelOrPath, options: TuneOptions | None = None, include: str | None = None,
-         exclude: str | None = None, min_channels: int | None = None) -> TuneReport:
-    """Measure every depthwise layer on the target provider and report the G that pays, if any."""
+def tune(model_or_path: ModelOrPath, options: TuneOptions | None = None, selection: Selection | None = None
+         ) -> TuneReport:
+    """Measure every depthwise layer on the target provider and report the form that pays, if any."""
     options = options or TuneOptions()
     with opened(model_or_path) as (model, _):
         inputs = options.inputs
         if options.timer is None:  # size symbolic dims once, not in every timing run
             inputs, _ = with_input_shapes(model, inputs, options.config)
-        return tune_layers(model, options.make_timer(inputs), inputs, include, exclude, min_channels,
-                           options.min_speedup, options.time_budget, options.make_cache(), options.progress)
+        return tune_layers(model, options.make_timer(inputs), inputs, selection or Selection(), options.min_speedup,
+                           options.time_budget, options.make_cache(), options.progress)
 
 
 def rewrite(
     model_or_path: ModelOrPath,
-    group_size: GroupSize = "paper",
-    include: str | None = None,
-    exclude: str | None = None,
-    min_channels: int | None = None,
-    node_group_sizes: Mapping[str, int] | None = None,
+    group_size: Any = "paper",
+    selection: Selection | None = None,
+    tune_options: TuneOptions | None = None,
+    input_shapes: Mapping[str, list[int]] | None = None,
     warn_growth: float = DEFAULT_WARN_GROWTH,
     copy: bool = True,
-    tune_options: TuneOptions | None = None,
-    dynamic: bool = True,
-    input_shapes: Mapping[str, list[int]] | None = None,
 ) -> RewriteResult:
-    """Rewrite every chosen depthwise Conv into a block-diagonal grouped Conv.
+    """Rewrite every chosen depthwise Conv into its new form: block-diagonal (G channels per
+    group) or a lowering, as GROUP_SIZE (a policy, see onnx_diagwise.plan) says.
 
-    group_size='auto' measures each layer on tune_options.provider and rewrites only
-    what makes the model faster (result.tuning says why).  dynamic=False leaves
-    nodes whose weight is a graph input or computed alone.  A ModelProto argument is
-    copied first (copy=False rewrites it in place, which saves memory in pipelines
-    that no longer need the original).  input_shapes sizes symbolic input dims for the FLOPs."""
+    group_size='auto' measures each layer on tune_options.provider and rewrites only what makes
+    the model faster (result.tuning says why).  SELECTION says which nodes may be touched and
+    pins named nodes' choices.  A ModelProto argument is copied first (copy=False rewrites it in
+    place, which saves memory in pipelines that no longer need the original).  input_shapes sizes
+    symbolic input dims for the FLOPs and the lowerings."""
     start = time.perf_counter()
     if not warn_growth > 1:
         raise DiagwiseError(f"warn_growth must be > 1; got {warn_growth}")
-    input_shapes = dict(input_shapes or {})
-    policy = parse_group_size(group_size)
+    selection = selection or Selection()
+    policy = parse_policy(group_size)
     with opened(model_or_path, copy=copy) as (model, back):
-        selection = _selection(model, include, exclude, min_channels, dynamic)
-        tuning, exact = None, policy
-        if policy == "auto":
-            tuning = tune(model, tune_options, include, exclude, min_channels)
-            exact = {layer.node: Choice(layer.group_size, f"auto: {layer.decision}") if layer.group_size > 1
-                     else layer.decision for layer in tuning.layers}
-        planned, found = _planned(model, exact, selection, node_group_sizes, input_shapes)
+        tuning = None
+        if isinstance(policy, Auto):
+            tuning = tune(model, tune_options, selection)
+            policy = tuning.policy
+        planned, found = _planned(model, policy, selection, dict(input_shapes or {}))
         before = model_stats(model, found)  # the model is unchanged until the plan is applied
-        outcome = apply_plan(model, planned)
-        after = stats_after(model, before, sum(d.action == "rewritten" for d in outcome))
-        warnings = (_noop_warnings(planned, policy, include, before.depthwise_convs)
+        outcome = apply_plan(model, planned, found)
+        after = stats_after(model, before, outcome)
+        warnings = (_noop_warnings(planned, policy, selection, before.depthwise_convs)
                     + _growth_warnings(before.weight_bytes, after.weight_bytes, warn_growth))
         report = RewriteReport(planned.policy, list(outcome), before, after, warnings=warnings,
                                elapsed_s=time.perf_counter() - start)
         return RewriteResult(back(model), report, tuning)
 
 
-def _noop_warnings(planned: Plan, policy, include: str | None, depthwise: int) -> list[str]:
+def _noop_warnings(planned: Plan, policy: Policy, selection: Selection, depthwise: int) -> list[str]:
     """A rewrite that changes nothing says why, so that no one ships a copy believing it rewritten
     (auto keeping the original is a measured outcome, reported by its own summary)."""
-    if planned.group_sizes or policy == "auto":
+    if planned.choices or isinstance(policy, Measured):
         return []
     if not depthwise:
-        why = "the model has no depthwise convolution"
-    elif policy == 1:
-        why = "--group-size 1 keeps every layer depthwise (G = 1)"
-    elif include and not any(re.search(include, p.decision.name) for p in planned.nodes):
-        why = f"--include '{include}' matches no depthwise convolution"
+        why = "the model has no depthwise convolution to rewrite"
+    elif policy == GroupSize(1):
+        why = "group_size 1 keeps every layer depthwise (G = 1)"
+    elif selection.include and not any(re.search(selection.include, p.decision.name) for p in planned.nodes):
+        why = f"include '{selection.include}' matches no depthwise convolution"
     else:
         why = f"each of the {depthwise} depthwise convolution(s) was left alone (the reasons: -v)"
     return [f"nothing rewritten: {why}; the output is a copy of the input"]

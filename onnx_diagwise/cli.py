@@ -167,13 +167,17 @@ def _root(
     pass
 
 
-def _pinned(values: list[str]) -> dict[str, int]:
-    pinned: dict[str, int] = {}
+def _pinned(values: list[str]) -> dict[str, Any]:
+    """--node-group-size NAME=G or NAME=toeplitz / polyphase[:B][:2d] / conv2d (repeatable)."""
+    from .plan import parse_choice
+
+    pinned: dict[str, Any] = {}
     for value in values:
-        name, sep, g = value.rpartition("=")
-        if not sep or not name or not g.strip().isdigit():
-            raise DiagwiseError(f"--node-group-size expects NAME=G with a positive integer G; got '{value}'")
-        pinned[name] = int(g)
+        name, sep, choice = value.rpartition("=")
+        if not sep or not name:
+            raise DiagwiseError(f"--node-group-size expects NAME=G or NAME=FORM (toeplitz, polyphase[:B][:2d], "
+                                f"conv2d); got '{value}'")
+        pinned[name] = parse_choice(choice, "--node-group-size")
     return pinned
 
 
@@ -212,13 +216,13 @@ class _StderrHandler(logging.Handler):
             say(record.getMessage(), stderr=True)
 
 
-def _check_flags(group_size: str, include: str | None, exclude: str | None,
-                 min_channels: int | None) -> str | int:
-    """The library's own checks, before any model is loaded."""
-    from .plan import Selection, parse_group_size
+def _check_flags(group_size: str, include: str | None, exclude: str | None, min_channels: int | None,
+                 dynamic: bool = True, pinned: dict | None = None):
+    """The library's own checks, before any model is loaded: (policy, selection)."""
+    from .plan import Selection, parse_policy
 
-    Selection(include, exclude, min_channels)
-    return parse_group_size(group_size)
+    return parse_policy(group_size), Selection(include, exclude, min_channels, dynamic, pinned or {},
+                                               why_not_dynamic="dynamic weights left alone (--skip-dynamic)")
 
 
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
@@ -372,7 +376,7 @@ def inspect(
 
     Example: onnx-diagwise inspect model.onnx --group-size full
     """
-    _check_flags(group_size, include, exclude, min_channels)
+    policy, selection = _check_flags(group_size, include, exclude, min_channels)
     _log_details(verbose)
     _check_json_path(json_path)
     input_options = _inputs(batch, dim, overwrite_input_shape, [], None)
@@ -387,8 +391,7 @@ def inspect(
     except (UnsizedDims, RuntimeMissing) as exc:  # sizes are tried on onnxruntime; inspect works without
         sized = None
         logging.getLogger("onnx_diagwise").info(f"FLOPs not counted: {exc}")
-    report = api.inspect(loaded.model, group_size, include, exclude, min_channels,
-                         input_shapes=sized.shapes if sized else None)
+    report = api.inspect(loaded.model, policy, selection, input_shapes=sized.shapes if sized else None)
     _write_json(json_path, {"model": str(model), "input_shapes": sized.to_dict() if sized else None,
                             **report.to_dict()})
     if str(json_path) != "-" and not quiet:
@@ -447,7 +450,7 @@ def _print_written(written, source: Path, json_path: Path | None, verbose: bool,
     if written.validation is not None:
         show(_lines(f"check: {written.validation.summary()}"))
     data_note = f" (+ weights in {written.data_path})" if written.data_path else ""
-    show(_lines(f"saved {written.output}{data_note}, {size(written.file_bytes_after)}"))
+    say(f"saved {written.output}{data_note}, {size(written.file_bytes_after)}")  # one line: paths to copy
 
 
 @app.command(cls=_Command)
@@ -499,22 +502,24 @@ def rewrite(
 
     Example: onnx-diagwise rewrite model.onnx model.diag.onnx --group-size 32 -v
     """
-    from .files import CheckOptions, rewrite_file
+    from .files import CheckOptions, SaveOptions, rewrite_file
 
-    policy = _check_flags(group_size, include, exclude, min_channels)
+    from .plan import Auto
+
+    policy, selection = _check_flags(group_size, include, exclude, min_channels, not skip_dynamic,
+                                     _pinned(node_group_size))
     _log_details(verbose)
     atol, rtol = _tolerance(atol, "--atol"), _tolerance(rtol, "--rtol")
-    pinned = _pinned(node_group_size)
     _check_json_path(json_path)
-    auto = policy == "auto"
+    auto = isinstance(policy, Auto)
     config = _runtime(provider, provider_option, threads, opt_level)
     input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     with _progress_bar(quiet or not auto) as progress, _working("loading", quiet or auto) as step:
         tune_options = (_tune_options(config, input_options, min_speedup, time_budget, no_cache, cache_dir,
                                       progress) if auto else None)
         checking = CheckOptions(check, config, input_options, check_n, atol, rtol, allow_tf32)
-        written = rewrite_file(input, output, policy, include, exclude, min_channels, pinned, warn_growth,
-                               not skip_dynamic, tune_options, checking, external_data, step)
+        written = rewrite_file(input, output, policy, selection, tune_options, checking, warn_growth,
+                               SaveOptions(external_data, step))
     _print_written(written, input, json_path, verbose, quiet)
 
 
@@ -546,7 +551,7 @@ def revert_command(
 
     Example: onnx-diagwise revert model.diag.onnx model.onnx
     """
-    from .files import CheckOptions, revert_file
+    from .files import CheckOptions, SaveOptions, revert_file
 
     _check_json_path(json_path)
     _log_details(verbose)
@@ -555,7 +560,7 @@ def revert_command(
     input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     with _working("loading", quiet) as step:
         checking = CheckOptions(check, config, input_options, check_n, atol, rtol)
-        written = revert_file(input, output, checking, external_data, step)
+        written = revert_file(input, output, checking, SaveOptions(external_data, step))
     _print_written(written, input, json_path, verbose, quiet)
 
 
@@ -712,7 +717,7 @@ def tune(
     from .plot import plot_tuning, require_matplotlib
     from .render import tune_table
 
-    _check_flags("auto", include, exclude, min_channels)
+    _, selection = _check_flags("auto", include, exclude, min_channels)
     _log_details(verbose)
     config = _runtime(provider, provider_option, threads, opt_level)
     input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
@@ -723,7 +728,7 @@ def tune(
     input_options, sized = _sized_inputs(loaded.model, input_options, config)
     with _progress_bar(str(json_path) == "-") as progress:
         options = _tune_options(config, input_options, min_speedup, time_budget, no_cache, cache_dir, progress)
-        report = api.tune(loaded.model, options, include, exclude, min_channels)
+        report = api.tune(loaded.model, options, selection)
     _write_json(json_path, {"model": str(model), "input_shapes": sized.to_dict(), **report.to_dict()})
     if plot is not None:
         plot_tuning(report, plot)

@@ -10,12 +10,15 @@ inference (except a dynamic weight's shape, which has no other source).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper
 
 from .errors import DiagwiseError
+from .reasons import Leave, Reason
 from .graphs import Scope, iter_scopes, node_label, resolve, use_counts
 from .tensors import tensor_array
 from .weights import dynamic_mask, is_block_diagonal, is_block_diagonal_transposed
@@ -102,6 +105,9 @@ class DepthwiseConv:
     zero_point: np.ndarray | None = None  # quantized forms: per output channel, or one value
     transposed: bool = False
     dynamic: DynamicWeight | None = None
+    input_shape: list | None = None  # [N, C, spatial...] from shape inference (ints, names or None)
+    opset: int = 0  # the model's ai.onnx opset
+    reads: Counter | None = None  # how often each value of the node's namespace is read
 
     @property
     def graph(self) -> str:
@@ -136,6 +142,7 @@ class SkippedConv:
     node: NodeProto
     scope: Scope
     reason: str
+    code: Reason
     form: str | None = None
     channels: int | None = None
     multiplier: int | None = None
@@ -143,6 +150,7 @@ class SkippedConv:
     dtype: str | None = None
     weight_source: str | None = None
     block_diagonal: BlockDiagonal | None = None
+    lowered: Any = None  # lowerings.Match: a lowered group this node heads, what revert puts back
 
     @property
     def graph(self) -> str:
@@ -183,16 +191,16 @@ def group_of(node: NodeProto, label: str) -> int:
     return group
 
 
-def find_weight(scope: Scope, name: str) -> WeightSource | DynamicWeight | str:
+def find_weight(scope: Scope, name: str) -> WeightSource | DynamicWeight | Leave:
     """Follow NAME through Identity nodes to an initializer or Constant.
 
-    A graph input or a computed value is a DynamicWeight; anything else a reason string."""
+    A graph input or a computed value is a DynamicWeight; anything else a reason to leave it."""
     names = [name]
     identities: list[tuple[NodeProto, Scope]] = []
     while True:
         definition = resolve(scope, names[-1])
         if definition is None:
-            return f"weight '{name}' is not defined in the graph"
+            return Leave(Reason.WEIGHT_UNDEFINED, f"weight '{name}' is not defined in the graph")
         if definition.kind == "input":
             if definition.tensor is not None:
                 # Old exporters list initializers as inputs: a caller may feed another weight.
@@ -206,7 +214,7 @@ def find_weight(scope: Scope, name: str) -> WeightSource | DynamicWeight | str:
         if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
             value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
             if value is None:
-                return f"weight '{name}' is a Constant without a tensor value"
+                return Leave(Reason.CONSTANT_WITHOUT_VALUE, f"weight '{name}' is a Constant without a tensor value")
             return WeightSource(f"{prefix}Constant{suffix}", value, definition.scope, names,
                                 constant=node, identities=identities)
         if node.op_type == "Identity" and node.domain in DEFAULT_DOMAINS:
@@ -224,19 +232,19 @@ def constant_array(scope: Scope, name: str) -> np.ndarray | str:
     return f"'{name}' is not a constant"
 
 
-def weight_zero_point(scope: Scope, node: NodeProto, index: int | None, out_channels: int) -> np.ndarray | str:
+def weight_zero_point(scope: Scope, node: NodeProto, index: int | None, out_channels: int) -> np.ndarray | Leave:
     if index is None or len(node.input) <= index or not node.input[index]:
         return np.zeros((), dtype=np.int64)
     zp = constant_array(scope, node.input[index])
     if isinstance(zp, str):
-        return f"weight zero point {zp}"
+        return Leave(Reason.ZERO_POINT, f"weight zero point {zp}")
     if zp.size not in (1, out_channels):
-        return f"weight zero point has {zp.size} values for {out_channels} output channels"
+        return Leave(Reason.ZERO_POINT, f"weight zero point has {zp.size} values for {out_channels} output channels")
     return zp.reshape(-1) if zp.size > 1 else zp.reshape(())
 
 
 def dequantize_source(scope: Scope, weight_name: str, reads: dict[str, int]):
-    """(DequantizeLinear node, its scope) if the Conv weight is dequantized, else None; a str on failure.
+    """(DequantizeLinear node, its scope) if the Conv weight is dequantized, else None; a Leave on failure.
 
     Casts between the two are followed (DequantizeLinear -> Cast -> Conv is what fp16 converters
     write when they keep DequantizeLinear in float32): the quantized tensor is still the weight."""
@@ -251,12 +259,12 @@ def dequantize_source(scope: Scope, weight_name: str, reads: dict[str, int]):
     if dq.op_type != "DequantizeLinear" or dq.domain not in DEQUANTIZE_DOMAINS:
         return None
     if reads.get(weight_name, 0) > 1:
-        return f"dequantized weight '{weight_name}' is read by other nodes too"
+        return Leave(Reason.DEQUANTIZE, f"dequantized weight '{weight_name}' is read by other nodes too")
     if references(dq):
-        return (f"its DequantizeLinear's attributes refer to the function's ({', '.join(references(dq))}): "
-                "known only where the function is called")
+        return Leave(Reason.ATTRIBUTE_REFERENCE, f"its DequantizeLinear's attributes refer to the function's "
+                     f"({', '.join(references(dq))}): known only where the function is called")
     if attribute(dq, "block_size", 0):
-        return "blocked quantization (DequantizeLinear block_size) is not supported"
+        return Leave(Reason.DEQUANTIZE, "blocked quantization (DequantizeLinear block_size) is not supported")
     return dq, definition.scope
 
 
@@ -266,7 +274,8 @@ def _classify(node: NodeProto, label: str, scope: Scope, spec: FormSpec, reads: 
     (rewrite()'s G = C form); any other dense convolution is no grouped one (None)."""
     if references(node):
         return SkippedConv(label, node, scope, f"attributes refer to the function's ({', '.join(references(node))}): "
-                           "their values are known only where the function is called; left as it is", form=spec.form)
+                           "their values are known only where the function is called; left as it is",
+                           Reason.ATTRIBUTE_REFERENCE, form=spec.form)
     group = group_of(node, label)
     found = _classify_grouped(node, label, scope, spec, group, reads, value_types)
     if group > 1 or (isinstance(found, SkippedConv) and found.block_diagonal is not None):
@@ -278,11 +287,13 @@ def _classify_grouped(node: NodeProto, label: str, scope: Scope, spec: FormSpec,
                       reads: dict[str, int], value_types: dict) -> DepthwiseConv | SkippedConv | None:
     form = spec.form
 
-    def skip(reason: str, **kw) -> SkippedConv:
-        return SkippedConv(label, node, scope, reason, form=form, **kw)
+    def skip(reason: str | Leave, code: Reason | None = None, **kw) -> SkippedConv:
+        if isinstance(reason, Leave):
+            reason, code = reason.text, reason.code
+        return SkippedConv(label, node, scope, reason, code, form=form, **kw)
 
     if len(node.input) <= spec.weight_input or not node.input[spec.weight_input]:
-        return skip("node has no weight input")
+        return skip("node has no weight input", Reason.NO_WEIGHT)
     weight_name = node.input[spec.weight_input]
     reader: tuple[NodeProto, int] = (node, spec.weight_input)
     zero_point_at: tuple[NodeProto, int | None, Scope] = (node, spec.zero_point_input, scope)
@@ -294,7 +305,7 @@ def _classify_grouped(node: NodeProto, label: str, scope: Scope, spec: FormSpec,
         if expansion is not None:
             return expansion
         dq = dequantize_source(scope, weight_name, reads)
-        if isinstance(dq, str):
+        if isinstance(dq, Leave):
             return skip(dq, channels=group)
         if dq is not None:
             dq_node, scope_for_weight = dq
@@ -305,7 +316,7 @@ def _classify_grouped(node: NodeProto, label: str, scope: Scope, spec: FormSpec,
             weight_name = dq_node.input[0]
 
     source = find_weight(scope_for_weight, weight_name)
-    if isinstance(source, str):
+    if isinstance(source, Leave):
         return skip(source, channels=group)
     if isinstance(source, DynamicWeight):
         return _dynamic(node, label, scope, form, group, source, value_types, spec)
@@ -317,34 +328,36 @@ def _classify_grouped(node: NodeProto, label: str, scope: Scope, spec: FormSpec,
     dtype_name = dtype or helper.tensor_dtype_to_np_dtype(tensor.data_type).name
     info = dict(weight_source=source.kind, dtype=dtype_name)
     if not 3 <= len(dims) <= 5:
-        return skip(f"weight rank {len(dims)} is not a 1-D, 2-D or 3-D convolution", **info)
+        return skip(f"weight rank {len(dims)} is not a 1-D, 2-D or 3-D convolution", Reason.WEIGHT_RANK, **info)
     kernel = dims[2:]
     info["kernel"] = kernel
     if dtype is None:
         kind = "an 8-bit or 4-bit integer" if quantized else "a float"
-        return skip(f"weight dtype {dtype_name} is not {kind} type", **info)
+        return skip(f"weight dtype {dtype_name} is not {kind} type", Reason.WEIGHT_DTYPE, **info)
     if spec.transposed:
         return _classify_transposed(node, label, scope, group, dims, source, info, reader)
     if dims[1] != 1:
         return _grouped(node, label, scope, form, group, dims, source, info, zero_point_at, reader, shaped)
     if dims[0] % group:
-        return skip(f"weight has {dims[0]} output channels, not a multiple of group={group}", **info)
+        return skip(f"weight has {dims[0]} output channels, not a multiple of group={group}", Reason.WEIGHT_CHANNELS,
+                    **info)
     declared_kernel = attribute(node, "kernel_shape")
     if declared_kernel is not None and list(declared_kernel) != kernel:
-        return skip(f"kernel_shape {list(declared_kernel)} disagrees with weight {dims}", **info)
+        return skip(f"kernel_shape {list(declared_kernel)} disagrees with weight {dims}", Reason.KERNEL_SHAPE, **info)
     zero_point = None
     if quantized:
         zp_node, zp_index, zp_scope = zero_point_at
         zero_point = weight_zero_point(zp_scope, zp_node, zp_index, dims[0])
-        if isinstance(zero_point, str):
+        if isinstance(zero_point, Leave):
             return skip(zero_point, **info)
         if form == "QDQ":
             problem = _dequantize_axis_problem(zp_scope, zp_node, len(dims))
             if problem:
-                return skip(problem, **info)
+                return skip(problem, Reason.DEQUANTIZE, **info)
     if tensor.HasField("raw_data") and tensor.data_type in FLOAT_TYPES and \
             len(tensor.raw_data) != np.prod(dims) * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize:
-        return skip(f"weight data ({len(tensor.raw_data)} bytes) does not match its shape {dims}", **info)
+        return skip(f"weight data ({len(tensor.raw_data)} bytes) does not match its shape {dims}", Reason.WEIGHT_DATA,
+                    **info)
     return DepthwiseConv(label, node, scope, form, group, dims[0] // group, kernel, *_geometry(node, len(kernel)),
                          dtype=dtype, weight=source, reader=reader, zero_point=zero_point)
 
@@ -374,7 +387,7 @@ def _expansion(node: NodeProto, label: str, scope: Scope, form: str, weight_name
         return None
     c = c_over_g * g
     return SkippedConv(label, node, scope, f"already block-diagonal (G={g}, group={group}): the run-time "
-                       "expansion of a dynamic weight; nothing to do", form=form, channels=c, multiplier=m,
+                       "expansion of a dynamic weight; nothing to do", Reason.BLOCK_DIAGONAL, form=form, channels=c, multiplier=m,
                        kernel=kernel, weight_source="computed by Reshape",
                        block_diagonal=BlockDiagonal(g, c, m, expansion=(reshape_in, mul, reshape_out,
                                                                         reshape_in.input[0])))
@@ -413,10 +426,11 @@ def _grouped(node, label, scope, form, group, dims, source: WeightSource, info, 
             fill = None if fill is None else fill.astype(weight.dtype)
             if is_block_diagonal(weight, multiplier, fill):
                 return SkippedConv(label, node, scope, f"already block-diagonal (G={dims[1]}, group={group}); "
-                                   "nothing to do", form=form, channels=in_channels, multiplier=multiplier,
+                                   "nothing to do", Reason.BLOCK_DIAGONAL, form=form, channels=in_channels, multiplier=multiplier,
                                    block_diagonal=BlockDiagonal(dims[1], in_channels, multiplier, source, reader,
                                                                 fill, shaped=shaped), **info)
     return SkippedConv(label, node, scope, f"grouped conv with {dims[1]} input channels per group, not depthwise",
+                       Reason.GROUPED,
                        form=form, channels=in_channels, **info)
 
 
@@ -428,11 +442,11 @@ def _classify_transposed(node, label, scope, group, dims, source, info, reader) 
             if is_block_diagonal_transposed(weight, in_per_group):
                 multiplier = dims[1] // in_per_group
                 return SkippedConv(label, node, scope, f"already block-diagonal (G={in_per_group}, group={group}); "
-                                   "nothing to do", form="ConvTranspose", channels=dims[0], multiplier=multiplier,
+                                   "nothing to do", Reason.BLOCK_DIAGONAL, form="ConvTranspose", channels=dims[0], multiplier=multiplier,
                                    block_diagonal=BlockDiagonal(in_per_group, dims[0], multiplier, source, reader,
                                                                 transposed=True), **info)
         return SkippedConv(label, node, scope, f"grouped ConvTranspose with {dims[0] // group} input channels "
-                           "per group, not depthwise", form="ConvTranspose", channels=dims[0], **info)
+                           "per group, not depthwise", Reason.GROUPED, form="ConvTranspose", channels=dims[0], **info)
     rank = len(dims) - 2
     return DepthwiseConv(label, node, scope, "ConvTranspose", group, dims[1], dims[2:], *_geometry(node, rank),
                          dtype=info["dtype"], weight=source, reader=reader, transposed=True)
@@ -442,13 +456,16 @@ def _dynamic(node, label, scope, form, group, source: DynamicWeight, value_types
     reason_base = f"weight '{source.name}' is a {source.description}"
     if form != "float":
         return SkippedConv(label, node, scope, f"{reason_base}; dynamic {form} weights are not supported",
+                           Reason.DYNAMIC_FORM,
                            form=form, channels=group, weight_source=source.description)
     elem_type, dims = value_types.get(source.name, (None, None))
     if not dims or not all(isinstance(d, int) and d > 0 for d in dims) or elem_type not in FLOAT_TYPES:
         return SkippedConv(label, node, scope, f"{reason_base} whose shape or float type is unknown",
+                           Reason.DYNAMIC_SHAPE,
                            form="dynamic", channels=group, weight_source=source.description)
     if not 3 <= len(dims) <= 5 or dims[1] != 1 or dims[0] % group:
         return SkippedConv(label, node, scope, f"{reason_base} of shape {dims}, not depthwise",
+                           Reason.DYNAMIC_NOT_DEPTHWISE,
                            form="dynamic", channels=group, weight_source=source.description)
     rank = len(dims) - 2
     return DepthwiseConv(label, node, scope, "dynamic", group, dims[0] // group, dims[2:], *_geometry(node, rank),
@@ -464,6 +481,7 @@ def unhandled_conv(node: NodeProto, label: str, scope: Scope) -> SkippedConv | N
         return None
     op = f"{node.domain or 'ai.onnx'}.{node.op_type}"
     return SkippedConv(label, node, scope, f"{op} (group={group}) is not a form this tool handles; left as it is",
+                       Reason.UNHANDLED_OP,
                        form=op, channels=group)
 
 
@@ -471,22 +489,50 @@ def detect(model: ModelProto, value_types: dict | None = None) -> Detection:
     """Every depthwise node (candidates) and every other grouped one (skipped, with a reason).
 
     value_types ({name: (elem_type, dims)}, from shapes.infer_value_types) gives dynamic
-    weights their shape; without it they are skipped."""
+    weights their shape and every candidate its input shape; without it dynamic weights are
+    skipped."""
+    from .lowerings import MARKER, match
+
+    value_types = value_types or {}
     counts = use_counts(model)
+    opset = next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 1)
     candidates: list[DepthwiseConv] = []
     skipped: list[SkippedConv] = []
     for scope in iter_scopes(model):
         reads = counts[scope.namespace]
         for index, node in enumerate(scope.body.node):
+            label = node_label(node, index)
+            if node.op_type == "Conv" and node.doc_string.startswith(MARKER):
+                skipped.append(_lowered(node, label, scope, match(scope, node)))
+                continue
             spec = node_form(node)
             if spec is None:
-                unhandled = unhandled_conv(node, node_label(node, index), scope)
+                unhandled = unhandled_conv(node, label, scope)
                 if unhandled is not None:
                     skipped.append(unhandled)
                 continue
-            found = _classify(node, node_label(node, index), scope, spec, reads, value_types or {})
+            found = _classify(node, label, scope, spec, reads, value_types)
             if isinstance(found, DepthwiseConv):
+                found.input_shape = value_types.get(node.input[0], (None, None))[1]
+                found.opset, found.reads = opset, reads
                 candidates.append(found)
             elif found is not None:
                 skipped.append(found)
     return Detection(candidates, skipped)
+
+
+def _lowered(node: NodeProto, label: str, scope: Scope, found) -> SkippedConv:
+    """The record of a Conv that heads a lowered group (FOUND: lowerings.match's result)."""
+    from .lowerings import label as lowering_label
+
+    if isinstance(found, str):
+        return SkippedConv(label, node, scope, f"carries a lowering's marker, but cannot be reverted: {found}",
+                           Reason.LOWERED_DAMAGED, form="float")
+    original = found.original
+    weight = found.tensors[original.input[1]]
+    group = attribute(original, "group", 1)
+    kernel = list(weight.shape[2:])
+    return SkippedConv(label, node, scope, f"lowered already ({lowering_label(found.lowering, found.params)}); "
+                       "nothing to do", Reason.LOWERED, form="float",
+                       channels=group, multiplier=weight.shape[0] // group, kernel=kernel, dtype=weight.dtype.name,
+                       weight_source="initializer", lowered=found)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from . import api
 from .dims import InputShapes, with_input_shapes
 from .errors import CheckFailed, DiagwiseError
 from .model_io import LoadedModel, check_output_path, load_model, save_model
-from .plan import GroupSize, parse_group_size
+from .plan import Auto, Selection, parse_policy
 from .report import RewriteResult
 from .reverter import revert as revert_model
 from .runtime import InputOptions, RuntimeConfig
@@ -55,7 +55,7 @@ class FileResult:
 
     @property
     def modified(self) -> bool:
-        return any(n.action in ("rewritten", "reverted") for n in self.result.report.nodes)
+        return self.result.report.modified
 
     @property
     def report(self):
@@ -110,7 +110,7 @@ def _save(result: RewriteResult, loaded: LoadedModel, src: Path, dst: Path, prot
             headline = f"the {what} model differs from the original on {validation.provider}; nothing written to '{dst}'"
             raise CheckFailed(failure_message(validation, headline), validation)
 
-    modified = any(n.action in ("rewritten", "reverted") for n in result.report.nodes)
+    modified = result.report.modified
     if external_data is None and loaded.has_external_data:
         external_data = True
     step(f"saving {dst}")
@@ -121,27 +121,31 @@ def _save(result: RewriteResult, loaded: LoadedModel, src: Path, dst: Path, prot
     return FileResult(result, dst, data_path, loaded.file_bytes, after, validation, None)
 
 
+@dataclass(frozen=True)
+class SaveOptions:
+    """How the output is written."""
+
+    external_data: bool | None = None  # None: as the input had it, or past protobuf's 2 GiB
+    step: Step | None = None  # told what is being done now (a progress display)
+
+
 def rewrite_file(
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    group_size: GroupSize = "paper",
-    include: str | None = None,
-    exclude: str | None = None,
-    min_channels: int | None = None,
-    node_group_sizes: Mapping[str, int] | None = None,
-    warn_growth: float = api.DEFAULT_WARN_GROWTH,
-    dynamic: bool = True,
+    group_size: Any = "paper",
+    selection: Selection | None = None,
     tune_options: api.TuneOptions | None = None,
     check: CheckOptions | bool = True,
-    external_data: bool | None = None,
-    step: Step | None = None,
+    warn_growth: float = api.DEFAULT_WARN_GROWTH,
+    save: SaveOptions = SaveOptions(),
 ) -> FileResult:
     """Rewrite the model at SRC and write it to DST, checked against SRC first (CheckOptions; CPU by
     default): raises CheckFailed (with .validation) and writes nothing if any output differs.
 
-    For group_size='auto', tune_options (default: on check.runtime) says how layers are measured."""
-    src, dst, step, check = Path(src), Path(dst), step or (lambda text: None), _options(check)
-    auto = parse_group_size(group_size) == "auto"
+    group_size is a policy (see onnx_diagwise.plan); for 'auto', tune_options (default: on
+    check.runtime) says how layers are measured."""
+    src, dst, step, check = Path(src), Path(dst), save.step or (lambda text: None), _options(check)
+    auto = isinstance(parse_policy(group_size), Auto)
     step(f"loading {src}")
     loaded, protected = _open(src, dst)
     sized = None
@@ -152,24 +156,18 @@ def rewrite_file(
     if auto:
         tune_options = replace(tune_options or api.TuneOptions(check.runtime), inputs=check.inputs)
     step("tuning" if auto else "rewriting")
-    result = api.rewrite(loaded.model, group_size, include, exclude, min_channels, node_group_sizes, warn_growth,
-                         copy=False, tune_options=tune_options, dynamic=dynamic,
-                         input_shapes=sized.shapes if sized else None)
-    written = _save(result, loaded, src, dst, protected, external_data, check, "rewritten", step)
+    result = api.rewrite(loaded.model, group_size, selection, tune_options, sized.shapes if sized else None,
+                         warn_growth, copy=False)
+    written = _save(result, loaded, src, dst, protected, save.external_data, check, "rewritten", step)
     written.input_shapes = sized
     return written
 
 
-def revert_file(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    check: CheckOptions | bool = True,
-    external_data: bool | None = None,
-    step: Step | None = None,
-) -> FileResult:
-    """Turn the block-diagonal convolutions of SRC back into depthwise ones and write DST, checked
-    against SRC first (as rewrite_file)."""
-    src, dst, step, check = Path(src), Path(dst), step or (lambda text: None), _options(check)
+def revert_file(src: str | os.PathLike, dst: str | os.PathLike, check: CheckOptions | bool = True,
+                save: SaveOptions = SaveOptions()) -> FileResult:
+    """Turn the block-diagonal convolutions and lowered groups of SRC back into depthwise ones and
+    write DST, checked against SRC first (as rewrite_file)."""
+    src, dst, step, check = Path(src), Path(dst), save.step or (lambda text: None), _options(check)
     step(f"loading {src}")
     loaded, protected = _open(src, dst)
     sized = None
@@ -178,6 +176,6 @@ def revert_file(
         check, sized = _sized(loaded.model, check, CHECK_ESCAPE)
     step("reverting")
     result = revert_model(loaded.model, copy=False)
-    written = _save(result, loaded, src, dst, protected, external_data, check, "reverted", step)
+    written = _save(result, loaded, src, dst, protected, save.external_data, check, "reverted", step)
     written.input_shapes = sized
     return written

@@ -58,13 +58,23 @@ class Scope:
 
 
 class _Index:
-    """A body's names: initializers, the node producing each value, the inputs."""
+    """A body's names: initializers, the node producing each value, the nodes reading it, the
+    inputs, and where each node sits."""
 
     def __init__(self, scope: Scope):
         body = scope.body
         self.initializers: dict[str, TensorProto] = {} if scope.is_function else {
             t.name: t for t in reversed(body.initializer)}  # the first of a repeated name, as a scan finds it
         self.producers: dict[str, NodeProto] = {}
+        self.consumers: dict[str, list[NodeProto]] = {}
+        # protobuf hands out one Python object per node while any reference to it lives: holding
+        # them all keeps id(node) meaning this node
+        self.nodes: list[NodeProto] = list(body.node)
+        self.position: dict[int, int] = {}  # id(node) -> its index in the body
+        for i, node in enumerate(self.nodes):
+            self.position[id(node)] = i
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
         for node in reversed(body.node):
             for name in node.output:
                 self.producers[name] = node
@@ -149,6 +159,17 @@ def all_names(model: ModelProto) -> set[str]:
             names.add(node.name)
     names.discard("")
     return names
+
+
+def position(body, item, items=None) -> int:
+    """Where ITEM (a node of BODY, or an element of ITEMS) sits: by identity, not by protobuf's
+    deep equality, which compares whole messages."""
+    return next(i for i, other in enumerate(body.node if items is None else items) if other is item)
+
+
+def remove_node(scope: Scope, node: NodeProto) -> None:
+    del scope.body.node[position(scope.body, node)]
+    scope.changed()
 
 
 def unique_name(base: str, taken: set[str]) -> str:

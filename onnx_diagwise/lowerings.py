@@ -56,7 +56,7 @@ from google.protobuf.message import DecodeError
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from .detect import DepthwiseConv, WeightSource, attribute, find_weight
-from .graphs import Scope, all_names, iter_scopes, unique_name, use_counts
+from .graphs import Scope, all_names, iter_scopes, position, unique_name, use_counts
 from .tensors import tensor_array, tensor_like
 
 LOWERINGS = ("toeplitz", "polyphase", "conv2d")
@@ -633,10 +633,11 @@ class _Emitter:
 def insert(conv: DepthwiseConv, lowered: Lowered) -> None:
     """Put LOWERED in CONV's place in its graph, and its tensors in place of the originals."""
     body = conv.scope.body
-    index = next(i for i, node in enumerate(body.node) if node == conv.node)
+    index = position(body, conv.node)
     del body.node[index]
     for offset, node in enumerate(lowered.nodes):
         body.node.insert(index + offset, node)
+    conv.scope.changed()
     for name, array in lowered.tensors.items():
         _replace_tensor(conv.scope, name, array)
 
@@ -652,6 +653,13 @@ def lower(model: ModelProto, conv: DepthwiseConv, lowering: str, params: Mapping
     lowered = build(conv, lowering, params, input_shape, all_names(model), opset=opset)
     insert(conv, lowered)
     return lowered
+
+
+def label(lowering: str, params: Mapping[str, Any]) -> str:
+    """toeplitz, polyphase B=16, polyphase B=16 2-D, conv2d."""
+    if lowering == "polyphase":
+        return f"polyphase B={params['block']}" + (" 2-D" if params.get("as_2d") else "")
+    return lowering
 
 
 def opset_of(model: ModelProto) -> int:
@@ -705,25 +713,20 @@ def match(scope: Scope, node: NodeProto) -> Match | str | None:
 
 
 def _group(scope: Scope, head: NodeProto, original: NodeProto) -> list[NodeProto]:
-    """The nodes of SCOPE linked to HEAD through values other than the original's inputs and output."""
-    nodes = list(scope.body.node)
-    producers = {name: i for i, node in enumerate(nodes) for name in node.output}
-    consumers: dict[str, list[int]] = {}
-    for i, node in enumerate(nodes):
-        for name in node.input:
-            consumers.setdefault(name, []).append(i)
+    """The nodes of SCOPE linked to HEAD through values other than the original's inputs and output,
+    in graph order (found through the scope's index: time in the size of the group, not the graph)."""
+    index = scope.index
     stop = set(original.input) | set(original.output)
-    start = next(i for i, node in enumerate(nodes) if node == head)
-    found, queue = {start}, [start]
+    found, queue = {id(head): head}, [head]
     while queue:
-        node = nodes[queue.pop()]
-        linked = [producers[n] for n in node.input if n and n not in stop and n in producers]
-        linked += [c for n in node.output if n not in stop for c in consumers.get(n, [])]
-        for i in linked:
-            if i not in found:
-                found.add(i)
-                queue.append(i)
-    return [nodes[i] for i in sorted(found)]
+        node = queue.pop()
+        linked = [index.producers[n] for n in node.input if n and n not in stop and n in index.producers]
+        linked += [c for n in node.output if n not in stop for c in index.consumers.get(n, [])]
+        for other in linked:
+            if id(other) not in found:
+                found[id(other)] = other
+                queue.append(other)
+    return sorted(found.values(), key=lambda node: index.position[id(node)])
 
 
 def _same_nodes(found: list[NodeProto], rebuilt: tuple[NodeProto, ...]) -> bool:
@@ -761,11 +764,13 @@ def find(model: ModelProto) -> list[tuple[Scope, NodeProto, Match | str]]:
 def restore(found: Match) -> None:
     """Put the original depthwise node back where its lowered group is, and its weight and bias."""
     body = found.scope.body
-    positions = [i for i, node in enumerate(body.node) if any(node == n for n in found.nodes)]
+    group = {id(node) for node in found.nodes}
+    positions = [i for i, node in enumerate(body.node) if id(node) in group]
     made = {name for node in found.nodes for name in node.output} - set(found.original.output)
     for i in reversed(positions):
         del body.node[i]
     body.node.insert(positions[0], found.original)
+    found.scope.changed()
     for name, array in found.tensors.items():
         _replace_tensor(found.scope, name, array)
     if not found.scope.is_function:  # shapes someone inferred for the lowered values go with them

@@ -39,7 +39,7 @@ class DiagonalwisePass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         result = rewrite(model, self.group_size, **self.options)
         self.report = result.report
-        modified = any(n.action == "rewritten" for n in result.report.nodes)
+        modified = result.report.modified
         if modified:
             _transplant(model, result.model)
         return ir.passes.PassResult(model, modified)
@@ -55,7 +55,7 @@ class RevertPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         result = revert(model)
         self.report = result.report
-        modified = any(n.action == "reverted" for n in result.report.nodes)
+        modified = result.report.modified
         if modified:
             _transplant(model, result.model)
         return ir.passes.PassResult(model, modified)

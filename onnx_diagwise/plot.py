@@ -51,16 +51,19 @@ def plot_bench(report, path: Path) -> None:
 
 
 def plot_tuning(report, path: Path) -> None:
-    """Speedup of every candidate G over the original, per depthwise layer."""
+    """Speedup of every candidate form (G or lowering) over the original, per depthwise layer."""
+    from .plan import parse_choice
+
     plt = require_matplotlib()
     layers = [layer for layer in report.layers if layer.original_ms]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(layers) + 3), 4.5))
-    sizes = sorted({int(g) for layer in layers for g in layer.times_ms})
-    width = 0.8 / max(1, len(sizes))
-    for k, g in enumerate(sizes):
-        values = [layer.original_ms / layer.times_ms[str(g)] if str(g) in layer.times_ms else 0.0
-                  for layer in layers]
-        ax.bar([i + k * width for i in range(len(layers))], values, width, label=f"G={g}")
+    # G values in order, then the lowerings by name
+    forms = sorted({spec for layer in layers for spec in layer.times_ms},
+                   key=lambda spec: (not spec.isdigit(), int(spec) if spec.isdigit() else 0, spec))
+    width = 0.8 / max(1, len(forms))
+    for k, spec in enumerate(forms):
+        values = [layer.original_ms / layer.times_ms[spec] if spec in layer.times_ms else 0.0 for layer in layers]
+        ax.bar([i + k * width for i in range(len(layers))], values, width, label=parse_choice(spec).label)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(layers))], [layer.node for layer in layers],
                   rotation=60, ha="right", fontsize=7)

@@ -16,6 +16,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from .plan import parse_choice
 from .report import ModelStats, RewriteReport, human_bytes as size
 
 Cell = str | Text
@@ -112,7 +113,7 @@ def nodes_table(report: RewriteReport, title: str, width: int | None = None) -> 
         row: Row = {"node": n.name if n.graph == "main" else f"{n.name} ({n.graph})", "form": n.form or "-",
                     "C": str(n.channels or "-"), "M": str(n.multiplier or "-"), "kernel": _dims(n.kernel),
                     "stride": _dims(n.strides), "dilation": _dims(n.dilations), "dtype": n.dtype or "-",
-                    "weight": n.weight_source or "-", "G": str(n.group_size or "-"),
+                    "weight": n.weight_source or "-", "G": n.form_label or "-",
                     "action": Text(action, style=style), "reason": n.reason}
         row["why"] = Text(action, style=style)
         if style == "yellow" and n.reason:
@@ -219,22 +220,21 @@ def op_type_table(report, width: int | None = None) -> list[RenderableType]:
         rows.append({"op type": op, **{h: f"{p.by_op_type_us.get(op, 0.0):.1f}"
                                        for h, p in zip(headers, report.profiles)}})
     return [*grid("Kernel time per op type (us per run, onnxruntime profiler)", ["op type", *headers], rows, width,
-                  right=headers, plain=[*headers, "op type"]), *(line for n in legend for line in wrapped(n, width))]
+                  right=headers, plain=[*headers, "op type"]), *(Text(line) for line in legend)]  # paths whole
 
 
 def depthwise_time_table(report, width: int | None = None) -> list[RenderableType]:
-    headers, legend = _numbered(report, width)
+    headers, _ = _numbered(report, width)
     rows = []
     for row in report.depthwise_nodes():
         cells = {h: "-" if t is None else f"{group} / {t:.1f}"
                  for h, group, t in zip(headers, row["groups"], row["times_us"])}
         rows.append({"node": row["source"] or row["node"], **cells})
-    return [*grid("Depthwise Conv nodes of the first model, per model: group / kernel us per run",
-                  ["node", *headers], rows, width, right=headers, plain=[*headers, "node"]),
-            *(line for n in legend for line in wrapped(n, width))]
+    return grid("Depthwise Conv nodes of the first model, per model: group / kernel us per run",
+                ["node", *headers], rows, width, right=headers, plain=[*headers, "node"])  # legend: op_type_table's
 
 
-TUNE_HEADERS = ("node", "C", "kernel", "input shape", "original ms", "best G", "best ms", "speedup", "decision")
+TUNE_HEADERS = ("node", "C", "kernel", "input shape", "original ms", "best", "best ms", "speedup", "decision")
 
 
 def tune_table(report, width: int | None = None) -> list[RenderableType]:
@@ -244,7 +244,7 @@ def tune_table(report, width: int | None = None) -> list[RenderableType]:
     rows = []
     decisions: dict[str, int] = {}
     for layer in report.layers:
-        colour = "green" if layer.group_size > 1 else "yellow"
+        colour = "green" if layer.rewritten else "yellow"
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         decision = layer.decision + (" (cached)" if layer.cached else "")
         # At narrow widths a note per kind of decision: its figures in parentheses are the columns'.
@@ -252,17 +252,16 @@ def tune_table(report, width: int | None = None) -> list[RenderableType]:
         rows.append({"node": layer.node, "C": str(layer.channels), "kernel": _dims(layer.kernel),
                      "input shape": _dims(layer.input_shape) if layer.input_shape else "?",
                      "original ms": fmt(layer.original_ms, ".3f"),
-                     "best G": str(layer.best_group_size or "-"),
+                     "best": parse_choice(layer.best).label if layer.best else "-",
                      "best ms": fmt(layer.best_ms, ".3f"),
                      "speedup": "-" if layer.speedup is None else f"{layer.speedup:.2f}x",
                      "decision": Text(decision, style=colour),
-                     "why": Text("rewrite" if layer.group_size > 1 else "keep", style=colour) + Text(f" [{number}]")})
+                     "why": Text("rewrite" if layer.rewritten else "keep", style=colour) + Text(f" [{number}]")})
     caption = None
     if report.end_to_end_speedup is not None:
         caption = (f"whole model: original {report.original_ms:.3f} ms, tuned {report.tuned_ms:.3f} ms, "
                    f"{report.end_to_end_speedup:.2f}x")
     notes = [f"[{number}] {decision}" for decision, number in decisions.items()]
-    plain = ["C", "kernel", "input shape", "original ms", "best G", "best ms", "speedup", "why", "node"]
-    return grid(title, TUNE_HEADERS, rows, width, right=("C", "original ms", "best G", "best ms", "speedup"),
-                plain=plain, labels={"why": "decision"}, drop=("input shape", "kernel", "best ms", "original ms"),
-                notes=notes, caption=caption)
+    plain = ["C", "kernel", "input shape", "original ms", "best", "best ms", "speedup", "why", "node"]
+    return grid(title, TUNE_HEADERS, rows, width, right=("C", "original ms", "best", "best ms", "speedup"),
+                plain=plain, labels={"why": "decision"}, drop=("input shape", "kernel", "best ms", "original ms"), notes=notes, caption=caption)

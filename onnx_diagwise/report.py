@@ -9,6 +9,7 @@ from typing import Any
 from onnx import ModelProto
 
 from .detect import NODE_FORMS, Detection, detect, node_form
+from .reasons import Action, Reason
 from .shapes import infer_value_types
 from .graphs import iter_scopes
 from .tensors import iter_tensors, tensor_elements, weight_bytes
@@ -27,12 +28,13 @@ def human_bytes(n: int | None) -> str:
 
 @dataclass(frozen=True)
 class NodeDecision:
-    """What happens (or happened) to one grouped Conv node, and why."""
+    """What happens (or happened) to one grouped Conv node, and why (CODE, with REASON for people)."""
 
     name: str
     graph: str
-    action: str  # "rewrite" (planned, in inspect) | "rewritten" | "skipped" | "reverted"
+    action: Action  # rewrite (planned, in inspect) | rewritten | skipped | reverted
     reason: str
+    code: Reason | None = None
     form: str | None = None  # float, FusedConv, QDQ, QLinearConv, ConvInteger, ConvTranspose, dynamic
     channels: int | None = None
     multiplier: int | None = None
@@ -43,16 +45,34 @@ class NodeDecision:
     auto_pad: str | None = None
     dtype: str | None = None
     weight_source: str | None = None
-    group_size: int | None = None
+    group_size: int | None = None  # block-diagonal: G
     groups_after: int | None = None
+    lowering: str | None = None  # toeplitz, polyphase, conv2d (None: block-diagonal, or untouched)
+    lowering_params: dict[str, Any] | None = None  # polyphase: block, as_2d
     weight_bytes_before: int | None = None
     weight_bytes_after: int | None = None
     flops_before: int | None = None  # per sample (batch 1); None when the output shape is unknown
     flops_after: int | None = None
     block_diagonal: bool = False  # the layer is block-diagonal already (rewritten before, G in group_size)
 
+    @property
+    def changed(self) -> bool:
+        """Whether the node was (or, planned, is to be) turned into another form."""
+        return self.action in (Action.REWRITE, Action.REWRITTEN, Action.REVERTED)
+
+    @property
+    def form_label(self) -> str | None:
+        """How the node is (to be) computed: 'G=8', 'toeplitz', 'polyphase B=16', ..."""
+        if self.lowering == "polyphase" and self.lowering_params:
+            return f"polyphase B={self.lowering_params['block']}" + (" 2-D" if self.lowering_params["as_2d"] else "")
+        if self.lowering:
+            return self.lowering
+        return f"G={self.group_size}" if self.group_size else None
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["action"], data["code"] = str(self.action), str(self.code) if self.code else None
+        return data
 
 
 @dataclass
@@ -67,6 +87,7 @@ class ModelStats:
     parameters: int
     weight_bytes: int
     op_counts: dict[str, int]
+    lowered_convs: int = 0  # toeplitz, polyphase, conv2d groups (one each)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,20 +97,26 @@ def model_stats(model: ModelProto, found: Detection | None = None) -> ModelStats
     """Counts for the before/after table; FOUND is detect()'s result for MODEL, when already at hand."""
     found = found or detect(model, infer_value_types(model))
     block_diagonal = sum(1 for s in found.skipped if s.block_diagonal_g)
+    lowered = sum(1 for s in found.skipped if s.code == Reason.LOWERED)
     handled = {spec.form for spec in NODE_FORMS.values()} | {"QDQ", "dynamic"}
-    grouped = sum(1 for s in found.skipped if not s.block_diagonal_g and s.form in handled)
-    return _counted(model, len(found.candidates), block_diagonal, grouped)
+    grouped = sum(1 for s in found.skipped if not s.block_diagonal_g and s.form in handled
+                  and s.code != Reason.LOWERED)
+    return _counted(model, len(found.candidates), block_diagonal, grouped, lowered)
 
 
-def stats_after(model: ModelProto, before: ModelStats, changed: int) -> ModelStats:
-    """MODEL's counts after CHANGED depthwise convolutions became block-diagonal (negative: block-
-    diagonal ones became depthwise), counted from what was done instead of detecting again, which
-    would read every expanded weight."""
-    return _counted(model, before.depthwise_convs - changed, before.block_diagonal_convs + changed,
-                    before.grouped_convs)
+def stats_after(model: ModelProto, before: ModelStats, outcome) -> ModelStats:
+    """MODEL's counts after the OUTCOME (NodeDecisions) of a rewrite or revert, counted from what
+    was done instead of detecting again, which would read every expanded weight."""
+    done = [n for n in outcome if n.action in (Action.REWRITTEN, Action.REVERTED)]
+    sign = {Action.REWRITTEN: 1, Action.REVERTED: -1}
+    block_diagonal = sum(sign[n.action] for n in done if not n.lowering)
+    lowered = sum(sign[n.action] for n in done if n.lowering)
+    return _counted(model, before.depthwise_convs - block_diagonal - lowered,
+                    before.block_diagonal_convs + block_diagonal, before.grouped_convs,
+                    before.lowered_convs + lowered)
 
 
-def _counted(model: ModelProto, depthwise: int, block_diagonal: int, grouped: int) -> ModelStats:
+def _counted(model: ModelProto, depthwise: int, block_diagonal: int, grouped: int, lowered: int) -> ModelStats:
     ops: Counter = Counter()
     convs = 0
     for scope in iter_scopes(model):
@@ -98,7 +125,7 @@ def _counted(model: ModelProto, depthwise: int, block_diagonal: int, grouped: in
             convs += node_form(node) is not None
     parameters = sum(tensor_elements(t) for t in iter_tensors(model))
     return ModelStats(depthwise, block_diagonal, grouped, convs, parameters, weight_bytes(model),
-                      dict(sorted(ops.items())))
+                      dict(sorted(ops.items())), lowered)
 
 
 @dataclass
@@ -114,11 +141,17 @@ class RewriteReport:
 
     @property
     def rewritten(self) -> list[NodeDecision]:
-        return [n for n in self.nodes if n.action in ("rewrite", "rewritten", "reverted")]
+        """The nodes changed (or, planned, to be changed): rewritten, lowered or reverted."""
+        return [n for n in self.nodes if n.changed]
 
     @property
     def skipped(self) -> list[NodeDecision]:
-        return [n for n in self.nodes if n.action == "skipped"]
+        return [n for n in self.nodes if n.action == Action.SKIPPED]
+
+    @property
+    def modified(self) -> bool:
+        """Whether the model was changed (inspect: never)."""
+        return self.after is not None and any(n.action in (Action.REWRITTEN, Action.REVERTED) for n in self.nodes)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -20,15 +20,19 @@ from .api import ModelOrPath
 from .detect import (FLOAT_TYPES, BlockDiagonal, DepthwiseConv, SkippedConv, WeightSource, attribute, detect,
                      find_weight, node_form)
 from .graphs import Scope
+from .lowerings import label, restore
+from .reasons import Action, Reason
 from .report import NodeDecision, RewriteReport, RewriteResult, model_stats, stats_after
-from .rewriter import SUFFIX, WeightEditor, remove_node, set_group
+from .graphs import remove_node
+from .rewriter import SUFFIX, WeightEditor, set_group
 from .shapes import infer_value_types
 from .tensors import tensor_array
 from .weights import collapse_block_diagonal, collapse_transposed, is_block_diagonal
 
 
 def revert(model_or_path: ModelOrPath, copy: bool = True) -> RewriteResult:
-    """Collapse every block-diagonal grouped convolution back to a depthwise one."""
+    """Turn every block-diagonal grouped convolution and every lowered group back into the
+    depthwise convolution it was."""
     start = time.perf_counter()
     with opened(model_or_path, copy=copy) as (model, back):
         return _revert(model, back, start)
@@ -40,17 +44,25 @@ def _revert(model: ModelProto, back, start: float) -> RewriteResult:
     editor = WeightEditor(model)
     decisions, remaining = [], []
     for conv in found.candidates:
-        decisions.append(_decision(conv, "skipped", "depthwise already; nothing to revert"))
+        decisions.append(_decision(conv, Action.SKIPPED, Reason.DEPTHWISE_ALREADY, "depthwise already; nothing to revert"))
     for skipped in found.skipped:
+        if skipped.lowered is not None:
+            restore(skipped.lowered)
+            lowered = skipped.lowered
+            decisions.append(_decision(skipped, Action.REVERTED, Reason.UNDONE,
+                                       f"{label(lowered.lowering, lowered.params)} -> depthwise "
+                                       f"(group={skipped.channels})", lowering=lowered.lowering,
+                                       lowering_params=dict(lowered.params) or None))
+            continue
         diagonal = skipped.block_diagonal
         if diagonal is None:
-            decisions.append(_decision(skipped, "skipped", _why_left(skipped)))
+            decisions.append(_decision(skipped, Action.SKIPPED, *_why_left(skipped)))
             if node_form(skipped.node) is None and _holds_block_diagonal(skipped.node, skipped.scope):
                 remaining.append(skipped.name)
             continue
         decisions.append(_revert_node(skipped, diagonal, editor))
-    reverted = sum(d.action == "reverted" for d in decisions)
-    report = RewriteReport("revert", decisions, before, stats_after(model, before, -reverted),
+    reverted = sum(d.action == Action.REVERTED for d in decisions)
+    report = RewriteReport("revert", decisions, before, stats_after(model, before, decisions),
                            elapsed_s=time.perf_counter() - start)
     if remaining:
         report.warnings.append(f"block-diagonal weights remain in {len(remaining)} node(s) of a form revert does not "
@@ -63,16 +75,17 @@ def _revert(model: ModelProto, back, start: float) -> RewriteResult:
     return RewriteResult(back(model), report)
 
 
-def _decision(conv: DepthwiseConv | SkippedConv, action: str, reason: str, **fields) -> NodeDecision:
-    return NodeDecision(name=conv.name, graph=conv.graph, action=action, reason=reason, form=conv.form,
+def _decision(conv: DepthwiseConv | SkippedConv, action: Action, code: Reason, reason: str, **fields) -> NodeDecision:
+    return NodeDecision(name=conv.name, graph=conv.graph, action=action, code=code, reason=reason, form=conv.form,
                         channels=conv.channels, multiplier=conv.multiplier, kernel=conv.kernel, **fields)
 
 
-def _why_left(skipped: SkippedConv) -> str:
+def _why_left(skipped: SkippedConv) -> tuple[Reason, str]:
     """A grouped conv that is neither depthwise nor block-diagonal mixes channels; others keep detect's reason."""
-    if skipped.reason.startswith(("grouped conv with", "grouped ConvTranspose with")):
-        return f"{skipped.reason}: its weight is not block-diagonal (it mixes channels), so there is nothing to revert"
-    return skipped.reason
+    if skipped.code == Reason.GROUPED:
+        return Reason.MIXES_CHANNELS, (f"{skipped.reason}: its weight is not block-diagonal (it mixes channels), "
+                                       "so there is nothing to revert")
+    return skipped.code, skipped.reason
 
 
 def _revert_node(skipped: SkippedConv, diagonal: BlockDiagonal, editor: WeightEditor) -> NodeDecision:
@@ -82,7 +95,7 @@ def _revert_node(skipped: SkippedConv, diagonal: BlockDiagonal, editor: WeightEd
     if diagonal.expansion is not None:
         _remove_expansion(skipped, diagonal.expansion, editor.counts)
         set_group(skipped.node, c)
-        return _decision(skipped, "reverted", f"run-time expansion with G={g} removed; depthwise again",
+        return _decision(skipped, Action.REVERTED, Reason.UNDONE, f"run-time expansion with G={g} removed; depthwise again",
                          group_size=g, groups_after=c)
     weight = tensor_array(diagonal.weight.tensor)
     if diagonal.transposed:
@@ -98,7 +111,8 @@ def _revert_node(skipped: SkippedConv, diagonal: BlockDiagonal, editor: WeightEd
         editor.replace(diagonal.weight, diagonal.reader, skipped.scope.namespace, collapsed, "depthwise",
                        original if original != base else f"{base}_depthwise", diagonal.shaped)
     set_group(skipped.node, c)
-    return _decision(skipped, "reverted", f"block-diagonal with G={g} (group={group}) -> depthwise (group={c})",
+    return _decision(skipped, Action.REVERTED, Reason.UNDONE,
+                     f"block-diagonal with G={g} (group={group}) -> depthwise (group={c})",
                      group_size=g, groups_after=c, weight_source=diagonal.weight.kind,
                      weight_bytes_before=weight.nbytes, weight_bytes_after=collapsed.nbytes)
 

@@ -16,15 +16,20 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
+from typing import Mapping
 
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from .detect import DepthwiseConv, WeightSource, detect
-from .graphs import all_names, iter_scopes, unique_name, use_counts
-from .tensors import tensor_array, tensor_like
-from .plan import Choice, Plan, plan_exact
+from .detect import DepthwiseConv, Detection, WeightSource, detect
+from .errors import DiagwiseError
+from .graphs import all_names, iter_scopes, position, remove_node, unique_name, use_counts
+from .lowerings import build, insert, why_not
+from .plan import BLOCK_DIAGONAL, Choice, Plan, plan_exact
+from .reasons import Action
 from .report import NodeDecision
+from .shapes import infer_value_types
+from .tensors import tensor_array, tensor_like
 from .weights import dynamic_mask, expand_depthwise, expand_transposed
 
 SUFFIX = "_diagwise_g"  # expanded copies are named <weight>_diagwise_g<G>
@@ -148,30 +153,49 @@ class WeightEditor:
             source.scope.changed()
 
 
-def apply_plan(model: ModelProto, plan: Plan) -> tuple[NodeDecision, ...]:
-    """Rewrite MODEL in place as PLAN says; the outcome is the plan's decisions, "rewrite" done."""
+def apply_plan(model: ModelProto, plan: Plan, found: Detection | None = None) -> tuple[NodeDecision, ...]:
+    """Rewrite MODEL in place as PLAN says; the outcome is the plan's decisions, "rewrite" done.
+    FOUND is detect()'s result for MODEL as it is now, when at hand; the plan itself holds no part
+    of any model, so it applies to every copy of the model it was made for."""
+    found = found or detect(model, infer_value_types(model))
+    by_name = {(c.graph, c.name): c for c in found.candidates}
     editor = WeightEditor(model)
     outcome = []
     for item in plan.nodes:
-        conv, g = item.conv, item.decision.group_size
-        if conv is None:
+        choice = item.choice
+        if choice is None:
             outcome.append(item.decision)
             continue
-        if conv.dynamic is not None:
-            _expand_at_run_time(conv, g, editor.taken)
+        conv = by_name.get((item.decision.graph, item.decision.name))
+        if conv is None:
+            raise DiagwiseError(f"the plan rewrites '{item.decision.name}' ({item.decision.graph}), which is not a "
+                                "depthwise Conv of this model")
+        if choice.lowering != BLOCK_DIAGONAL:
+            refused = why_not(conv, choice.lowering, choice.params, conv.input_shape, opset=conv.opset,
+                              reads=editor.counts[conv.scope.namespace])
+            if refused:  # e.g. a weight that another rewrite made shared since the plan was made
+                raise DiagwiseError(f"'{conv.name}' cannot take {choice.label}: {refused}")
+            lowered = build(conv, choice.lowering, choice.params, conv.input_shape, editor.taken, opset=conv.opset)
+            insert(conv, lowered)
+        elif conv.dynamic is not None:
+            _expand_at_run_time(conv, choice.g, editor.taken)
+            set_group(conv.node, conv.channels // choice.g)
         else:
+            g = choice.g
             zero_point = conv.zero_point.tobytes().hex() if conv.zero_point is not None else ""
             shaped = (conv.node.input[1],) if conv.form == "QDQ" else ()  # the DequantizeLinear output
             editor.replace(conv.weight, conv.reader, conv.scope.namespace, expand(conv, g),
                            f"g{g}:{conv.transposed}:{zero_point}", f"{conv.weight.names[-1]}{SUFFIX}{g}", shaped)
-        set_group(conv.node, conv.channels // g)
-        outcome.append(replace(item.decision, action="rewritten"))
+            set_group(conv.node, conv.channels // g)
+        outcome.append(replace(item.decision, action=Action.REWRITTEN))
     return tuple(outcome)
 
 
-def apply_group_sizes(model: ModelProto, group_sizes: dict[str, int]) -> tuple[NodeDecision, ...]:
-    """Rewrite exactly the nodes of GROUP_SIZES ({node: G}) in MODEL, in place."""
-    return apply_plan(model, plan_exact(detect(model), {n: Choice(g, "exact") for n, g in group_sizes.items()}))
+def apply_group_sizes(model: ModelProto, group_sizes: Mapping[str, int | Choice]) -> tuple[NodeDecision, ...]:
+    """Rewrite exactly the nodes of GROUP_SIZES ({node: G or Choice}) in MODEL, in place."""
+    found = detect(model, infer_value_types(model))
+    choices = {n: c if isinstance(c, Choice) else Choice(g=c, how="exact") for n, c in group_sizes.items()}
+    return apply_plan(model, plan_exact(found, choices), found)
 
 
 def _expand_at_run_time(conv: DepthwiseConv, g: int, taken: set[str]) -> None:
@@ -207,17 +231,6 @@ def _expand_at_run_time(conv: DepthwiseConv, g: int, taken: set[str]) -> None:
     conv.scope.changed()
     node, input_index = conv.reader
     node.input[input_index] = weight_out
-
-
-def position(body, item, items=None) -> int:
-    """Where ITEM (a node of BODY, or an element of ITEMS) sits: by identity, not by protobuf's
-    deep equality, which compares whole messages."""
-    return next(i for i, other in enumerate(body.node if items is None else items) if other is item)
-
-
-def remove_node(scope, node: NodeProto) -> None:
-    del scope.body.node[position(scope.body, node)]
-    scope.changed()
 
 
 def set_group(node: NodeProto, group: int) -> None:

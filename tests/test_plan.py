@@ -7,8 +7,10 @@ import pytest
 from helpers import depthwise_model
 from onnx_diagwise.detect import detect
 from onnx_diagwise.errors import DiagwiseError
-from onnx_diagwise.plan import (Choice, Selection, choose, group_size_for, largest_divisor_at_most,
-                                parse_group_size, plan, plan_exact)
+from onnx_diagwise.plan import (FULL, PAPER, Choice, GroupSize, Lowered, Measured, Selection, choose, group_size_for,
+                                largest_divisor_at_most, parse_choice, parse_group_size, parse_policy, plan,
+                                plan_exact)
+from onnx_diagwise.reasons import Action, Leave, Reason
 
 
 def two_layers():
@@ -38,10 +40,28 @@ def test_parse_group_size(value, parsed):
     assert parse_group_size(value) == parsed
 
 
-@pytest.mark.parametrize("value", [0, -2, True, "0", "x", "4.5", ""])
+@pytest.mark.parametrize("value", [0, -2, True, "0", "x", "4.5", "", "polyphase:1", "toeplitz:4"])
 def test_parse_group_size_refuses(value):
-    with pytest.raises(DiagwiseError, match="^group_size must be a positive integer, 'paper', 'full' or 'auto'"):
+    with pytest.raises(DiagwiseError, match="^group_size must be a positive integer, 'paper', 'full'"):
         parse_group_size(value)
+
+
+@pytest.mark.parametrize("value, policy", [(4, GroupSize(4)), ("paper", PAPER), ("FULL", FULL),
+                                           ("toeplitz", Lowered(Choice("toeplitz"))),
+                                           ("polyphase", Lowered(Choice("polyphase", block=8))),
+                                           ("polyphase:16:2d", Lowered(Choice("polyphase", block=16, as_2d=True))),
+                                           ("conv2d", Lowered(Choice("conv2d")))])
+def test_parse_policy(value, policy):
+    assert parse_policy(value) == policy
+    assert str(parse_policy(value)) in (str(value).lower(), "polyphase:8")
+
+
+def test_parse_choice_round_trips_its_spec():
+    for spec in ("1", "8", "toeplitz", "polyphase:16", "polyphase:4:2d", "conv2d"):
+        assert parse_choice(spec).spec == spec
+    for bad in ("0", "polyphase:1", "polyphase:8:3d", "toeplitz:2", "g8"):
+        with pytest.raises(DiagwiseError, match="node_group_sizes takes a positive integer G"):
+            parse_choice(bad)
 
 
 def test_group_size_for_each_policy():
@@ -64,44 +84,62 @@ def test_selection_checks_its_parameters():
 
 def test_choose_applies_selection_then_pins_then_the_policy():
     found = detect(two_layers())
+    four = GroupSize(4)
     assert [c.name for c in found.candidates] == ["a", "b"]
-    assert choose(found, 4) == {"a": Choice(4, "N=4: largest divisor of C=12 <= 4"),
-                                "b": Choice(4, "N=4: largest divisor of C=8 <= 4")}
-    assert choose(found, 4, Selection(include="^a$")) == {
-        "a": Choice(4, "N=4: largest divisor of C=12 <= 4"), "b": "name does not match --include '^a$'"}
-    assert choose(found, 4, Selection(exclude="a")) == {
-        "a": "name matches --exclude 'a'", "b": Choice(4, "N=4: largest divisor of C=8 <= 4")}
-    assert choose(found, 4, Selection(min_channels=9))["b"] == "C=8 is below --min-channels 9"
-    assert choose(found, 4, node_group_sizes={"b": 8})["b"] == Choice(8, "pinned by --node-group-size")
-    assert choose(found, 1)["a"] == "G=1 (N=1: largest divisor of C=12 <= 1): left depthwise"
-    assert choose(found, 4, node_group_sizes={"a": 1})["a"] == "G=1 (pinned by --node-group-size): left depthwise"
-    measured = {"a": Choice(3, "auto: 1.20x"), "b": "kept original: every G slower"}
-    assert choose(found, measured) == measured
-    assert choose(found, {"a": Choice(3, "auto")})["b"] == "kept original: not measured"
+    assert choose(found, four) == {"a": Choice(g=4, how="N=4: largest divisor of C=12 <= 4"),
+                                   "b": Choice(g=4, how="N=4: largest divisor of C=8 <= 4")}
+    assert choose(found, four, Selection(include="^a$")) == {
+        "a": Choice(g=4, how="N=4: largest divisor of C=12 <= 4"),
+        "b": Leave(Reason.NOT_INCLUDED, "name does not match include '^a$'")}
+    assert choose(found, four, Selection(exclude="a")) == {
+        "a": Leave(Reason.EXCLUDED, "name matches exclude 'a'"), "b": Choice(g=4, how="N=4: largest divisor of C=8 <= 4")}
+    assert choose(found, four, Selection(min_channels=9))["b"] == Leave(Reason.FEW_CHANNELS,
+                                                                        "C=8 is below min_channels 9")
+    assert choose(found, four, Selection(node_group_sizes={"b": 8}))["b"] == Choice(
+        g=8, how="pinned by node_group_sizes", code=Reason.PINNED)
+    assert choose(found, GroupSize(1))["a"] == Leave(Reason.STAYS_DEPTHWISE,
+                                                     "G=1 (N=1: largest divisor of C=12 <= 1): left depthwise")
+    assert choose(found, four, Selection(node_group_sizes={"a": 1}))["a"] == Leave(
+        Reason.STAYS_DEPTHWISE, "G=1 (pinned by node_group_sizes): left depthwise")
+    measured = {"a": Choice(g=3, how="auto: 1.20x"), "b": Leave(Reason.KEPT_BY_MEASUREMENT, "every G slower")}
+    assert choose(found, Measured(measured)) == measured
+    assert choose(found, Measured({"a": Choice(g=3)}))["b"] == Leave(Reason.NOT_MEASURED, "kept original: not measured")
+    # any callable from a layer to a choice is a policy: here, by kernel size
+    by_kernel = choose(found, lambda conv: Choice(g=2, how="small kernel") if conv.kernel == [3, 3]
+                       else Leave(Reason.POLICY, "large kernel kept"))
+    assert by_kernel == {"a": Choice(g=2, how="small kernel"), "b": Leave(Reason.POLICY, "large kernel kept")}
+
+
+def test_lowered_policy_and_pins_say_why_a_layer_cannot_take_them():
+    found = detect(two_layers())  # no input shapes given: no lowering applies
+    decision = choose(found, Lowered(Choice("toeplitz")))["a"]
+    assert decision.code == Reason.LOWERING_REFUSED and "input shape is unknown" in decision.text
+    with pytest.raises(DiagwiseError, match="^node_group_sizes a=conv2d: conv2d does not apply"):
+        choose(found, GroupSize(4), Selection(node_group_sizes={"a": "conv2d"}))
 
 
 def test_choose_refuses_bad_pins_and_auto():
     found = detect(two_layers())
     with pytest.raises(DiagwiseError, match="^node_group_sizes names 'c', which is not a rewritable depthwise Conv$"):
-        choose(found, 4, node_group_sizes={"c": 2})
+        choose(found, GroupSize(4), Selection(node_group_sizes={"c": 2}))
     with pytest.raises(DiagwiseError, match="^node_group_sizes a=5: 5 does not divide C=12$"):
-        choose(found, 4, node_group_sizes={"a": 5})
-    with pytest.raises(DiagwiseError, match="^node_group_sizes b=0: 0 does not divide C=8$"):
-        choose(found, 4, node_group_sizes={"b": 0})
+        choose(found, GroupSize(4), Selection(node_group_sizes={"a": 5}))
+    with pytest.raises(DiagwiseError, match="^node_group_sizes takes a positive integer G"):
+        Selection(node_group_sizes={"b": 0})
     with pytest.raises(DiagwiseError, match="needs measurement"):
-        choose(found, "auto")
+        choose(found, parse_policy("auto"))
 
 
 def test_plan_exact_is_immutable_and_complete():
     model = two_layers()
     found = detect(model)
-    planned = plan_exact(found, {"a": Choice(4, "test")}, policy="exact")
+    planned = plan_exact(found, {"a": Choice(g=4, how="test")}, policy="exact")
     assert planned.policy == "exact" and planned.group_sizes == {"a": 4}
     a, b = planned.nodes
     assert (a.decision.action, a.decision.reason, a.decision.groups_after) == ("rewrite", "G=4, group=3 (test)", 3)
-    assert a.conv is found.candidates[0]
+    assert a.choice == Choice(g=4, how="test")
     assert a.decision.weight_bytes_before == 12 * 9 * 4 and a.decision.weight_bytes_after == 4 * 12 * 9 * 4
-    assert (b.decision.action, b.decision.reason, b.conv) == ("skipped", "not chosen", None)
+    assert (b.decision.action, b.decision.reason, b.choice) == ("skipped", "not chosen", None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.decision.action = "rewritten"
     with pytest.raises(dataclasses.FrozenInstanceError):

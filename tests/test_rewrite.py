@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import SAMPLE_DIR, assert_same_outputs, attr, conv_nodes, depthwise_model, initializer, random_inputs, run
-from onnx_diagwise import DiagwiseError, inspect, revert, rewrite
+from onnx_diagwise import DiagwiseError, Reason, Selection, inspect, revert, rewrite
 from onnx_diagwise.weights import collapse_block_diagonal, expand_depthwise
 
 
@@ -174,8 +174,8 @@ def test_dynamic_weights_expanded_at_run_time():
     assert decision.action == "rewritten" and decision.weight_source == "computed by Neg"
     assert_same_outputs(computed, result.model)
 
-    [decision] = inspect(computed, dynamic=False).nodes
-    assert decision.action == "skipped" and "--skip-dynamic" in decision.reason
+    [decision] = inspect(computed, selection=Selection(dynamic=False)).nodes
+    assert decision.action == "skipped" and decision.code == Reason.DYNAMIC_LEFT and "dynamic=False" in decision.reason
 
 
 def test_dynamic_weight_of_unknown_shape_is_skipped():
@@ -208,12 +208,12 @@ def test_non_depthwise_group_conv_and_other_domains():
 
 def test_filters_include_exclude_min_channels():
     model = onnx.load(SAMPLE_DIR / "mobilenet_v1_025.onnx")
-    report = inspect(model, include=r"dw1\d")
+    report = inspect(model, selection=Selection(include=r"dw1\d"))
     assert sorted(n.name for n in report.rewritten) == ["dw10", "dw11", "dw12", "dw13"]
-    assert all("--include" in n.reason for n in report.skipped)
-    report = inspect(model, exclude=r"^dw1$")
+    assert all(n.code == Reason.NOT_INCLUDED for n in report.skipped)
+    report = inspect(model, selection=Selection(exclude=r"^dw1$"))
     assert [n.name for n in report.skipped] == ["dw1"]
-    report = inspect(model, min_channels=64)
+    report = inspect(model, selection=Selection(min_channels=64))
     assert {n.channels for n in report.skipped} == {8, 16, 32}
     assert all(n.channels >= 64 for n in report.rewritten)
 
@@ -224,14 +224,14 @@ def test_group_size_policies_and_pins():
     assert inspect(model, group_size=16).nodes[0].group_size == 12
     assert inspect(model, group_size="full").nodes[0].group_size == 24
     assert inspect(model, group_size=5).nodes[0].group_size == 4
-    assert inspect(model, node_group_sizes={"dw": 6}).nodes[0].group_size == 6
+    assert inspect(model, selection=Selection(node_group_sizes={"dw": 6})).nodes[0].group_size == 6
     odd = depthwise_model(channels=7)
     [decision] = inspect(odd, group_size=4).nodes
     assert decision.action == "skipped" and "G=1" in decision.reason
     with pytest.raises(DiagwiseError, match="5 does not divide C=24"):
-        inspect(model, node_group_sizes={"dw": 5})
+        inspect(model, selection=Selection(node_group_sizes={"dw": 5}))
     with pytest.raises(DiagwiseError, match="'nope'"):
-        inspect(model, node_group_sizes={"nope": 4})
+        inspect(model, selection=Selection(node_group_sizes={"nope": 4}))
     for bad in (0, -3, "abc", "1.5", True):
         with pytest.raises(DiagwiseError, match="group_size"):
             inspect(model, group_size=bad)

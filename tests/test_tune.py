@@ -16,7 +16,8 @@ MV2 = SAMPLE_DIR / "mobilenetv2_block.onnx"
 
 
 class FakeTimer:
-    """Layer time = table[C][G]; model time = base + the per-node deltas of the rewritten nodes."""
+    """Layer time = table[C][form] (G as an int, a lowering by its spec; 10 s when not listed);
+    model time = base + the per-node deltas of the rewritten nodes."""
 
     def __init__(self, layer_times, node_deltas=None, base=1.0, clock=None, tick=0.0):
         self.layer_times, self.node_deltas, self.base = layer_times, node_deltas or {}, base
@@ -28,7 +29,7 @@ class FakeTimer:
         if self.clock is not None:
             self.clock.now += self.tick
         table = self.layer_times[signature.channels]
-        return {g: table.get(g, 10.0) for g in models}
+        return {spec: table.get(int(spec) if spec.isdigit() else spec, 10.0) for spec in models}
 
     def models(self, models):
         self.model_calls += 1
@@ -71,12 +72,12 @@ def test_picks_the_fastest_g():
     timer = FakeTimer(_mv1_times(winner_channels=(128,)), node_deltas={f"dw{i}": -0.01 for i in range(1, 14)})
     report = tune(MV1, _options(timer))
     chosen = report.choices
-    assert set(chosen) == {"dw7", "dw8", "dw9", "dw10", "dw11", "dw12"} and set(chosen.values()) == {4}
+    assert set(chosen) == {"dw7", "dw8", "dw9", "dw10", "dw11", "dw12"} and set(chosen.values()) == {"4"}
     assert timer.layer_calls == 9  # one measurement per distinct layer signature (13 nodes)
     dw7 = next(layer for layer in report.layers if layer.node == "dw7")
     assert dw7.speedup == pytest.approx(2.0) and dw7.decision == "G=4: 2.00x faster than depthwise"
     dw1 = report.layers[0]
-    assert dw1.group_size == 1 and "every G slower (best G=2: 0.67x)" in dw1.decision
+    assert dw1.choice == "1" and "every candidate slower (best G=2: 0.67x)" in dw1.decision
     assert report.end_to_end_speedup == pytest.approx(1.0 / (1.0 - 0.06))
 
 
@@ -154,7 +155,7 @@ def test_time_budget_is_respected():
     assert timer.layer_calls == 2  # at t=0 and t=10; at t=20 the budget is spent
     untuned = [layer for layer in report.layers if "not tuned, --time-budget 15s spent" in layer.decision]
     assert [layer.node for layer in untuned] == [f"dw{i}" for i in range(3, 14)]
-    assert all(layer.group_size == 1 for layer in untuned)
+    assert all(not layer.rewritten for layer in untuned)
 
 
 def test_unknown_input_shape_and_bad_options():
@@ -180,7 +181,7 @@ def test_real_cpu_run_keeps_decisions_consistent_with_measurements(tmp_path):
     for layer in tuning.layers:
         assert layer.original_ms > 0 and set(layer.times_ms) >= {"2", "4", "8", "16"}
         assert layer.speedup == pytest.approx(layer.original_ms / layer.best_ms)
-        if layer.group_size == 1:
+        if not layer.rewritten:
             assert layer.decision.startswith("kept original")
             assert layer.speedup < 1.05 or layer.node in tuning.dropped
         else:  # it won alone by the margin, and the whole model was measured faster with it
@@ -273,7 +274,7 @@ def test_damaged_cache_entries_are_measured_again_with_a_warning(tmp_path, caplo
     with caplog.at_level("WARNING", logger="onnx_diagwise"):
         report = tune(MV1, _options(timer, tmp_path))
     assert timer.layer_calls == 9 and not any(layer.cached for layer in report.layers)
-    assert set(report.choices.values()) == {4} and max(layer.speedup for layer in report.layers) == pytest.approx(2.0)
+    assert set(report.choices.values()) == {"4"} and max(layer.speedup for layer in report.layers) == pytest.approx(2.0)
     assert "tuning cache" in caplog.text
     again = FakeTimer(_mv1_times())
     tune(MV1, _options(again, tmp_path))  # the damage is gone: the second run hits the new entries

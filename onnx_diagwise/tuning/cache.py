@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..commit import locked
+from ..errors import DiagwiseError
+from ..plan import parse_choice
 from .layers import LayerSignature
 
 log = logging.getLogger("onnx_diagwise")
@@ -27,19 +29,22 @@ def default_cache_dir() -> Path:
 PLAUSIBLE_SECONDS = (1e-7, 3600.0)
 
 
-def _valid(entry: Any) -> dict[int, float] | None:
-    """A cache entry as {G: seconds}: G=1 (the original) present, every G a positive integer and
-    every time a plausible number of seconds; None when anything is off."""
+def _valid(entry: Any) -> dict[str, float] | None:
+    """A cache entry as {form: seconds}: '1' (the original) present, every form a G or a lowering
+    as parse_choice spells it, and every time a plausible number of seconds; None when anything is off."""
     if not isinstance(entry, dict) or "1" not in entry:
         return None
     times = {}
-    for g, t in entry.items():
-        if not (isinstance(g, str) and g.isdigit() and int(g) >= 1):
+    for spec, t in entry.items():
+        try:
+            if not isinstance(spec, str) or parse_choice(spec).spec != spec:
+                return None
+        except DiagwiseError:
             return None
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not (
                 PLAUSIBLE_SECONDS[0] <= t <= PLAUSIBLE_SECONDS[1]):  # NaN fails too
             return None
-        times[int(g)] = float(t)
+        times[spec] = float(t)
     return times
 
 
@@ -53,12 +58,12 @@ class TuneCache:
 
     def __init__(self, directory: Path | None):
         self.path = Path(directory) / "tune-cache.json" if directory is not None else None
-        self.entries: dict[str, dict[int, float]] = {}
-        self.new: dict[str, dict[int, float]] = {}  # measured by this run, merged into the file on save
+        self.entries: dict[str, dict[str, float]] = {}
+        self.new: dict[str, dict[str, float]] = {}  # measured by this run, merged into the file on save
         if self.path is not None:
             self.entries = self._read(warn=True)
 
-    def _read(self, warn: bool) -> dict[str, dict[int, float]]:
+    def _read(self, warn: bool) -> dict[str, dict[str, float]]:
         if not self.path.exists():
             return {}
         try:
@@ -82,12 +87,12 @@ class TuneCache:
         text = json.dumps({"context": context, "layer": signature.key(), "sizes": sizes}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def get(self, key: str) -> dict[int, float] | None:
+    def get(self, key: str) -> dict[str, float] | None:
         entry = self.entries.get(key)
         return dict(entry) if entry else None
 
-    def put(self, key: str, times: dict[int, float]) -> None:
-        valid = _valid({str(g): t for g, t in times.items()})
+    def put(self, key: str, times: dict[str, float]) -> None:
+        valid = _valid({str(spec): t for spec, t in times.items()})
         if valid is not None:  # a measurement that is no measurement is not kept
             self.entries[key] = self.new[key] = valid
 
@@ -102,8 +107,7 @@ class TuneCache:
                 fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tune-cache.")
                 try:
                     with os.fdopen(fd, "w") as f:
-                        json.dump({"version": 1, "entries": {k: {str(g): t for g, t in v.items()}
-                                                              for k, v in merged.items()}}, f)
+                        json.dump({"version": 1, "entries": merged}, f)
                     os.replace(tmp, self.path)
                 except BaseException:
                     Path(tmp).unlink(missing_ok=True)

@@ -1,9 +1,9 @@
-"""Decisions: the G of every layer, kept only where the whole model is faster; the report."""
+"""Decisions: the form of every layer, kept only where the whole model is faster; the report."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 from onnx import ModelProto
@@ -11,17 +11,20 @@ from onnx import ModelProto
 from ..detect import detect
 from ..dims import resolve_input_shapes
 from ..errors import DiagwiseError
-from ..plan import plan
+from ..plan import Measured, Selection, parse_choice, plan
+from ..reasons import Leave, Reason
 from ..rewriter import apply_group_sizes
 from ..runtime import InputOptions
-from ..shapes import infer_shapes
+from ..shapes import infer_value_types
 from .cache import TuneCache
-from .layers import LayerSignature, opset_of, signature_of, layer_variants, layer_model
+from .layers import LayerSignature, layer_candidates, layer_model, layer_variants, opset_of, signature_of
 from .timing import Timer
 
 @dataclass
 class LayerTuning:
-    """One depthwise node: what was measured and what was decided."""
+    """One depthwise node: what was measured and what was decided.  Candidates are named by their
+    spec: '1' (the original depthwise layer), a G ('8'), or a lowering ('toeplitz', 'polyphase:16',
+    'polyphase:16:2d', 'conv2d')."""
 
     node: str
     graph: str
@@ -29,13 +32,18 @@ class LayerTuning:
     kernel: list[int]
     input_shape: list[int] | None
     original_ms: float | None = None
-    times_ms: dict[str, float] = field(default_factory=dict)  # by G
-    best_group_size: int | None = None
+    times_ms: dict[str, float] = field(default_factory=dict)  # by candidate spec
+    best: str | None = None  # the fastest candidate
     best_ms: float | None = None
     speedup: float | None = None  # original / best
-    group_size: int = 1  # the decision; 1 keeps the original
+    choice: str = "1"  # the decision; '1' keeps the original
     decision: str = ""
     cached: bool = False
+    skipped_forms: dict[str, str] = field(default_factory=dict)  # lowering -> why it was not a candidate
+
+    @property
+    def rewritten(self) -> bool:
+        return self.choice != "1"
 
 
 @dataclass
@@ -50,12 +58,17 @@ class TuneReport:
     elapsed_s: float = 0.0
 
     @property
-    def choices(self) -> dict[str, int]:
-        return {layer.node: layer.group_size for layer in self.layers if layer.group_size > 1}
+    def choices(self) -> dict[str, str]:
+        """{node: spec} of the layers rewritten."""
+        return {layer.node: layer.choice for layer in self.layers if layer.rewritten}
 
     @property
-    def reasons(self) -> dict[str, str]:
-        return {layer.node: layer.decision for layer in self.layers}
+    def policy(self) -> Measured:
+        """The decisions as a policy: the chosen form of each layer, or why it keeps the original."""
+        return Measured({layer.node: (replace(parse_choice(layer.choice), how=f"auto: {layer.decision}",
+                                              code=Reason.MEASURED)
+                                      if layer.rewritten else Leave(Reason.KEPT_BY_MEASUREMENT, layer.decision))
+                         for layer in self.layers})
 
     @property
     def end_to_end_speedup(self) -> float | None:
@@ -77,9 +90,7 @@ def tune(
     model: ModelProto,
     timer: Timer,
     inputs: InputOptions | None = None,
-    include: str | None = None,
-    exclude: str | None = None,
-    min_channels: int | None = None,
+    selection: Selection = Selection(),
     min_speedup: float = 0.05,
     time_budget: float | None = None,
     cache: TuneCache | None = None,
@@ -87,7 +98,7 @@ def tune(
     clock: Callable[[], float] = time.monotonic,
     check_end_to_end: bool = True,
 ) -> TuneReport:
-    """Decide G for every depthwise node of MODEL (not modified) by measurement."""
+    """Decide the form of every depthwise node of MODEL (not modified) by measurement."""
     if min_speedup < 0:
         raise DiagwiseError(f"min_speedup must be >= 0; got {min_speedup}")
     if time_budget is not None and time_budget <= 0:
@@ -98,14 +109,16 @@ def tune(
     context = timer.context()
     input_shapes = resolve_input_shapes(model, inputs).shapes
     input_shapes.update({k: list(v.shape) for k, v in (inputs.data or {}).items()})
-    shapes = infer_shapes(model, input_shapes)
-
-    planned = plan(detect(model), "full", include, exclude, min_channels)
-    convs = [p.conv for p in planned.nodes if p.conv is not None]
+    # Layers are timed at the sized shapes; lowerings must fit the model's own (symbolic dims stay so).
+    shapes = {name: dims for name, (_, dims) in infer_value_types(model, input_shapes).items()}
+    found = detect(model, infer_value_types(model))
+    planned = plan(found, "full", replace(selection, node_group_sizes={}))
+    chosen = {p.decision.name for p in planned.nodes if p.choice is not None}
+    convs = [c for c in found.candidates if c.name in chosen]
     untuned = [c for c in convs if c.form != "float"]
     convs = [c for c in convs if c.form == "float"]
     layers: list[LayerTuning] = []
-    measured: dict[LayerSignature, tuple[dict[int, float], bool]] = {}
+    measured: dict[LayerSignature, tuple[dict[str, float], bool]] = {}
     for index, conv in enumerate(convs):
         signature = signature_of(conv, shapes)
         layer = LayerTuning(conv.name, conv.graph, conv.channels, conv.kernel,
@@ -120,13 +133,13 @@ def tune(
             if time_budget is not None and clock() - start > time_budget:
                 layer.decision = f"kept original: not tuned, --time-budget {time_budget:g}s spent"
                 continue
-            sizes = signature.candidates()
-            key = TuneCache.key(context, signature, sizes)
+            base = layer_model(conv, signature, opset_of(model))
+            candidates, layer.skipped_forms = layer_candidates(base, signature, conv)
+            key = TuneCache.key(context, signature, list(candidates))
             times = cache.get(key)
             cached = times is not None
             if times is None:
-                base = layer_model(conv, signature, opset_of(model))
-                times = timer.layer(signature, layer_variants(base, sizes))
+                times = timer.layer(signature, layer_variants(base, candidates))
                 cache.put(key, times)
             measured[signature] = (times, cached)
         times, layer.cached = measured[signature]
@@ -147,45 +160,46 @@ def tune(
     return report
 
 
-def _decide(layer: LayerTuning, times: dict[int, float], min_speedup: float) -> None:
-    original = times[1]
+def _decide(layer: LayerTuning, times: dict[str, float], min_speedup: float) -> None:
+    original = times["1"]
     layer.original_ms = original * 1000
-    layer.times_ms = {str(g): t * 1000 for g, t in sorted(times.items()) if g != 1}
-    candidates = {g: t for g, t in times.items() if g != 1}
+    layer.times_ms = {spec: t * 1000 for spec, t in times.items() if spec != "1"}
+    candidates = {spec: t for spec, t in times.items() if spec != "1"}
     if not candidates:
-        layer.decision = "kept original: no candidate G fits (weights too large)"
+        layer.decision = "kept original: no candidate fits (weights too large)"
         return
     best = min(candidates, key=candidates.get)
-    layer.best_group_size, layer.best_ms = best, candidates[best] * 1000
+    label = parse_choice(best).label
+    layer.best, layer.best_ms = best, candidates[best] * 1000
     layer.speedup = original / candidates[best]
     if layer.speedup >= 1 + min_speedup:
-        layer.group_size = best
-        layer.decision = f"G={best}: {layer.speedup:.2f}x faster than depthwise"
+        layer.choice = best
+        layer.decision = f"{label}: {layer.speedup:.2f}x faster than depthwise"
     elif layer.speedup >= 1:
-        layer.decision = (f"kept original: best G={best} only {layer.speedup:.2f}x faster "
+        layer.decision = (f"kept original: best {label} only {layer.speedup:.2f}x faster "
                           f"(margin {1 + min_speedup:.2f}x)")
     else:
-        layer.decision = f"kept original: every G slower (best G={best}: {layer.speedup:.2f}x)"
+        layer.decision = f"kept original: every candidate slower (best {label}: {layer.speedup:.2f}x)"
 
 
-def apply_choices(model: ModelProto, choices: dict[str, int]) -> ModelProto:
-    """A copy of MODEL with exactly the nodes in CHOICES rewritten."""
+def apply_choices(model: ModelProto, choices: dict[str, str]) -> ModelProto:
+    """A copy of MODEL with exactly the nodes in CHOICES ({node: spec}) rewritten."""
     copy = ModelProto()
     copy.CopyFrom(model)
-    apply_group_sizes(copy, choices)
+    apply_group_sizes(copy, {node: parse_choice(spec) for node, spec in choices.items()})
     return copy
 
 
 def _check_end_to_end(model: ModelProto, report: TuneReport, timer: Timer) -> None:
     """Keep only rewrites that make the whole model faster; drop the least useful first."""
-    chosen = [layer for layer in report.layers if layer.group_size > 1]
+    chosen = [layer for layer in report.layers if layer.rewritten]
     if not chosen:
         report.summary = "kept the original: no layer was faster rewritten"
         return
     # Least benefit first: what each node saves per run, as measured alone.
     chosen.sort(key=lambda layer: layer.original_ms - layer.best_ms)
     while chosen:
-        choices = {layer.node: layer.group_size for layer in chosen}
+        choices = {layer.node: layer.choice for layer in chosen}
         original_s, tuned_s = timer.models([model, apply_choices(model, choices)])
         report.original_ms, report.tuned_ms = original_s * 1000, tuned_s * 1000
         if tuned_s < original_s:
@@ -193,8 +207,8 @@ def _check_end_to_end(model: ModelProto, report: TuneReport, timer: Timer) -> No
                               f"whole model {original_s / tuned_s:.2f}x faster")
             return
         dropped = chosen.pop(0)
-        dropped.group_size = 1
-        dropped.decision = (f"kept original: G={dropped.best_group_size} was faster alone "
+        dropped.choice = "1"
+        dropped.decision = (f"kept original: {parse_choice(dropped.best).label} was faster alone "
                             f"({dropped.speedup:.2f}x) but the whole model was not faster with it")
         report.dropped.append(dropped.node)
     report.summary = ("kept the original: the rewritten model was not faster end to end "

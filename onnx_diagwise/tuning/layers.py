@@ -1,4 +1,4 @@
-"""Layer signatures and the one-node models timed for each candidate G."""
+"""Layer signatures and the one-node models timed for each candidate form (G or lowering)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
-from ..detect import DepthwiseConv
+from ..detect import DepthwiseConv, detect
+from ..lowerings import LOWERINGS, candidates as lowering_candidates, why_not
 from ..model_io import BUILT_IR_VERSION
+from ..plan import Choice
 from ..rewriter import apply_group_sizes
+from ..shapes import infer_value_types
 
 CANDIDATES = (2, 4, 8, 16, 32, 64)
 # Skip a candidate whose block-diagonal weight would pass this size.
@@ -69,14 +72,36 @@ def layer_model(conv: DepthwiseConv, signature: LayerSignature, opset: int) -> M
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=BUILT_IR_VERSION)
 
 
-def layer_variants(base: ModelProto, sizes: list[int]) -> dict[int, ModelProto]:
-    """The one-node model as it is (G=1) and rewritten with each G."""
-    variants = {1: base}
-    for g in sizes:
+def layer_candidates(base: ModelProto, signature: LayerSignature,
+                     conv: DepthwiseConv) -> tuple[dict[str, Choice], dict[str, str]]:
+    """The forms worth timing for the one-node model BASE of CONV, by spec: every G of the
+    signature, and every lowering that applies both to BASE and to CONV in its model (where
+    symbolic dims stay symbolic) with its weights under the size limit; and why each lowering
+    that is not a candidate is not."""
+    [layer] = detect(base, infer_value_types(base)).candidates
+    forms = {str(g): Choice(g=g) for g in signature.candidates()}
+    limit = dict(max_weight_bytes=MAX_CANDIDATE_WEIGHT_BYTES)
+    for lowering, params in lowering_candidates(layer, layer.input_shape, opset=layer.opset, **limit):
+        if why_not(conv, lowering, params, conv.input_shape, opset=conv.opset, reads=conv.reads, **limit) is None:
+            choice = Choice(lowering, block=params.get("block"), as_2d=params.get("as_2d", False))
+            forms[choice.spec] = choice
+    skipped = {}
+    for lowering in LOWERINGS:
+        if not any(choice.lowering == lowering for choice in forms.values()):
+            params = {"block": 8, "as_2d": False} if lowering == "polyphase" else {}
+            skipped[lowering] = (why_not(conv, lowering, params, conv.input_shape, opset=conv.opset, reads=conv.reads,
+                                         **limit) or "no block size fits")
+    return forms, skipped
+
+
+def layer_variants(base: ModelProto, forms: dict[str, Choice]) -> dict[str, ModelProto]:
+    """The one-node model as it is ('1') and in each form."""
+    variants = {"1": base}
+    for spec, choice in forms.items():
         model = ModelProto()
         model.CopyFrom(base)
-        apply_group_sizes(model, {"layer": g})
-        variants[g] = model
+        apply_group_sizes(model, {"layer": choice})
+        variants[spec] = model
     return variants
 
 

@@ -14,8 +14,8 @@ from .layers import LayerSignature
 class Timer(Protocol):
     """How tuning measures.  Times are seconds per run (medians)."""
 
-    def layer(self, signature: LayerSignature, models: dict[int, ModelProto]) -> dict[int, float]:
-        """Time one-node models keyed by G (1 = the original depthwise layer)."""
+    def layer(self, signature: LayerSignature, models: dict[str, ModelProto]) -> dict[str, float]:
+        """Time one-node models keyed by form ('1' = the original depthwise layer, '8', 'toeplitz', ...)."""
 
     def models(self, models: list[ModelProto]) -> list[float]:
         """Time whole models side by side."""
@@ -36,8 +36,8 @@ class OrtTimer:
         self.warmup, self.iterations, self.model_iterations = warmup, iterations, model_iterations
         self.max_batches = max_batches
 
-    def layer(self, signature: LayerSignature, models: dict[int, ModelProto]) -> dict[int, float]:
-        order = sorted(models)  # G=1, the original layer, first
+    def layer(self, signature: LayerSignature, models: dict[str, ModelProto]) -> dict[str, float]:
+        order = ["1"] + [spec for spec in models if spec != "1"]  # the original layer first
         return dict(zip(order, self._medians([models[g] for g in order], InputOptions(), self.iterations)))
 
     def models(self, models: list[ModelProto]) -> list[float]:
