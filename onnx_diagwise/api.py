@@ -161,7 +161,7 @@ def _noop_warnings(planned: Plan, policy: Policy, selection: Selection, depthwis
 
 def _growth_warnings(before: int, after: int, warn_growth: float) -> list[str]:
     warnings = []
-    if before and after / before > warn_growth:
+    if before and round(after / before, 1) > warn_growth:  # as shown: "2.0x" is not more than 2x
         warnings.append(
             f"weights grew {after / before:.1f}x ({human_bytes(before)} -> {human_bytes(after)}), "
             f"more than the {warn_growth:g}x threshold; a smaller --group-size grows less")

@@ -396,7 +396,7 @@ def inspect(
                             **report.to_dict()})
     if str(json_path) != "-" and not quiet:
         if report.nodes:
-            show(nodes_table(report, f"{model}: depthwise and grouped Conv nodes", console().width))
+            show(nodes_table(report, f"{model}: depthwise and grouped Conv nodes", console().width, as_flags))
         show(_lines(summary_line(report)))
 
 
@@ -434,15 +434,15 @@ def _print_written(written, source: Path, json_path: Path | None, verbose: bool,
     report, tuning = written.report, written.result.tuning
     _write_json(json_path, written.to_dict(source))
     for warning in report.warnings:
-        warn(warning)
+        warn(as_flags(warning))
     if quiet or str(json_path) == "-":
         return
     width = console().width
     if tuning is not None:
-        show(tune_table(tuning, width))
+        show(tune_table(tuning, width, as_flags))
         show(_lines(tuning.summary))
     if verbose and report.nodes:
-        show(nodes_table(report, "Depthwise and grouped convolutions", width))
+        show(nodes_table(report, "Depthwise and grouped convolutions", width, as_flags))
     show([compare_table(report.before, report.after, written.file_bytes_before, written.file_bytes_after,
                         report.elapsed_s,
                         title=f"onnx-diagwise {'revert' if report.policy == 'revert' else 'rewrite'}")])
@@ -733,7 +733,7 @@ def tune(
     if plot is not None:
         plot_tuning(report, plot)
     if str(json_path) != "-" and not quiet:
-        show(tune_table(report, console().width))
+        show(tune_table(report, console().width, as_flags))
         show(_lines(report.summary))
 
 
@@ -774,7 +774,7 @@ PARAMETER_FLAGS = {"warn_growth": "--warn-growth", "warmup": "--warmup", "iterat
                    "InputOptions.dims": "--dim"}
 # A name already spelled as a flag (--atol) is left alone.
 _PARAMETER = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, PARAMETER_FLAGS)) + r")\b"
-                        r"(?= must| names|, not| or | '| [^ ]+=| without| [^ ]+:)")
+                        r"(?= must| names|, not| or | '| [^ ]+=| without| [^ ]+:| \d)")
 _ATOL_MAP = re.compile(r"\batol=(\{[^}]*\})")  # a failed check's suggestion, atol={'y': 1e-06}
 
 

@@ -9,7 +9,7 @@ name longer than the width runs past it (the terminal wraps it, whole).
 from __future__ import annotations
 
 import textwrap
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
@@ -101,10 +101,11 @@ def _action(n) -> str:
 NODE_HEADERS = ("node", "form", "C", "M", "kernel", "stride", "dilation", "dtype", "weight", "G", "action", "reason")
 
 
-def nodes_table(report: RewriteReport, title: str, width: int | None = None) -> list[RenderableType]:
-    """Every grouped Conv with its decision.  At narrow widths one line per node, the name last,
-    and the reason of each node left alone as a numbered note below (a rewritten node's reason is
-    its G, shown)."""
+def nodes_table(report: RewriteReport, title: str, width: int | None = None,
+                words: Callable[[str], str] = str) -> list[RenderableType]:
+    """Every grouped Conv with its decision (reasons put in WORDS: the command line names its flags).
+    At narrow widths one line per node, the name last, and the reason of each node left alone as a
+    numbered note below (a rewritten node's reason is its G, shown)."""
     reasons: dict[str, int] = {}
     rows = []
     for n in report.nodes:
@@ -114,10 +115,10 @@ def nodes_table(report: RewriteReport, title: str, width: int | None = None) -> 
                     "C": str(n.channels or "-"), "M": str(n.multiplier or "-"), "kernel": _dims(n.kernel),
                     "stride": _dims(n.strides), "dilation": _dims(n.dilations), "dtype": n.dtype or "-",
                     "weight": n.weight_source or "-", "G": n.form_label or "-",
-                    "action": Text(action, style=style), "reason": n.reason}
+                    "action": Text(action, style=style), "reason": words(n.reason)}
         row["why"] = Text(action, style=style)
         if style == "yellow" and n.reason:
-            row["why"].append(f" [{reasons.setdefault(n.reason, len(reasons) + 1)}]")
+            row["why"].append(f" [{reasons.setdefault(words(n.reason), len(reasons) + 1)}]")
         rows.append(row)
     plain = ["C", "M", "kernel", "stride", "dilation", "form", "dtype", "weight", "G", "why", "node"]
     notes = [f"[{number}] {reason}" for reason, number in reasons.items()]
@@ -237,7 +238,7 @@ def depthwise_time_table(report, width: int | None = None) -> list[RenderableTyp
 TUNE_HEADERS = ("node", "C", "kernel", "input shape", "original ms", "best", "best ms", "speedup", "decision")
 
 
-def tune_table(report, width: int | None = None) -> list[RenderableType]:
+def tune_table(report, width: int | None = None, words: Callable[[str], str] = str) -> list[RenderableType]:
     ctx = report.context
     title = (f"Per-layer tuning on {ctx.get('provider')} ({ctx.get('device')}), "
              f"margin {1 + report.min_speedup:.2f}x")
@@ -246,9 +247,9 @@ def tune_table(report, width: int | None = None) -> list[RenderableType]:
     for layer in report.layers:
         colour = "green" if layer.rewritten else "yellow"
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        decision = layer.decision + (" (cached)" if layer.cached else "")
+        decision = words(layer.decision) + (" (cached)" if layer.cached else "")
         # At narrow widths a note per kind of decision: its figures in parentheses are the columns'.
-        number = decisions.setdefault(layer.decision.split(" (")[0], len(decisions) + 1)
+        number = decisions.setdefault(words(layer.decision).split(" (")[0], len(decisions) + 1)
         rows.append({"node": layer.node, "C": str(layer.channels), "kernel": _dims(layer.kernel),
                      "input shape": _dims(layer.input_shape) if layer.input_shape else "?",
                      "original ms": fmt(layer.original_ms, ".3f"),
@@ -264,4 +265,5 @@ def tune_table(report, width: int | None = None) -> list[RenderableType]:
     notes = [f"[{number}] {decision}" for decision, number in decisions.items()]
     plain = ["C", "kernel", "input shape", "original ms", "best", "best ms", "speedup", "why", "node"]
     return grid(title, TUNE_HEADERS, rows, width, right=("C", "original ms", "best", "best ms", "speedup"),
-                plain=plain, labels={"why": "decision"}, drop=("input shape", "kernel", "best ms", "original ms"), notes=notes, caption=caption)
+                plain=plain, labels={"why": "decision"}, drop=("input shape", "kernel", "best ms", "original ms"),
+                notes=notes, caption=caption)

@@ -222,12 +222,82 @@ def test_no_silent_noops(tmp_path, case):
 
 
 def test_library_errors_name_parameters_and_the_cli_names_flags():
-    from onnx_diagwise import DiagwiseError, inspect
+    from onnx_diagwise import DiagwiseError, Selection, inspect
     from onnx_diagwise.cli import as_flags
 
     with pytest.raises(DiagwiseError, match="^min_channels must be >= 0; got -1$"):
-        inspect(SAMPLE, min_channels=-1)
+        inspect(SAMPLE, selection=Selection(min_channels=-1))
     assert as_flags("min_channels must be >= 0; got -1") == "--min-channels must be >= 0; got -1"
+    assert as_flags("C=16 is below min_channels 24") == "C=16 is below --min-channels 24"  # reasons in tables
+    assert as_flags("group_size 1 keeps every layer") == "--group-size 1 keeps every layer"  # warnings
     assert as_flags("give iterations or seconds, not both") == "give --iterations or --seconds, not both"
     assert as_flags("weight 'seconds' is shared") == "weight 'seconds' is shared"  # only parameter names
     assert_one_line_error(cli("inspect", SAMPLE, "--min-channels", "-1"), 2, "--min-channels must be >= 0")
+
+
+def test_a_flag_is_named_with_its_two_dashes_once():
+    from onnx_diagwise.cli import as_flags
+
+    r = cli("rewrite", SAMPLE, "out.onnx", "--atol", "-1e-3")
+    assert r.returncode == 2 and r.stderr.strip() == "error: --atol must be >= 0; got '-1e-3'", r.stderr
+    r = cli("validate", SAMPLE, SAMPLE, "--rtol", "y=-1")
+    assert r.stderr.strip() == "error: --rtol must be >= 0; got 'y=-1'", r.stderr
+    assert as_flags("--atol must be >= 0; got -1") == "--atol must be >= 0; got -1"
+    assert as_flags("atol must be >= 0; got -1") == "--atol must be >= 0; got -1"
+
+
+def test_a_failed_check_names_the_flags_that_help(tmp_path, monkeypatch, capsys):
+    import onnx_diagwise.rewriter as rewriter_module
+    from onnx_diagwise.cli import main
+
+    real = rewriter_module.expand
+
+    def off(conv, group_size):  # channel 0 reads its neighbour
+        w = real(conv, group_size)
+        w[0, 1], w[0, 0] = w[0, 0], 0
+        return w
+
+    monkeypatch.setattr(rewriter_module, "expand", off)
+    assert main(["rewrite", str(SAMPLE), str(tmp_path / "out.onnx")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("check failed: the rewritten model differs from the original")
+    assert lines[1].startswith("FAILED | output 'Add_19_out' | ") and "noise floor" in lines[1]
+    assert "x the runtime's own noise floor" in lines[2] and lines[2].endswith("likely a real difference")
+    assert lines[3].startswith("what to do: run the check on real inputs (--input-data NAME:FILE.npy or --inputs "
+                               "FILE.npz); or allow differences of this size (--atol Add_19_out=")
+    assert lines[3].endswith("; or skip the check (--no-check)") and len(lines) == 4
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_every_command_takes_quiet_and_verbose(tmp_path):
+    for command in (["cache", "info"], ["cache", "clear"]):
+        quiet, verbose = (cli(*command, "--cache-dir", tmp_path, flag) for flag in ("-q", "-v"))
+        assert quiet.returncode == verbose.returncode == 0, quiet.stderr + verbose.stderr
+        assert quiet.stdout == "" and verbose.stdout.strip()
+
+
+def test_inspect_offers_only_the_group_sizes_it_takes():
+    r = cli("inspect", "-h", columns=80)
+    assert "--group-size N|paper|full" in r.stdout and "'auto' (measure" not in r.stdout
+    for g in ("8", "paper", "full"):
+        assert cli("inspect", SAMPLE, "-g", g).returncode == 0
+    assert_one_line_error(cli("inspect", SAMPLE, "-g", "auto"), 2, "use tune")
+    assert "--group-size N|paper|full|auto" in cli("rewrite", "-h", columns=80).stdout
+
+
+def test_rows_of_block_diagonal_layers_say_so_as_the_summary_does(tmp_path):
+    out = tmp_path / "out.onnx"
+    assert cli("rewrite", SAMPLE, out, "-q").returncode == 0
+    for columns in (200, 60):
+        r = cli("inspect", out, columns=columns)
+        rows = [line for line in r.stdout.splitlines() if "dwconv_" in line]
+        assert len(rows) == 2 and all("already block-diagonal" in row for row in rows), r.stdout
+        assert "2 already block-diagonal, 0 skipped" in " ".join(r.stdout.split())
+
+
+def test_the_growth_warning_never_calls_2_0x_more_than_2x():
+    from onnx_diagwise.api import _growth_warnings
+
+    assert _growth_warnings(100, 204, 2.0) == []  # 2.04x reads 2.0x: not more than 2x
+    (growth,) = _growth_warnings(100, 206, 2.0)
+    assert growth.startswith("weights grew 2.1x (100 B -> 206 B), more than the 2x threshold")
