@@ -74,12 +74,26 @@ class _Context(typer.Context):
     formatter_class = _HelpFormatter
 
 
+def _bool_help(option):
+    """The -h option with a bool default: typer then skips its coercion, which imports pydantic
+    (0.1 s of every subcommand's help)."""
+    if option is not None:
+        option.default = False
+    return option
+
+
 class _Group(TyperGroup):
     context_class = _Context
+
+    def get_help_option(self, ctx):
+        return _bool_help(super().get_help_option(ctx))
 
 
 class _Command(TyperCommand):
     context_class = _Context
+
+    def get_help_option(self, ctx):
+        return _bool_help(super().get_help_option(ctx))
 
 
 # click's plain help, not rich's panels: these cut option names at narrow widths.

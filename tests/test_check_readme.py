@@ -74,12 +74,13 @@ def test_each_pipeline_example_says_what_to_install(name):
 
 def test_the_command_line_starts_without_the_heavy_modules():
     """--version and -h run in a fraction of a second because they import neither onnx, numpy,
-    onnxruntime nor rich (measured: about 0.1 s; timed assertions do not belong in tests)."""
+    onnxruntime, rich nor pydantic (measured: about 0.1 s; timed assertions do not belong in tests)."""
     import subprocess
 
     code = ("import sys; from onnx_diagwise.cli import main; codes = [main(['--version']), main(['-h']), "
             "main(['rewrite', '-h']), main(['cache', 'info', '-h'])]; "
-            "print(codes, sorted(m for m in ('onnx', 'numpy', 'onnxruntime', 'rich', 'torch') if m in sys.modules))")
+            "print(codes, sorted(m for m in ('onnx', 'numpy', 'onnxruntime', 'rich', 'torch', 'pydantic') "
+            "if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "COLUMNS": "80"})
     assert r.returncode == 0, r.stderr
