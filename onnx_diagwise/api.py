@@ -15,6 +15,7 @@ from .adapters import opened
 from .detect import Detection, detect
 from .dims import with_input_shapes
 from .errors import DiagwiseError
+from .reasons import Text
 from .model_io import MIN_OPSET, PROTOBUF_LIMIT
 from .plan import Auto, GroupSize, Measured, Plan, Policy, Selection, choose, parse_policy, plan_exact
 from .report import NodeDecision, RewriteReport, RewriteResult, human_bytes, model_stats, stats_after
@@ -22,6 +23,7 @@ from .rewriter import apply_plan
 from .runtime import InputOptions, RuntimeConfig
 from .shapes import infer_value_types
 from .tuning import OrtTimer, Timer, TuneCache, TuneReport, default_cache_dir
+from .tuning.planfile import PlanPolicy, TunedPlan
 from .tuning import tune as tune_layers
 
 # also an onnx_ir.Model, an onnx_graphsurgeon.Graph or a torch.onnx.ONNXProgram (see adapters)
@@ -29,6 +31,21 @@ ModelOrPath = ModelProto | str | os.PathLike
 
 # Warn when the rewrite multiplies the model's weight bytes by more than this.
 DEFAULT_WARN_GROWTH = 2.0
+
+
+def _policy(group_size: Any, plan) -> Policy | Auto:
+    """The policy of GROUP_SIZE (default 'paper'), or of PLAN (a plan file's path, a TunedPlan, a PlanPolicy)."""
+    if plan is None:
+        return parse_policy("paper" if group_size is None else group_size)
+    if group_size is not None:
+        raise DiagwiseError("give group_size or plan, not both: a plan says each node's form", "group_size", "plan")
+    if isinstance(plan, (str, os.PathLike)):
+        plan = TunedPlan.load(plan)
+    if isinstance(plan, TunedPlan):
+        plan = PlanPolicy(plan)
+    if not isinstance(plan, PlanPolicy):
+        raise DiagwiseError(f"plan must be a plan file's path, a TunedPlan or a PlanPolicy; got {type(plan).__name__}")
+    return plan
 
 
 def _planned(model: ModelProto, policy: Policy, selection: Selection, input_shapes=None) -> tuple[Plan, Detection]:
@@ -39,6 +56,8 @@ def _planned(model: ModelProto, policy: Policy, selection: Selection, input_shap
     # symbolic in the model); the FLOPs count at the sized ones.
     value_types = infer_value_types(model)
     found = detect(model, value_types)
+    if isinstance(policy, PlanPolicy):
+        policy.check(found)  # refuses a plan made for another model (unless lenient)
     sized = infer_value_types(model, input_shapes) if input_shapes else value_types
     shapes = {name: dims for name, (_, dims) in sized.items()}
     return plan_exact(found, choose(found, policy, _usable(model, selection)), shapes, str(policy)), found
@@ -61,7 +80,7 @@ def inspect(model_or_path: ModelOrPath, group_size: Any = "paper", selection: Se
     dims for the FLOPs and the lowerings (see onnx_diagwise.dims)."""
     policy = parse_policy(group_size)
     if isinstance(policy, Auto):
-        raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune (onnx-diagwise tune)")
+        raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune")
     with opened(model_or_path) as (model, _):
         planned, found = _planned(model, policy, selection or Selection(), dict(input_shapes or {}))
         return RewriteReport(planned.policy, [p.decision for p in planned.nodes], model_stats(model, found))
@@ -107,26 +126,33 @@ def tune(model_or_path: ModelOrPath, options: TuneOptions | None = None, selecti
 
 def rewrite(
     model_or_path: ModelOrPath,
-    group_size: Any = "paper",
+    group_size: Any = None,
     selection: Selection | None = None,
     tune_options: TuneOptions | None = None,
     input_shapes: Mapping[str, list[int]] | None = None,
     warn_growth: float = DEFAULT_WARN_GROWTH,
-    copy: bool = True,
+    plan: TunedPlan | PlanPolicy | str | os.PathLike | None = None,
 ) -> RewriteResult:
     """Rewrite every chosen depthwise Conv into its new form: block-diagonal (G channels per
-    group) or a lowering, as GROUP_SIZE (a policy, see onnx_diagwise.plan) says.
+    group) or a lowering, as GROUP_SIZE (a policy, see onnx_diagwise.plan; 'paper' by default) says.
 
     group_size='auto' measures each layer on tune_options.provider and rewrites only what makes
-    the model faster (result.tuning says why).  SELECTION says which nodes may be touched and
-    pins named nodes' choices.  A ModelProto argument is copied first (copy=False rewrites it in
-    place, which saves memory in pipelines that no longer need the original).  input_shapes sizes
-    symbolic input dims for the FLOPs and the lowerings."""
+    the model faster (result.tuning says why; result.tuning.save(path) keeps it as a plan file).
+    PLAN (a plan file, a TunedPlan, or PlanPolicy(plan, lenient=True)) applies what was measured
+    elsewhere, measuring nothing.  SELECTION says which nodes may be touched and pins named
+    nodes' choices.  A ModelProto argument is copied first.  input_shapes sizes symbolic input
+    dims for the FLOPs."""
+    return _rewrite(model_or_path, group_size, selection, tune_options, input_shapes, warn_growth, plan)
+
+
+def _rewrite(model_or_path, group_size, selection, tune_options, input_shapes, warn_growth, plan,
+             copy: bool = True) -> RewriteResult:
+    """rewrite(); copy=False rewrites a ModelProto in place (files.rewrite_file's own, loaded copy)."""
     start = time.perf_counter()
     if not warn_growth > 1:
-        raise DiagwiseError(f"warn_growth must be > 1; got {warn_growth}")
+        raise DiagwiseError(f"warn_growth must be > 1; got {warn_growth}", "warn_growth")
     selection = selection or Selection()
-    policy = parse_policy(group_size)
+    policy = _policy(group_size, plan)
     with opened(model_or_path, copy=copy) as (model, back):
         tuning = None
         if isinstance(policy, Auto):
@@ -137,6 +163,7 @@ def rewrite(
         outcome = apply_plan(model, planned, found)
         after = stats_after(model, before, outcome)
         warnings = (_noop_warnings(planned, policy, selection, before.depthwise_convs)
+                    + (policy.check(found) if isinstance(policy, PlanPolicy) else [])
                     + _growth_warnings(before.weight_bytes, after.weight_bytes, warn_growth))
         report = RewriteReport(planned.policy, list(outcome), before, after, warnings=warnings,
                                elapsed_s=time.perf_counter() - start)
@@ -146,25 +173,30 @@ def rewrite(
 def _noop_warnings(planned: Plan, policy: Policy, selection: Selection, depthwise: int) -> list[str]:
     """A rewrite that changes nothing says why, so that no one ships a copy believing it rewritten
     (auto keeping the original is a measured outcome, reported by its own summary)."""
-    if planned.choices or isinstance(policy, Measured):
+    if planned.choices or isinstance(policy, (Measured, PlanPolicy)):
         return []
-    if not depthwise:
-        why = "the model has no depthwise convolution to rewrite"
+    parameters: tuple[str, ...] = ()
+    if not planned.nodes:
+        why = "the model has no depthwise or grouped convolution"
+    elif not depthwise:
+        why = (f"each of the {len(planned.nodes)} grouped convolution(s) was left alone, none of them a depthwise "
+               "one this tool can rewrite (the reasons: each node's reason)")
     elif policy == GroupSize(1):
-        why = "group_size 1 keeps every layer depthwise (G = 1)"
+        why, parameters = "group_size 1 keeps every layer depthwise (G = 1)", ("group_size",)
     elif selection.include and not any(re.search(selection.include, p.decision.name) for p in planned.nodes):
-        why = f"include '{selection.include}' matches no depthwise convolution"
+        why, parameters = f"include '{selection.include}' matches no depthwise convolution", ("include",)
     else:
-        why = f"each of the {depthwise} depthwise convolution(s) was left alone (the reasons: -v)"
-    return [f"nothing rewritten: {why}; the output is a copy of the input"]
+        why = f"each of the {depthwise} depthwise convolution(s) was left alone (the reasons: each node's reason)"
+    return [Text(f"nothing rewritten: {why}; the output is a copy of the input", *parameters)]
 
 
 def _growth_warnings(before: int, after: int, warn_growth: float) -> list[str]:
     warnings = []
     if before and round(after / before, 1) > warn_growth:  # as shown: "2.0x" is not more than 2x
-        warnings.append(
+        warnings.append(Text(
             f"weights grew {after / before:.1f}x ({human_bytes(before)} -> {human_bytes(after)}), "
-            f"more than the {warn_growth:g}x threshold; a smaller --group-size grows less")
+            f"more than the {warn_growth:g}x threshold (warn_growth); a smaller group_size grows less",
+            "warn_growth", "group_size"))
     if after > PROTOBUF_LIMIT >= before:
         warnings.append(f"the model now passes 2 GiB ({human_bytes(after)}); it is saved with external data")
     return warnings

@@ -225,13 +225,13 @@ def benchmark(
         raise DiagwiseError("configs needs one RuntimeConfig per model, all on the same provider")
     inputs = inputs or InputOptions()
     if warmup < 0:
-        raise DiagwiseError(f"warmup must be >= 0; got {warmup}")
+        raise DiagwiseError(f"warmup must be >= 0; got {warmup}", "warmup")
     if iterations is not None and seconds is not None:
-        raise DiagwiseError("give iterations or seconds, not both")
+        raise DiagwiseError("give iterations or seconds, not both", "iterations", "seconds")
     if iterations is not None and iterations < 1:
-        raise DiagwiseError(f"iterations must be >= 1; got {iterations}")
+        raise DiagwiseError(f"iterations must be >= 1; got {iterations}", "iterations")
     if seconds is not None and seconds <= 0:
-        raise DiagwiseError(f"seconds must be > 0; got {seconds}")
+        raise DiagwiseError(f"seconds must be > 0; got {seconds}", "seconds")
     if iobinding is None:
         iobinding = config.is_gpu
     names = names or [str(m) if not isinstance(m, ModelProto) else f"model {i}" for i, m in enumerate(models)]

@@ -5,11 +5,11 @@ Exit codes: 0 success, 1 a check failed, 2 bad input or usage, 3 internal error.
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import os
 import re
+import shlex
 import sys
 import textwrap
 from contextlib import contextmanager
@@ -22,6 +22,7 @@ from typer._click.formatting import HelpFormatter
 
 from . import __version__
 from .errors import CheckFailed, DiagwiseError, RuntimeMissing, UnsizedDims
+from .flags import flag_option, spelled
 
 # onnx, numpy, onnxruntime and rich are imported by the commands that use them: --version and
 # --help print in a fraction of a second.
@@ -157,12 +158,13 @@ def warn(text: str) -> None:
     console(True).print(Text("warning: ", style="yellow") + Text(text), soft_wrap=True)
 
 
-GROUP_SIZE_HELP = ("Channels per group G: 'auto' (measure every layer on --provider and rewrite only what makes the "
-                   "model faster), an integer N (largest divisor of C <= N), "
-                   "'paper' (N=32, the authors' choice) or 'full' (G=C, one dense conv).")
-INSPECT_GROUP_SIZE_HELP = ("Channels per group G: an integer N (largest divisor of C <= N), 'paper' (N=32, the "
-                           "authors' choice) or 'full' (G=C, one dense conv). What 'auto' would do is measured: "
-                           "use tune.")
+GROUP_SIZE_HELP = ("The form of each depthwise layer: 'auto' (measure every candidate G and lowering on --provider "
+                   "and rewrite only what makes the model faster), an integer N (block-diagonal, G = the largest "
+                   "divisor of C <= N), 'paper' (N=32, the authors' choice), 'full' (G=C, one dense conv), or a "
+                   "lowering for every layer it applies to: 'toeplitz', 'polyphase[:B][:2d]', 'conv2d'.")
+INSPECT_GROUP_SIZE_HELP = ("The form of each depthwise layer: an integer N (block-diagonal, G = the largest divisor "
+                           "of C <= N), 'paper' (N=32, the authors' choice), 'full' (G=C, one dense conv), or "
+                           "'toeplitz', 'polyphase[:B][:2d]', 'conv2d'. What 'auto' would do is measured: use tune.")
 # The library's default (api.DEFAULT_WARN_GROWTH), here so that help needs no onnx.
 WARN_GROWTH = 2.0
 
@@ -228,6 +230,12 @@ class _StderrHandler(logging.Handler):
             warn(record.getMessage())
         else:
             say(record.getMessage(), stderr=True)
+
+
+def _plan_policy(path: Path, lenient: bool):
+    from .tuning.planfile import PlanPolicy, TunedPlan
+
+    return PlanPolicy(TunedPlan.load(path), lenient)
 
 
 def _check_flags(group_size: str, include: str | None, exclude: str | None, min_channels: int | None,
@@ -410,7 +418,7 @@ def inspect(
                             **report.to_dict()})
     if str(json_path) != "-" and not quiet:
         if report.nodes:
-            show(nodes_table(report, f"{model}: depthwise and grouped Conv nodes", console().width, as_flags))
+            show(nodes_table(report, f"{model}: depthwise and grouped Conv nodes", console().width, spelled))
         show(_lines(summary_line(report)))
 
 
@@ -432,14 +440,11 @@ def _lines(text: str) -> list:
     return wrapped(text, console().width)
 
 
-def _sized_inputs(model, input_options, config, escape: str | None = None):
+def _sized_inputs(model, input_options, config):
     """Size the inputs' symbolic dims once, before any work (the rule: onnx_diagwise.dims; -v prints it)."""
     from .dims import with_input_shapes
 
-    try:
-        return with_input_shapes(model, input_options, config)
-    except DiagwiseError as exc:
-        raise DiagwiseError(f"{exc} ({escape})" if escape else str(exc)) from None
+    return with_input_shapes(model, input_options, config)
 
 
 def _print_written(written, source: Path, json_path: Path | None, verbose: bool, quiet: bool) -> None:
@@ -448,15 +453,15 @@ def _print_written(written, source: Path, json_path: Path | None, verbose: bool,
     report, tuning = written.report, written.result.tuning
     _write_json(json_path, written.to_dict(source))
     for warning in report.warnings:
-        warn(as_flags(warning))
+        warn(spelled(warning, getattr(warning, "parameters", ())))
     if quiet or str(json_path) == "-":
         return
     width = console().width
     if tuning is not None:
-        show(tune_table(tuning, width, as_flags))
+        show(tune_table(tuning, width, spelled))
         show(_lines(tuning.summary))
     if verbose and report.nodes:
-        show(nodes_table(report, "Depthwise and grouped convolutions", width, as_flags))
+        show(nodes_table(report, "Depthwise and grouped convolutions", width, spelled))
     show([compare_table(report.before, report.after, written.file_bytes_before, written.file_bytes_after,
                         report.elapsed_s,
                         title=f"onnx-diagwise {'revert' if report.policy == 'revert' else 'rewrite'}")])
@@ -471,14 +476,23 @@ def _print_written(written, source: Path, json_path: Path | None, verbose: bool,
 def rewrite(
     input: Path = typer.Argument(..., metavar="INPUT", help="ONNX model to rewrite (never modified)."),
     output: Path = typer.Argument(..., metavar="OUTPUT", help="Where to write the rewritten model."),
-    group_size: str = typer.Option("paper", "--group-size", "-g", metavar="N|paper|full|auto", help=GROUP_SIZE_HELP),
+    group_size: Optional[str] = typer.Option(None, "--group-size", "-g", metavar="N|paper|full|auto|FORM",
+                                             help=GROUP_SIZE_HELP + " Default: paper."),
+    plan: Optional[Path] = typer.Option(None, "--plan", metavar="PLAN.json",
+                                        help="Apply a plan file (from tune --plan-out, or rewrite -g auto --plan-out) "
+                                             "exactly: nothing is measured; refused if it does not fit the model."),
+    plan_lenient: bool = typer.Option(False, "--plan-lenient",
+                                      help="With --plan: apply what fits and list the nodes that do not."),
+    plan_out: Optional[Path] = typer.Option(None, "--plan-out", metavar="PLAN.json",
+                                            help="With -g auto: write what was measured and decided as a plan file."),
     include: Optional[str] = typer.Option(None, metavar="REGEX",
                                           help="Only rewrite nodes whose name matches this regex."),
     exclude: Optional[str] = typer.Option(None, metavar="REGEX",
                                           help="Never rewrite nodes whose name matches this regex."),
     min_channels: Optional[int] = typer.Option(None, metavar="N", help="Leave nodes with fewer channels depthwise."),
     node_group_size: list[str] = typer.Option(
-        [], "--node-group-size", metavar="NAME=G", help="Exact G for one node (must divide its C). Repeatable."),
+        [], "--node-group-size", metavar="NAME=G|FORM",
+        help="Exact G (must divide its C) or form (toeplitz, polyphase[:B][:2d], conv2d) for one node. Repeatable."),
     skip_dynamic: bool = typer.Option(False, "--skip-dynamic",
                                       help="Leave nodes whose weight is a graph input or computed alone."),
     external_data: ExternalData = None,
@@ -520,21 +534,32 @@ def rewrite(
 
     from .plan import Auto
 
-    policy, selection = _check_flags(group_size, include, exclude, min_channels, not skip_dynamic,
+    if plan is not None and group_size is not None:
+        raise DiagwiseError("give --group-size or --plan, not both: a plan says each node's form")
+    if plan_lenient and plan is None:
+        raise DiagwiseError("--plan-lenient goes with --plan")
+    policy, selection = _check_flags(group_size or "paper", include, exclude, min_channels, not skip_dynamic,
                                      _pinned(node_group_size))
     _log_details(verbose)
     atol, rtol = _tolerance(atol, "--atol"), _tolerance(rtol, "--rtol")
     _check_json_path(json_path)
-    auto = isinstance(policy, Auto)
+    auto = plan is None and isinstance(policy, Auto)
+    if plan_out is not None and not auto:
+        raise DiagwiseError("--plan-out needs --group-size auto (a plan records what was measured)")
+    planned = _plan_policy(plan, plan_lenient) if plan is not None else None
     config = _runtime(provider, provider_option, threads, opt_level)
     input_options = _inputs(batch, dim, overwrite_input_shape, input_data, inputs)
     with _progress_bar(quiet or not auto) as progress, _working("loading", quiet or auto) as step:
         tune_options = (_tune_options(config, input_options, min_speedup, time_budget, no_cache, cache_dir,
                                       progress) if auto else None)
         checking = CheckOptions(check, config, input_options, check_n, atol, rtol, allow_tf32)
-        written = rewrite_file(input, output, policy, selection, tune_options, checking, warn_growth,
-                               SaveOptions(external_data, step))
+        written = rewrite_file(input, output, None if planned else policy, selection, tune_options, checking,
+                               SaveOptions(external_data, step, warn_growth), plan=planned)
+    if plan_out is not None:
+        written.result.tuning.save(plan_out)
     _print_written(written, input, json_path, verbose, quiet)
+    if plan_out is not None and not quiet:
+        say(f"plan written to {plan_out}")
 
 
 @app.command("revert", cls=_Command)
@@ -628,8 +653,8 @@ def validate(
         show(validation_lines(report))
         say(report.summary())
         if not report.passed:
-            for line in advice(report, skippable=False):
-                say(as_flags(line))
+            for line in advice(report, skippable=False, spell=flag_option):
+                say(line)
     if not report.passed:
         raise typer.Exit(1)
 
@@ -717,12 +742,16 @@ def tune(
     time_budget: TimeBudget = None,
     no_cache: NoCache = False,
     cache_dir: CacheDir = None,
-    plot: Optional[Path] = typer.Option(None, "--plot", metavar="PNG", help="Per-layer speedup of every G as a PNG."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="PNG",
+                                        help="Per-layer speedup of every candidate form as a PNG."),
+    plan_out: Optional[Path] = typer.Option(None, "--plan-out", metavar="PLAN.json",
+                                            help="Write the decisions as a plan file, for rewrite --plan anywhere."),
     verbose: Details = False,
     quiet: Quiet = False,
     json_path: JsonPath = None,
 ) -> None:
-    """Time every depthwise layer as it is and rewritten with each G; report what 'auto' would do.
+    """Time every depthwise layer as it is, block-diagonal with each G and in each lowering; report
+    what 'auto' would do, and keep it as a plan file with --plan-out.
 
     Example: onnx-diagwise tune model.onnx --provider cuda --batch 64
     """
@@ -746,9 +775,13 @@ def tune(
     _write_json(json_path, {"model": str(model), "input_shapes": sized.to_dict(), **report.to_dict()})
     if plot is not None:
         plot_tuning(report, plot)
+    if plan_out is not None:
+        report.save(plan_out)
     if str(json_path) != "-" and not quiet:
-        show(tune_table(report, console().width, as_flags))
+        show(tune_table(report, console().width, spelled))
         show(_lines(report.summary))
+        if plan_out is not None:
+            say(f"plan written to {plan_out}")
 
 
 cache_app = typer.Typer(cls=_Group, help="The tuning cache of --group-size auto.", no_args_is_help=True,
@@ -778,30 +811,16 @@ def cache_info(cache_dir: CacheDir = None, verbose: Details = False, quiet: Quie
         say(f"{cache.path}: {len(cache.entries)} layer timing(s)")
 
 
-# Library errors name parameters; on the command line they are these flags.
-PARAMETER_FLAGS = {"warn_growth": "--warn-growth", "warmup": "--warmup", "iterations": "--iterations",
-                   "seconds": "--seconds", "batch": "--batch", "min_channels": "--min-channels",
-                   "opt_level": "--opt-level", "threads": "--threads", "min_speedup": "--min-speedup",
-                   "time_budget": "--time-budget", "check_n": "--check-n", "seed": "--seed", "atol": "--atol",
-                   "rtol": "--rtol", "group_size": "--group-size", "include": "--include", "exclude": "--exclude",
-                   "node_group_sizes": "--node-group-size", "InputOptions.shapes": "--overwrite-input-shape",
-                   "InputOptions.dims": "--dim"}
-# A name already spelled as a flag (--atol) is left alone.
-_PARAMETER = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, PARAMETER_FLAGS)) + r")\b"
-                        r"(?= must| names|, not| or | '| [^ ]+=| without| [^ ]+:| \d)")
-_ATOL_MAP = re.compile(r"\batol=(\{[^}]*\})")  # a failed check's suggestion, atol={'y': 1e-06}
+def error_text(exc: DiagwiseError) -> str:
+    """A library error as this command line says it: flags for parameters, sizes to paste."""
+    from .errors import UnsizedDims
 
-
-def _atol_flags(match: re.Match) -> str:
-    return " ".join(f"--atol {name}={value}" for name, value in ast.literal_eval(match.group(1)).items())
-
-
-def as_flags(message: str) -> str:
-    """A library message with its parameter names spelled as this command line's flags."""
-    message = _PARAMETER.sub(lambda m: PARAMETER_FLAGS[m.group(1)], message)
-    message = _ATOL_MAP.sub(_atol_flags, message)
-    return (message.replace("check=False", "--no-check")
-            .replace("InputOptions.data", "--input-data NAME:FILE.npy or --inputs FILE.npz"))
+    text = spelled(str(exc), exc.parameters)
+    if isinstance(exc, UnsizedDims) and exc.example:  # the sizes to start from, as flags to paste
+        example = " ".join(f"--overwrite-input-shape {shlex.quote(name + ':' + ','.join(map(str, shape)))}"
+                           for name, shape in exc.example.items())
+        text = text.replace(f"--overwrite-input-shape={exc.example}", example)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -810,10 +829,13 @@ def main(argv: list[str] | None = None) -> int:
         result = app(args=argv, prog_name="onnx-diagwise", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except DiagwiseError as exc:
-        _error("error", as_flags(str(exc)))
+        _error("error", error_text(exc))
         return 2
     except CheckFailed as exc:  # its message: what failed, the FAILED lines, what to do
-        _error("check failed", as_flags(str(exc)))
+        from .validation import failure_message
+
+        _error("check failed", failure_message(exc.validation, exc.headline, spell=flag_option)
+               if exc.validation is not None and exc.headline else str(exc))
         return 1
     except typer.Exit as exc:
         return exc.exit_code

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shlex
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -106,22 +105,23 @@ def _given_sizes(specs: list[InputSpec], options: InputOptions) -> tuple[dict, d
     given = dict(options.shapes or {})
     if "" in given:
         if len(specs) != 1:
-            raise DiagwiseError("InputOptions.shapes without a name works only for a one-input model")
+            raise DiagwiseError("InputOptions.shapes without a name works only for a one-input model",
+                                "InputOptions.shapes")
         given[specs[0].name] = given.pop("")
     names = {s.name for s in specs}
     for name in given:
         if name not in names:
             raise DiagwiseError(f"InputOptions.shapes names '{name}', which is not a model input "
-                                f"(inputs: {', '.join(sorted(names))})")
+                                f"(inputs: {', '.join(sorted(names))})", "InputOptions.shapes")
     dims_by_name = dict(options.dims or {})
     symbolic_names = {d for s in specs for d in s.dims if isinstance(d, str)}
     for name in dims_by_name:
         if name not in symbolic_names:
             known = ", ".join(sorted(symbolic_names)) or "none"
             raise DiagwiseError(f"InputOptions.dims {name}=...: the model's inputs have no dim named '{name}' "
-                                f"(symbolic dims: {known})")
+                                f"(symbolic dims: {known})", "InputOptions.dims")
     if options.batch < 1:
-        raise DiagwiseError(f"batch must be >= 1; got {options.batch}")
+        raise DiagwiseError(f"batch must be >= 1; got {options.batch}", "batch")
     shapes: dict[str, list[int | None]] = {}
     how: dict[str, str] = {}
     values: dict[str, int] = {}
@@ -131,13 +131,14 @@ def _given_sizes(specs: list[InputSpec], options: InputOptions) -> tuple[dict, d
             shape = given[spec.name]
             if len(shape) != len(spec.dims):
                 raise DiagwiseError(f"InputOptions.shapes {spec.name}: rank {len(shape)} does not match "
-                                    f"the model's rank {len(spec.dims)}")
+                                    f"the model's rank {len(spec.dims)}", "InputOptions.shapes")
             fixed = [(a, d, s) for a, (d, s) in enumerate(zip(spec.dims, shape)) if isinstance(d, int) and d > 0
                      and d != s]
             if fixed:
                 axis, declared, asked = fixed[0]
                 raise DiagwiseError(f"InputOptions.shapes {spec.name}: dim {axis} is fixed at {declared} in the "
-                                    f"model, not {asked} (the model expects {_shape_text(spec.dims)})")
+                                    f"model, not {asked} (the model expects {_shape_text(spec.dims)})",
+                                    "InputOptions.shapes")
             shapes[spec.name] = list(shape)
             continue
         shape = []
@@ -214,12 +215,11 @@ def resolve_input_shapes(model: ModelProto, options: InputOptions | None = None,
             log.info(result.describe())
             return result
     suggestion = _fill(shapes, specs, {key: sizes_[0] for key, sizes_ in lists.items()})
-    options_text = " ".join(
-        "--overwrite-input-shape " + shlex.quote(f"{name}:{','.join(map(str, suggestion[name]))}")
-        for name in dict.fromkeys(name for d in unknown for name, _ in d.places))
+    example = {name: suggestion[name] for name in dict.fromkeys(name for d in unknown for name, _ in d.places)}
     raise UnsizedDims(
         f"symbolic dims {'; '.join(d.label() for d in unknown)} got no size with which the model runs "
-        f"(tried {', '.join(f'{k}: {lists[k]}' for k in lists)}); give the sizes it expects, e.g. {options_text}")
+        f"(tried {', '.join(f'{k}: {lists[k]}' for k in lists)}); give the sizes it expects, e.g. "
+        f"InputOptions.shapes={example}", "InputOptions.shapes", example=example)
 
 
 def with_input_shapes(model: ModelProto, options: InputOptions | None,

@@ -2,11 +2,23 @@
 
 
 class DiagwiseError(Exception):
-    """Bad input or usage: a file, model, node or flag the user must fix (exit 2)."""
+    """Bad input or usage: a file, model, node or flag the user must fix (exit 2).
+
+    PARAMETERS are the library parameters the message names (as whole words), so that a front
+    end can spell each its own way (the command line: as its flags)."""
+
+    def __init__(self, message: str, *parameters: str):
+        super().__init__(message)
+        self.parameters = parameters
 
 
 class UnsizedDims(DiagwiseError):
-    """Symbolic input dims that no size tried could run the model with (the user must size them)."""
+    """Symbolic input dims that no size tried could run the model with (the user must size them);
+    EXAMPLE is a {input: shape} a user could start from."""
+
+    def __init__(self, message: str, *parameters: str, example: dict | None = None):
+        super().__init__(message, *parameters)
+        self.example = example or {}
 
 
 class RuntimeMissing(DiagwiseError):
@@ -14,8 +26,10 @@ class RuntimeMissing(DiagwiseError):
 
 
 class CheckFailed(Exception):
-    """The rewritten model failed a check against the original (exit 1); .validation says how."""
+    """The rewritten model failed a check against the original (exit 1); .validation says how,
+    .headline what was not done."""
 
-    def __init__(self, message: str, validation=None):
+    def __init__(self, message: str, validation=None, headline: str | None = None):
         super().__init__(message)
         self.validation = validation
+        self.headline = headline

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from . import api
 from .dims import InputShapes, with_input_shapes
-from .errors import CheckFailed, DiagwiseError
+from .errors import CheckFailed, DiagwiseError, UnsizedDims
 from .model_io import LoadedModel, check_output_path, load_model, save_model
 from .plan import Auto, Selection, parse_policy
 from .report import RewriteResult
@@ -92,7 +92,10 @@ def _sized(model, check: CheckOptions, escape: str | None) -> tuple[CheckOptions
     try:
         inputs, sized = with_input_shapes(model, check.inputs, check.runtime)
     except DiagwiseError as exc:
-        raise DiagwiseError(f"{exc} ({escape})" if escape else str(exc)) from None
+        if not escape:
+            raise
+        raise type(exc)(f"{exc} ({escape})", *exc.parameters, "check=False",
+                        **({"example": exc.example} if isinstance(exc, UnsizedDims) else {})) from None
     return replace(check, inputs=inputs), sized
 
 
@@ -108,7 +111,7 @@ def _save(result: RewriteResult, loaded: LoadedModel, src: Path, dst: Path, prot
                               check.allow_tf32)
         if not validation.passed:
             headline = f"the {what} model differs from the original on {validation.provider}; nothing written to '{dst}'"
-            raise CheckFailed(failure_message(validation, headline), validation)
+            raise CheckFailed(failure_message(validation, headline), validation, headline)
 
     modified = result.report.modified
     if external_data is None and loaded.has_external_data:
@@ -127,25 +130,28 @@ class SaveOptions:
 
     external_data: bool | None = None  # None: as the input had it, or past protobuf's 2 GiB
     step: Step | None = None  # told what is being done now (a progress display)
+    warn_growth: float = api.DEFAULT_WARN_GROWTH  # warn when the weights grow more than this factor
 
 
 def rewrite_file(
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    group_size: Any = "paper",
+    group_size: Any = None,
     selection: Selection | None = None,
     tune_options: api.TuneOptions | None = None,
     check: CheckOptions | bool = True,
-    warn_growth: float = api.DEFAULT_WARN_GROWTH,
     save: SaveOptions = SaveOptions(),
+    plan: Any = None,
 ) -> FileResult:
     """Rewrite the model at SRC and write it to DST, checked against SRC first (CheckOptions; CPU by
     default): raises CheckFailed (with .validation) and writes nothing if any output differs.
 
-    group_size is a policy (see onnx_diagwise.plan); for 'auto', tune_options (default: on
-    check.runtime) says how layers are measured."""
+    group_size is a policy (see onnx_diagwise.plan; 'paper' by default), or PLAN applies a plan
+    file (see rewrite()); for 'auto', tune_options (default: on check.runtime) says how layers
+    are measured."""
     src, dst, step, check = Path(src), Path(dst), save.step or (lambda text: None), _options(check)
-    auto = isinstance(parse_policy(group_size), Auto)
+    warn_growth = save.warn_growth
+    auto = plan is None and isinstance(parse_policy("paper" if group_size is None else group_size), Auto)
     step(f"loading {src}")
     loaded, protected = _open(src, dst)
     sized = None
@@ -156,8 +162,8 @@ def rewrite_file(
     if auto:
         tune_options = replace(tune_options or api.TuneOptions(check.runtime), inputs=check.inputs)
     step("tuning" if auto else "rewriting")
-    result = api.rewrite(loaded.model, group_size, selection, tune_options, sized.shapes if sized else None,
-                         warn_growth, copy=False)
+    result = api._rewrite(loaded.model, group_size, selection, tune_options, sized.shapes if sized else None,
+                          warn_growth, plan, copy=False)
     written = _save(result, loaded, src, dst, protected, save.external_data, check, "rewritten", step)
     written.input_shapes = sized
     return written

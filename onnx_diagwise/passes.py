@@ -31,7 +31,7 @@ def _transplant(target: ir.Model, source: ir.Model) -> None:
 class DiagonalwisePass(ir.passes.InPlacePass):
     """Rewrite depthwise convolutions as block-diagonal grouped ones; takes rewrite()'s options."""
 
-    def __init__(self, group_size: Any = "paper", **options: Any):
+    def __init__(self, group_size: Any = None, **options: Any):
         super().__init__()
         self.group_size, self.options = group_size, options
         self.report = None  # the last call's RewriteReport

@@ -92,7 +92,7 @@ def parse_choice(value: int | str | Choice, parameter: str = "node_group_sizes")
         if block.isdigit() and int(block) >= 2 and as_2d in ("", "2d"):
             return Choice("polyphase", block=int(block), as_2d=as_2d == "2d")
     raise DiagwiseError(f"{parameter} takes a positive integer G, 'toeplitz', 'polyphase[:B][:2d]' (B >= 2) or "
-                        f"'conv2d'; got '{value}'")
+                        f"'conv2d'; got '{value}'", parameter)
 
 
 # ---------------------------------------------------------------- the built-in policies
@@ -134,7 +134,7 @@ class GroupSize:
 
     def __post_init__(self):
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
-            raise DiagwiseError(f"group_size must be {POLICY_HELP}; got {self.limit!r}")
+            raise DiagwiseError(f"group_size must be {POLICY_HELP}; got {self.limit!r}", "group_size")
 
     def __str__(self) -> str:
         return self.name or str(self.limit)
@@ -216,7 +216,7 @@ def parse_policy(value: Any, parameter: str = "group_size") -> Policy | Auto:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
-            raise DiagwiseError(f"{parameter} must be {POLICY_HELP}; got {value}")
+            raise DiagwiseError(f"{parameter} must be {POLICY_HELP}; got {value}", parameter)
         return GroupSize(value)
     text = str(value).strip().lower() if isinstance(value, str) else None
     named = {"paper": PAPER, "full": FULL, "auto": AUTO}
@@ -229,7 +229,7 @@ def parse_policy(value: Any, parameter: str = "group_size") -> Policy | Auto:
             return Lowered(parse_choice(text, parameter))
         except DiagwiseError:
             pass
-    raise DiagwiseError(f"{parameter} must be {POLICY_HELP}; got {value!r}")
+    raise DiagwiseError(f"{parameter} must be {POLICY_HELP}; got {value!r}", parameter)
 
 
 def parse_group_size(value: Any, parameter: str = "group_size") -> int | str:
@@ -239,7 +239,7 @@ def parse_group_size(value: Any, parameter: str = "group_size") -> int | str:
         return policy.limit
     if policy in (PAPER, FULL, AUTO):
         return str(policy)
-    raise DiagwiseError(f"{parameter} must be a positive integer, 'paper', 'full' or 'auto'; got {value!r}")
+    raise DiagwiseError(f"{parameter} must be a positive integer, 'paper', 'full' or 'auto'; got {value!r}", parameter)
 
 
 # ---------------------------------------------------------------- which nodes may be touched
@@ -251,7 +251,7 @@ def compile_pattern(pattern: str | None, parameter: str) -> re.Pattern | None:
     try:
         return re.compile(pattern)
     except re.error as exc:
-        raise DiagwiseError(f"{parameter} '{pattern}' is not a valid regular expression: {exc}") from None
+        raise DiagwiseError(f"{parameter} '{pattern}' is not a valid regular expression: {exc}", parameter) from None
 
 
 @dataclass(frozen=True)
@@ -269,20 +269,22 @@ class Selection:
         compile_pattern(self.include, "include")
         compile_pattern(self.exclude, "exclude")
         if self.min_channels is not None and self.min_channels < 0:
-            raise DiagwiseError(f"min_channels must be >= 0; got {self.min_channels}")
+            raise DiagwiseError(f"min_channels must be >= 0; got {self.min_channels}", "min_channels")
         pins = {name: parse_choice(value) for name, value in dict(self.node_group_sizes or {}).items()}
         object.__setattr__(self, "node_group_sizes", pins)
 
     def reason_to_leave(self, conv: DepthwiseConv) -> Leave | None:
         """Why CONV is not to be touched, or None."""
         if self.include is not None and not re.search(self.include, conv.name):
-            return Leave(Reason.NOT_INCLUDED, f"name does not match include '{self.include}'")
+            return Leave(Reason.NOT_INCLUDED, f"name does not match include '{self.include}'", ("include",))
         if self.exclude is not None and re.search(self.exclude, conv.name):
-            return Leave(Reason.EXCLUDED, f"name matches exclude '{self.exclude}'")
+            return Leave(Reason.EXCLUDED, f"name matches exclude '{self.exclude}'", ("exclude",))
         if self.min_channels is not None and conv.channels < self.min_channels:
-            return Leave(Reason.FEW_CHANNELS, f"C={conv.channels} is below min_channels {self.min_channels}")
+            return Leave(Reason.FEW_CHANNELS, f"C={conv.channels} is below min_channels {self.min_channels}",
+                         ("min_channels",))
         if conv.dynamic and not self.dynamic:
-            return Leave(Reason.DYNAMIC_LEFT, f"weight is a {conv.dynamic.description}; {self.why_not_dynamic}")
+            return Leave(Reason.DYNAMIC_LEFT, f"weight is a {conv.dynamic.description}; {self.why_not_dynamic}",
+                         ("dynamic=False",))
         return None
 
     def pinned(self, conv: DepthwiseConv) -> Decision | None:
@@ -293,11 +295,11 @@ class Selection:
         if choice.lowering == BLOCK_DIAGONAL:
             if conv.channels % choice.g:
                 raise DiagwiseError(f"node_group_sizes {conv.name}={choice.g}: {choice.g} does not divide "
-                                    f"C={conv.channels}")
+                                    f"C={conv.channels}", "node_group_sizes")
             return _stays(Choice(g=choice.g, how="pinned by node_group_sizes", code=Reason.PINNED))
         decision = Lowered(choice)(conv)
         if isinstance(decision, Leave):
-            raise DiagwiseError(f"node_group_sizes {conv.name}={choice.spec}: {decision.text}")
+            raise DiagwiseError(f"node_group_sizes {conv.name}={choice.spec}: {decision.text}", "node_group_sizes")
         return Choice(choice.lowering, block=choice.block, as_2d=choice.as_2d, how="pinned by node_group_sizes",
                       code=Reason.PINNED)
 
@@ -305,11 +307,12 @@ class Selection:
 def choose(detection: Detection, policy: Policy, selection: Selection = Selection()) -> dict[str, Decision]:
     """For every depthwise node: its exact choice, or why it is left alone."""
     if isinstance(policy, Auto):
-        raise DiagwiseError("group_size 'auto' needs measurement: use rewrite() or tune()")
+        raise DiagwiseError("group_size 'auto' needs measurement: use rewrite() or tune()", "group_size")
     names = {c.name for c in detection.candidates}
     for name in selection.node_group_sizes:
         if name not in names:
-            raise DiagwiseError(f"node_group_sizes names '{name}', which is not a rewritable depthwise Conv")
+            raise DiagwiseError(f"node_group_sizes names '{name}', which is not a rewritable depthwise Conv",
+                                "node_group_sizes")
     choices: dict[str, Decision] = {}
     for conv in detection.candidates:
         choices[conv.name] = (selection.reason_to_leave(conv) or selection.pinned(conv) or policy(conv))
@@ -385,7 +388,7 @@ def plan_exact(detection: Detection, choices: Mapping[str, Decision], shapes: di
                       weight_source=conv.weight_kind, weight_bytes_before=weight_bytes, flops_before=flops)
         if isinstance(choice, Leave):
             nodes.append(PlannedNode(NodeDecision(action=Action.SKIPPED, code=choice.code, reason=choice.text,
-                                                  **common), None))
+                                                  parameters=choice.parameters, **common), None))
             continue
         bytes_after, flops_after, factor = _sizes_after(conv, choice, weight_bytes, flops)
         if choice.lowering == BLOCK_DIAGONAL:

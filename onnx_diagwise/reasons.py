@@ -69,10 +69,23 @@ class Reason(str, Enum):
 
 @dataclass(frozen=True)
 class Leave:
-    """Why a node is left as it is: a code, and the text people read."""
+    """Why a node is left as it is: a code, the text people read, and the library parameters the
+    text names (so that a front end can spell them its own way)."""
 
     code: Reason
     text: str
+    parameters: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return self.text
+
+
+class Text(str):
+    """A message for people (a warning) that names library PARAMETERS as whole words."""
+
+    parameters: tuple[str, ...]
+
+    def __new__(cls, text: str, *parameters: str) -> Text:
+        made = super().__new__(cls, text)
+        made.parameters = parameters
+        return made

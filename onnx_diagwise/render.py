@@ -101,8 +101,13 @@ def _action(n) -> str:
 NODE_HEADERS = ("node", "form", "C", "M", "kernel", "stride", "dilation", "dtype", "weight", "G", "action", "reason")
 
 
+def as_given(text: str, parameters: Sequence[str] = ()) -> str:
+    """Text as the library words it (a front end passes its own WORDS, which spells PARAMETERS)."""
+    return text
+
+
 def nodes_table(report: RewriteReport, title: str, width: int | None = None,
-                words: Callable[[str], str] = str) -> list[RenderableType]:
+                words: Callable[[str, Sequence[str]], str] = as_given) -> list[RenderableType]:
     """Every grouped Conv with its decision (reasons put in WORDS: the command line names its flags).
     At narrow widths one line per node, the name last, and the reason of each node left alone as a
     numbered note below (a rewritten node's reason is its G, shown)."""
@@ -115,10 +120,10 @@ def nodes_table(report: RewriteReport, title: str, width: int | None = None,
                     "C": str(n.channels or "-"), "M": str(n.multiplier or "-"), "kernel": _dims(n.kernel),
                     "stride": _dims(n.strides), "dilation": _dims(n.dilations), "dtype": n.dtype or "-",
                     "weight": n.weight_source or "-", "G": n.form_label or "-",
-                    "action": Text(action, style=style), "reason": words(n.reason)}
+                    "action": Text(action, style=style), "reason": words(n.reason, n.parameters)}
         row["why"] = Text(action, style=style)
         if style == "yellow" and n.reason:
-            row["why"].append(f" [{reasons.setdefault(words(n.reason), len(reasons) + 1)}]")
+            row["why"].append(f" [{reasons.setdefault(row['reason'], len(reasons) + 1)}]")
         rows.append(row)
     plain = ["C", "M", "kernel", "stride", "dilation", "form", "dtype", "weight", "G", "why", "node"]
     notes = [f"[{number}] {reason}" for reason, number in reasons.items()]
@@ -238,7 +243,8 @@ def depthwise_time_table(report, width: int | None = None) -> list[RenderableTyp
 TUNE_HEADERS = ("node", "C", "kernel", "input shape", "original ms", "best", "best ms", "speedup", "decision")
 
 
-def tune_table(report, width: int | None = None, words: Callable[[str], str] = str) -> list[RenderableType]:
+def tune_table(report, width: int | None = None,
+               words: Callable[[str, Sequence[str]], str] = as_given) -> list[RenderableType]:
     ctx = report.context
     title = (f"Per-layer tuning on {ctx.get('provider')} ({ctx.get('device')}), "
              f"margin {1 + report.min_speedup:.2f}x")
@@ -247,9 +253,10 @@ def tune_table(report, width: int | None = None, words: Callable[[str], str] = s
     for layer in report.layers:
         colour = "green" if layer.rewritten else "yellow"
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        decision = words(layer.decision) + (" (cached)" if layer.cached else "")
+        worded = words(layer.decision, layer.parameters)
+        decision = worded + (" (cached)" if layer.cached else "")
         # At narrow widths a note per kind of decision: its figures in parentheses are the columns'.
-        number = decisions.setdefault(words(layer.decision).split(" (")[0], len(decisions) + 1)
+        number = decisions.setdefault(worded.split(" (")[0], len(decisions) + 1)
         rows.append({"node": layer.node, "C": str(layer.channels), "kernel": _dims(layer.kernel),
                      "input shape": _dims(layer.input_shape) if layer.input_shape else "?",
                      "original ms": fmt(layer.original_ms, ".3f"),

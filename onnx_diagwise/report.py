@@ -54,6 +54,7 @@ class NodeDecision:
     flops_before: int | None = None  # per sample (batch 1); None when the output shape is unknown
     flops_after: int | None = None
     block_diagonal: bool = False  # the layer is block-diagonal already (rewritten before, G in group_size)
+    parameters: tuple[str, ...] = ()  # library parameters the reason names
 
     @property
     def changed(self) -> bool:
@@ -72,6 +73,7 @@ class NodeDecision:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["action"], data["code"] = str(self.action), str(self.code) if self.code else None
+        data["parameters"] = list(self.parameters)
         return data
 
 

@@ -97,7 +97,7 @@ class RuntimeConfig:
 
 def _session_options(ort, config: RuntimeConfig, profile_prefix: str | None, optimized_path: str | None):
     if config.opt_level not in OPT_LEVELS:
-        raise DiagwiseError(f"opt_level must be one of {', '.join(OPT_LEVELS)}; got '{config.opt_level}'")
+        raise DiagwiseError(f"opt_level must be one of {', '.join(OPT_LEVELS)}; got '{config.opt_level}'", "opt_level")
     options = ort.SessionOptions()
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -107,7 +107,7 @@ def _session_options(ort, config: RuntimeConfig, profile_prefix: str | None, opt
     }[config.opt_level]
     if config.threads is not None:
         if config.threads < 1:
-            raise DiagwiseError(f"threads must be >= 1; got {config.threads}")
+            raise DiagwiseError(f"threads must be >= 1; got {config.threads}", "threads")
         options.intra_op_num_threads = config.threads
     # onnxruntime's errors come back as exceptions, which are reported in one line; its log would
     # print each a second time (and warns of unused initializers, which is noise here).  On a GPU

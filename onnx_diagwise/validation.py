@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from onnx import ModelProto, TensorProto
@@ -116,9 +116,9 @@ def check_tolerances(atol: Tolerance, rtol: Tolerance, outputs: list[str]) -> No
         for name, value in values:
             if name and name not in outputs:
                 raise DiagwiseError(f"{parameter} names '{name}', which is not an output of the model "
-                                    f"(outputs: {', '.join(outputs)})")
+                                    f"(outputs: {', '.join(outputs)})", parameter)
             if value is not None and not value >= 0:  # NaN too
-                raise DiagwiseError(f"{parameter} must be >= 0; got {value}")
+                raise DiagwiseError(f"{parameter} must be >= 0; got {value}", parameter)
 
 
 def _number(value) -> str:
@@ -232,9 +232,15 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
     return result
 
 
-def advice(report: ValidationReport, skippable: bool = True) -> list[str]:
+def api_option(name: str, value: Any = None) -> str:
+    """How the library spells an option in advice: InputOptions.data, atol={...}, check=False."""
+    return name if value is None else f"{name}={value!r}"
+
+
+def advice(report: ValidationReport, skippable: bool = True, spell: Callable[[str, Any], str] = api_option
+           ) -> list[str]:
     """For a failed check: how each failed output's error compares with the runtime's own noise, and
-    what to do.  Options are named as in the API (the command line names its flags)."""
+    what to do.  SPELL(option, value) writes an option (the command line passes its flags')."""
     failed = [o for o in report.outputs if not o.passed]
     lines = []
     for o in failed:
@@ -253,18 +259,20 @@ def advice(report: ValidationReport, skippable: bool = True) -> list[str]:
     widen = {o.name: float(f"{2 * o.max_abs:.1e}") for o in failed
              if o.max_abs is not None and np.isfinite(o.max_abs) and o.max_abs > 0
              and (o.dtype or "").startswith(("float", "bfloat"))}
-    steps = ["run the check on real inputs (InputOptions.data)"]
+    steps = [f"run the check on real inputs ({spell('InputOptions.data', None)})"]
     if widen:
-        steps.append(f"allow differences of this size (atol={widen!r})")
+        steps.append(f"allow differences of this size ({spell('atol', widen)})")
     if skippable:
-        steps.append("skip the check (check=False)")
+        steps.append(f"skip the check ({spell('check', False)})")
     lines.append("what to do: " + "; or ".join(steps))
     return lines
 
 
-def failure_message(report: ValidationReport, headline: str, skippable: bool = True) -> str:
+def failure_message(report: ValidationReport, headline: str, skippable: bool = True,
+                    spell: Callable[[str, Any], str] = api_option) -> str:
     """HEADLINE, the FAILED lines, and advice(): the whole story of a failed check in one message."""
-    return "\n".join([headline, *(o.line() for o in report.outputs if not o.passed), *advice(report, skippable)])
+    return "\n".join([headline, *(o.line() for o in report.outputs if not o.passed),
+                      *advice(report, skippable, spell)])
 
 
 def _check_comparable(original_inputs: dict[str, tuple[str, int]], candidate_session) -> None:
@@ -306,9 +314,9 @@ def validate(
     config = config or RuntimeConfig()
     inputs = inputs or InputOptions()
     if check_n < 1:
-        raise DiagwiseError(f"check_n must be >= 1; got {check_n}")
+        raise DiagwiseError(f"check_n must be >= 1; got {check_n}", "check_n")
     if seed < 0:
-        raise DiagwiseError(f"seed must be >= 0; got {seed}")
+        raise DiagwiseError(f"seed must be >= 0; got {seed}", "seed")
     options = dict(config.provider_options or {})
     tf32 = False
     if config.provider_full == "CUDAExecutionProvider":

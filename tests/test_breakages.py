@@ -137,9 +137,10 @@ def test_old_opset_keeps_dynamic_weights_depthwise():
 
 
 def test_growth_and_two_gib_warnings():
-    assert _growth_warnings(100, 200, 2.0) == []
-    (growth,) = _growth_warnings(100, 201, 2.0)
-    assert growth.startswith("weights grew 2.0x (100 B -> 201 B), more than the 2x threshold")
+    assert _growth_warnings(100, 204, 2.0) == []  # shown as 2.0x: not more than 2x
+    (growth,) = _growth_warnings(100, 206, 2.0)
+    assert growth.startswith("weights grew 2.1x (100 B -> 206 B), more than the 2x threshold (warn_growth)")
+    assert growth.parameters == ("warn_growth", "group_size")
     warnings = _growth_warnings(PROTOBUF_LIMIT, PROTOBUF_LIMIT + 1, 2.0)
     assert warnings == ["the model now passes 2 GiB (2.0 GiB); it is saved with external data"]
     assert _growth_warnings(PROTOBUF_LIMIT + 1, PROTOBUF_LIMIT + 2, 2.0) == []  # it passed already

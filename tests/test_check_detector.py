@@ -86,8 +86,8 @@ def test_a_failed_check_says_how_far_above_the_noise_and_what_to_do(detector, tm
     path, model = detector
     from onnx_diagwise import files
 
-    real = files.api.rewrite
-    monkeypatch.setattr(files.api, "rewrite", lambda *args, **kwargs: _swapped(real(*args, **kwargs)))
+    real = files.api._rewrite
+    monkeypatch.setattr(files.api, "_rewrite", lambda *args, **kwargs: _swapped(real(*args, **kwargs)))
     with pytest.raises(CheckFailed) as caught:
         rewrite_file(path, tmp_path / "out.onnx")
     lines = str(caught.value).splitlines()

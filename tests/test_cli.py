@@ -223,27 +223,32 @@ def test_no_silent_noops(tmp_path, case):
 
 def test_library_errors_name_parameters_and_the_cli_names_flags():
     from onnx_diagwise import DiagwiseError, Selection, inspect
-    from onnx_diagwise.cli import as_flags
+    from onnx_diagwise.flags import spelled
+    from onnx_diagwise.reasons import Reason
 
-    with pytest.raises(DiagwiseError, match="^min_channels must be >= 0; got -1$"):
+    with pytest.raises(DiagwiseError, match="^min_channels must be >= 0; got -1$") as raised:
         inspect(SAMPLE, selection=Selection(min_channels=-1))
-    assert as_flags("min_channels must be >= 0; got -1") == "--min-channels must be >= 0; got -1"
-    assert as_flags("C=16 is below min_channels 24") == "C=16 is below --min-channels 24"  # reasons in tables
-    assert as_flags("group_size 1 keeps every layer") == "--group-size 1 keeps every layer"  # warnings
-    assert as_flags("give iterations or seconds, not both") == "give --iterations or --seconds, not both"
-    assert as_flags("weight 'seconds' is shared") == "weight 'seconds' is shared"  # only parameter names
+    assert raised.value.parameters == ("min_channels",)  # the library says which parameters it names
+    assert spelled(str(raised.value), raised.value.parameters) == "--min-channels must be >= 0; got -1"
+    [left, _] = inspect(SAMPLE, selection=Selection(min_channels=100)).nodes
+    assert (left.code, left.parameters) == (Reason.FEW_CHANNELS, ("min_channels",))  # reasons in tables
+    assert spelled(left.reason, left.parameters) == "C=96 is below --min-channels 100"
+    assert spelled("give iterations or seconds, not both", ("iterations", "seconds")) == \
+        "give --iterations or --seconds, not both"
+    assert spelled("weight 'seconds_w' is shared", ("seconds",)) == "weight 'seconds_w' is shared"  # whole words
+    assert spelled("iterations must be >= 1", ()) == "iterations must be >= 1"  # only the parameters named
     assert_one_line_error(cli("inspect", SAMPLE, "--min-channels", "-1"), 2, "--min-channels must be >= 0")
 
 
 def test_a_flag_is_named_with_its_two_dashes_once():
-    from onnx_diagwise.cli import as_flags
+    from onnx_diagwise.flags import spelled
 
     r = cli("rewrite", SAMPLE, "out.onnx", "--atol", "-1e-3")
     assert r.returncode == 2 and r.stderr.strip() == "error: --atol must be >= 0; got '-1e-3'", r.stderr
     r = cli("validate", SAMPLE, SAMPLE, "--rtol", "y=-1")
     assert r.stderr.strip() == "error: --rtol must be >= 0; got 'y=-1'", r.stderr
-    assert as_flags("--atol must be >= 0; got -1") == "--atol must be >= 0; got -1"
-    assert as_flags("atol must be >= 0; got -1") == "--atol must be >= 0; got -1"
+    assert spelled("--atol must be >= 0; got -1", ("atol",)) == "--atol must be >= 0; got -1"
+    assert spelled("atol must be >= 0; got -1", ("atol",)) == "--atol must be >= 0; got -1"
 
 
 def test_a_failed_check_names_the_flags_that_help(tmp_path, monkeypatch, capsys):

@@ -79,7 +79,12 @@ def test_when_nothing_runs_every_dim_is_named_with_an_option_to_paste():
         resolve_input_shapes(model)
     message = str(caught.value)
     assert "'my image' dim 2 ('height')" in message and "'my image' dim 3 (unnamed)" in message
-    option = message.split("e.g. ", 1)[1]
+    # the library names its parameter, with a value to start from; the command line, a flag to paste
+    assert message.endswith("e.g. InputOptions.shapes={'my image': [1, 3, 64, 64]}")
+    assert caught.value.example == {"my image": [1, 3, 64, 64]} and caught.value.parameters == ("InputOptions.shapes",)
+    from onnx_diagwise.cli import error_text
+
+    option = error_text(caught.value).split("e.g. ", 1)[1]
     assert shlex.split(option) == ["--overwrite-input-shape", "my image:1,3,64,64"]
     fixed = InputOptions(shapes=parse_input_shapes([shlex.split(option)[1].replace("64,64", "13,13")]))
     assert resolve_input_shapes(model, fixed).shapes == {"my image": [1, 3, 13, 13]}

@@ -36,7 +36,7 @@ def test_no_check_means_no_validation(tmp_path):
 def test_a_failed_check_raises_with_the_report_and_writes_nothing(tmp_path, monkeypatch):
     from onnx_diagwise import files
 
-    real = files.api.rewrite
+    real = files.api._rewrite
 
     def planted(*args, **kwargs):  # a rewrite whose first expanded weight is off by 1%
         result = real(*args, **kwargs)
@@ -47,7 +47,7 @@ def test_a_failed_check_raises_with_the_report_and_writes_nothing(tmp_path, monk
                                                      tensor.name))
         return result
 
-    monkeypatch.setattr(files.api, "rewrite", planted)
+    monkeypatch.setattr(files.api, "_rewrite", planted)
     with pytest.raises(CheckFailed) as caught:
         rewrite_file(SAMPLE, tmp_path / "out.onnx", check=CheckOptions(runtime=RuntimeConfig("cpu")))
     assert caught.value.validation is not None and not caught.value.validation.passed

@@ -90,11 +90,12 @@ def test_choose_applies_selection_then_pins_then_the_policy():
                                    "b": Choice(g=4, how="N=4: largest divisor of C=8 <= 4")}
     assert choose(found, four, Selection(include="^a$")) == {
         "a": Choice(g=4, how="N=4: largest divisor of C=12 <= 4"),
-        "b": Leave(Reason.NOT_INCLUDED, "name does not match include '^a$'")}
+        "b": Leave(Reason.NOT_INCLUDED, "name does not match include '^a$'", ("include",))}
     assert choose(found, four, Selection(exclude="a")) == {
-        "a": Leave(Reason.EXCLUDED, "name matches exclude 'a'"), "b": Choice(g=4, how="N=4: largest divisor of C=8 <= 4")}
+        "a": Leave(Reason.EXCLUDED, "name matches exclude 'a'", ("exclude",)), "b": Choice(g=4, how="N=4: largest divisor of C=8 <= 4")}
     assert choose(found, four, Selection(min_channels=9))["b"] == Leave(Reason.FEW_CHANNELS,
-                                                                        "C=8 is below min_channels 9")
+                                                                        "C=8 is below min_channels 9",
+                                                                        ("min_channels",))
     assert choose(found, four, Selection(node_group_sizes={"b": 8}))["b"] == Choice(
         g=8, how="pinned by node_group_sizes", code=Reason.PINNED)
     assert choose(found, GroupSize(1))["a"] == Leave(Reason.STAYS_DEPTHWISE,

@@ -250,8 +250,8 @@ def test_report_bytes_flops_and_dict():
     assert data["nodes"][0]["reason"].startswith("G=4, group=2")
     growth = (4 * 16 * 9 * 4 + 16 * 4) / (16 * 9 * 4 + 16 * 4)  # weight x4, bias unchanged
     assert result.report.warnings == [
-        f"weights grew {growth:.1f}x (640 B -> 2.3 KiB), more than the 2x threshold; "
-        "a smaller --group-size grows less"]
+        f"weights grew {growth:.1f}x (640 B -> 2.3 KiB), more than the 2x threshold (warn_growth); "
+        "a smaller group_size grows less"]
 
 
 def _if_model():

@@ -153,9 +153,9 @@ def test_time_budget_is_respected():
 
     report = tune_layers(onnx.load(MV1), timer, time_budget=15.0, clock=clock)
     assert timer.layer_calls == 2  # at t=0 and t=10; at t=20 the budget is spent
-    untuned = [layer for layer in report.layers if "not tuned, --time-budget 15s spent" in layer.decision]
+    untuned = [layer for layer in report.layers if "not tuned, time_budget 15s spent" in layer.decision]
     assert [layer.node for layer in untuned] == [f"dw{i}" for i in range(3, 14)]
-    assert all(not layer.rewritten for layer in untuned)
+    assert all(not layer.rewritten and layer.parameters == ("time_budget",) for layer in untuned)
 
 
 def test_unknown_input_shape_and_bad_options():

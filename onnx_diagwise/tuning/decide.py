@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ from ..rewriter import apply_group_sizes
 from ..runtime import InputOptions
 from ..shapes import infer_value_types
 from .cache import TuneCache
+from .planfile import TunedPlan, from_tuning
 from .layers import LayerSignature, layer_candidates, layer_model, layer_variants, opset_of, signature_of
 from .timing import Timer
 
@@ -38,6 +40,7 @@ class LayerTuning:
     speedup: float | None = None  # original / best
     choice: str = "1"  # the decision; '1' keeps the original
     decision: str = ""
+    parameters: tuple[str, ...] = ()  # library parameters the decision names
     cached: bool = False
     skipped_forms: dict[str, str] = field(default_factory=dict)  # lowering -> why it was not a candidate
 
@@ -56,6 +59,11 @@ class TuneReport:
     dropped: list[str] = field(default_factory=list)  # dropped by the end-to-end check, in order
     summary: str = ""
     elapsed_s: float = 0.0
+    plan: TunedPlan | None = None  # the decisions as a plan file: save(), then rewrite(..., plan=...) anywhere
+
+    def save(self, path) -> Path:
+        """Write the decisions as a plan file (see tuning.planfile)."""
+        return self.plan.save(path)
 
     @property
     def choices(self) -> dict[str, str]:
@@ -67,7 +75,8 @@ class TuneReport:
         """The decisions as a policy: the chosen form of each layer, or why it keeps the original."""
         return Measured({layer.node: (replace(parse_choice(layer.choice), how=f"auto: {layer.decision}",
                                               code=Reason.MEASURED)
-                                      if layer.rewritten else Leave(Reason.KEPT_BY_MEASUREMENT, layer.decision))
+                                      if layer.rewritten else Leave(Reason.KEPT_BY_MEASUREMENT, layer.decision,
+                                                                    layer.parameters))
                          for layer in self.layers})
 
     @property
@@ -80,7 +89,8 @@ class TuneReport:
         return {"context": self.context, "min_speedup": self.min_speedup, "original_ms": self.original_ms,
                 "tuned_ms": self.tuned_ms, "end_to_end_speedup": self.end_to_end_speedup,
                 "dropped": self.dropped, "summary": self.summary, "elapsed_s": self.elapsed_s,
-                "choices": self.choices, "layers": [asdict(layer) for layer in self.layers]}
+                "choices": self.choices, "layers": [asdict(layer) for layer in self.layers],
+                "plan": self.plan.to_dict() if self.plan else None}
 
 
 # ---------------------------------------------------------------- tuning
@@ -100,9 +110,9 @@ def tune(
 ) -> TuneReport:
     """Decide the form of every depthwise node of MODEL (not modified) by measurement."""
     if min_speedup < 0:
-        raise DiagwiseError(f"min_speedup must be >= 0; got {min_speedup}")
+        raise DiagwiseError(f"min_speedup must be >= 0; got {min_speedup}", "min_speedup")
     if time_budget is not None and time_budget <= 0:
-        raise DiagwiseError(f"time_budget must be > 0 seconds; got {time_budget}")
+        raise DiagwiseError(f"time_budget must be > 0 seconds; got {time_budget}", "time_budget")
     inputs = inputs or InputOptions()
     start = clock()
     cache = cache or TuneCache(None)
@@ -114,6 +124,7 @@ def tune(
     found = detect(model, infer_value_types(model))
     planned = plan(found, "full", replace(selection, node_group_sizes={}))
     chosen = {p.decision.name for p in planned.nodes if p.choice is not None}
+    left = {p.decision.name: p.decision for p in planned.nodes if p.choice is None}
     convs = [c for c in found.candidates if c.name in chosen]
     untuned = [c for c in convs if c.form != "float"]
     convs = [c for c in convs if c.form == "float"]
@@ -127,11 +138,13 @@ def tune(
         if progress:
             progress(index, len(convs), conv.name)
         if signature is None:
-            layer.decision = "kept original: input shape unknown (pass --dim / --overwrite-input-shape)"
+            layer.decision = "kept original: input shape unknown (size it with InputOptions.dims or InputOptions.shapes)"
+            layer.parameters = ("InputOptions.dims", "InputOptions.shapes")
             continue
         if signature not in measured:
             if time_budget is not None and clock() - start > time_budget:
-                layer.decision = f"kept original: not tuned, --time-budget {time_budget:g}s spent"
+                layer.decision = f"kept original: not tuned, time_budget {time_budget:g}s spent"
+                layer.parameters = ("time_budget",)
                 continue
             base = layer_model(conv, signature, opset_of(model))
             candidates, layer.skipped_forms = layer_candidates(base, signature, conv)
@@ -150,6 +163,11 @@ def tune(
     for conv in untuned:  # a one-node float Conv cannot stand in for these
         layers.append(LayerTuning(conv.name, conv.graph, conv.channels, conv.kernel, None,
                                   decision=f"kept original: auto tunes float Conv layers only, not {conv.form}"))
+    for conv in found.candidates:  # left alone by the selection: kept, and said so (a plan lists every node)
+        if conv.name in left:
+            layers.append(LayerTuning(conv.name, conv.graph, conv.channels, conv.kernel, None,
+                                      decision=f"kept original: {left[conv.name].reason}",
+                                      parameters=left[conv.name].parameters))
 
     report = TuneReport(layers, context, min_speedup)
     if check_end_to_end:
@@ -157,6 +175,7 @@ def tune(
     else:
         report.summary = f"{len(report.choices)} of {len(layers)} depthwise node(s) rewritten (per-layer timings only)"
     report.elapsed_s = clock() - start
+    report.plan = from_tuning(report, found, context, input_shapes)
     return report
 
 
