@@ -315,8 +315,30 @@ def choose(detection: Detection, policy: Policy, selection: Selection = Selectio
                                 "node_group_sizes")
     choices: dict[str, Decision] = {}
     for conv in detection.candidates:
-        choices[conv.name] = (selection.reason_to_leave(conv) or selection.pinned(conv) or policy(conv))
+        choices[conv.name] = (selection.reason_to_leave(conv) or selection.pinned(conv)
+                              or _fitting(conv, policy(conv)))
     return choices
+
+
+def _fitting(conv: DepthwiseConv, decision: Any) -> Decision:
+    """DECISION, checked against CONV: a policy may be anyone's code."""
+    if isinstance(decision, Leave):
+        return decision
+    if not isinstance(decision, Choice):
+        raise DiagwiseError(f"the policy returned {decision!r} for node '{conv.name}'; a policy returns a Choice or "
+                            "a Leave", "group_size")
+    if decision.lowering == BLOCK_DIAGONAL:
+        if decision.g < 1 or conv.channels % decision.g:
+            raise DiagwiseError(f"the policy chose G={decision.g} for node '{conv.name}', which does not divide "
+                                f"C={conv.channels}", "group_size")
+        return _stays(decision)
+    if decision.lowering not in LOWERING_NAMES:
+        raise DiagwiseError(f"the policy chose '{decision.lowering}' for node '{conv.name}', which is no lowering "
+                            f"({', '.join(LOWERING_NAMES)})", "group_size")
+    refused = why_not(conv, decision.lowering, decision.params, conv.input_shape, opset=conv.opset, reads=conv.reads)
+    if refused and decision.code not in (Reason.POLICY,):
+        raise DiagwiseError(f"node '{conv.name}' cannot take {decision.label}: {refused}", "group_size")
+    return Leave(Reason.LOWERING_REFUSED, f"{decision.label} does not apply: {refused}") if refused else decision
 
 
 # ---------------------------------------------------------------- the plan

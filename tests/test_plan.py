@@ -153,3 +153,16 @@ def test_plan_counts_flops_from_shapes():
     assert node.decision.flops_before == 2 * 8 * 9 * 81 and node.decision.flops_after == 4 * 2 * 8 * 9 * 81
     (unknown,) = plan(found, 4).nodes
     assert unknown.decision.flops_before is None and unknown.decision.flops_after is None
+
+
+def test_a_policy_s_choices_are_checked_against_each_layer():
+    found = detect(two_layers())  # 'a' C=12, 'b' C=8, no input shapes
+    with pytest.raises(DiagwiseError, match="^the policy chose G=5 for node 'a', which does not divide C=12$"):
+        choose(found, lambda conv: Choice(g=5))
+    with pytest.raises(DiagwiseError, match="^the policy returned 4 for node 'a'; a policy returns a Choice or a Leave"):
+        choose(found, lambda conv: 4)
+    with pytest.raises(DiagwiseError, match="^the policy chose 'fft' for node 'a', which is no lowering"):
+        choose(found, lambda conv: Choice("fft"))
+    refused = choose(found, lambda conv: Choice("toeplitz"))["a"]
+    assert refused.code == Reason.LOWERING_REFUSED and "input shape is unknown" in refused.text
+    assert choose(found, lambda conv: Choice(g=1))["b"].code == Reason.STAYS_DEPTHWISE

@@ -14,13 +14,13 @@ EXAMPLES = dict(re.findall(r"```python\n# example: (\S+)\n(.*?)```", (ROOT / "RE
 
 
 def test_the_examples_are_there():
-    assert set(EXAMPLES) == {"torch-dynamo", "onnx-ir", "graphsurgeon"}
+    assert set(EXAMPLES) == {"torch-dynamo", "onnx-ir", "graphsurgeon", "policy"}
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_runs(name, tmp_path, monkeypatch):
     for package in {"torch-dynamo": ["torch", "onnxscript"], "onnx-ir": ["onnx_ir", "onnxscript"],
-                    "graphsurgeon": ["onnx_graphsurgeon"]}[name]:
+                    "graphsurgeon": ["onnx_graphsurgeon"], "policy": []}[name]:
         pytest.importorskip(package)
     shutil.copy(ROOT / "sample_models" / "mobilenetv2_block.onnx", tmp_path / "model.onnx")
     monkeypatch.chdir(tmp_path)
@@ -34,5 +34,5 @@ def test_example_runs(name, tmp_path, monkeypatch):
         if path.endswith(".onnx"):
             model = onnx.load(tmp_path / path)
             groups = [a.i for n in model.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
-            channels = {"torch-dynamo": 32, "onnx-ir": 96, "graphsurgeon": 96}[name]
+            channels = {"torch-dynamo": 32, "onnx-ir": 96, "graphsurgeon": 96, "policy": 96}[name]
             assert groups and max(groups) < channels  # the depthwise convs now run block-diagonal
