@@ -34,6 +34,7 @@ something only relative to each other (the bound there uses a stated peak).
 from __future__ import annotations
 
 import argparse
+import re
 import gc
 import json
 import shlex
@@ -152,6 +153,15 @@ def _tuning(result) -> dict | None:
         return {"summary": getattr(tuning, "summary", ""), "error": f"{type(exc).__name__}: {exc}"}
 
 
+def _save_plan(result, args, label: str) -> None:
+    """auto's decisions as a plan file (rewrite --plan applies them anywhere), when --plans-dir is given."""
+    plan = getattr(result.tuning, "plan", None)
+    if args.plans_dir is None or plan is None:
+        return
+    args.plans_dir.mkdir(parents=True, exist_ok=True)
+    plan.save(args.plans_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}.plan.json")
+
+
 def measure(name: str, model: onnx.ModelProto, torch_factory, feeds: dict[str, np.ndarray], batch: int,
             precision: str, policies: list[str], args, device: baselines.Device, info: dict | None = None) -> dict:
     """Everything above, for one network at one batch and precision: a JSON-ready row."""
@@ -182,6 +192,7 @@ def measure(name: str, model: onnx.ModelProto, torch_factory, feeds: dict[str, n
                 options = TuneOptions(tuned_on, InputOptions(batch=batch, data=feeds), time_budget=args.tune_budget,
                                       cache_dir=args.cache_dir)
                 result = rewrite(model, group_size="auto", tune_options=options)
+                _save_plan(result, args, f"{name}-b{batch}-{precision}")
             else:
                 result = rewrite(model, **_policy_kwargs(policy))
         except DiagwiseError as exc:
@@ -555,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES, help="auto, paper, full or an integer G")
     parser.add_argument("--tune-budget", type=float, default=None, help="seconds of tuning per model for auto")
     parser.add_argument("--cache-dir", type=Path, default=None, help="tuning cache for auto")
+    parser.add_argument("--plans-dir", type=Path, default=None,
+                        help="write auto's decisions for each network, batch and precision as plan files here")
     parser.add_argument("--work-dir", type=Path, default=WORK, help="where exported and built models go")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, help="merge result JSONs of separate runs")
     args = parse(argv, parser, "networks.py")

@@ -123,6 +123,7 @@ def plan(provider: str, out: Path, quick: bool, models: Path | None = None) -> l
     for index in (1, 2):
         steps.append(Step(f"headline-{index}", [PY, str(BENCH / "networks.py"), *common, *head,
                                                 "--cache-dir", str(out / f"tune-cache-{index}"),
+                                                "--plans-dir", str(out / "plans" / f"headline-{index}"),
                                                 "--out", str(out / f"headline-{index}-{provider}")],
                           network_estimate(head_networks, 1, 1, grid + 4 + 2, head_rounds),
                           f"{head_networks} networks, {grid + 6} variants, {head_rounds} rounds, tuning "
@@ -136,7 +137,8 @@ def plan(provider: str, out: Path, quick: bool, models: Path | None = None) -> l
                "--tune-budget", "40"]
         fam_networks, fam_batches, fam_precisions = len(FAMILIES), 2, 3
     steps.append(Step("families", [PY, str(BENCH / "networks.py"), *common, *fam, "--cache-dir",
-                                   str(out / "tune-cache-1"), "--out", str(out / f"families-{provider}")],
+                                   str(out / "tune-cache-1"), "--plans-dir", str(out / "plans" / "families"),
+                                   "--out", str(out / f"families-{provider}")],
                       fam_networks * 2 * ASSUMED["export"] + network_estimate(fam_networks, fam_batches,
                                                                                 fam_precisions, grid + 3, 10),
                       f"{fam_networks} families x {fam_batches} batches x {fam_precisions} precisions, "
@@ -148,7 +150,7 @@ def plan(provider: str, out: Path, quick: bool, models: Path | None = None) -> l
                                                                       "--tune-budget", "40"]
         steps.append(Step("models", [PY, str(BENCH / "networks.py"), *common, "--models", str(models),
                                      "--precision", *PRECISIONS, *model_args, "--cache-dir", str(out / "tune-cache-1"),
-                                     "--out", str(out / f"models-{provider}")],
+                                     "--plans-dir", str(out / "plans" / "models"), "--out", str(out / f"models-{provider}")],
                           network_estimate(files, 1 if quick else 2, 2, grid + 3, 10),
                           f"{files} files x {1 if quick else 2} batches x their dtype's precisions", 0.14))
 
@@ -160,7 +162,8 @@ def plan(provider: str, out: Path, quick: bool, models: Path | None = None) -> l
                     "--rounds", "10", "--policies", "auto", "32", "--tune-budget", "30"]
         zoo_networks, zoo_precisions = len(zoo.NETWORKS), 2
     steps.append(Step("zoo", [PY, str(BENCH / "networks.py"), *common, *zoo_args, "--cache-dir",
-                              str(out / "tune-cache-1"), "--out", str(out / f"zoo-{provider}")],
+                              str(out / "tune-cache-1"), "--plans-dir", str(out / "plans" / "zoo"),
+                              "--out", str(out / f"zoo-{provider}")],
                       network_estimate(zoo_networks, 1, zoo_precisions, grid + 4 + 2, 10),
                       f"{zoo_networks} networks x {zoo_precisions} precisions, {grid + 6} variants", 0.10))
 

@@ -79,6 +79,15 @@ def test_quick_suite_bundles_every_step(tmp_path):
         assert all(v["x_of_bound"] > 0 for v in row["variants"].values())
         assert (row["best_pytorch"] is not None) == HAS_TORCH
     assert "run 1: G=auto" in headline and "run 2: G=auto" in headline
+    # auto's decisions travel as plan files, one per network, batch and precision it tuned
+    plans = sorted(n for n in names if n.startswith("suite/plans/") and n.endswith(".plan.json"))
+    assert any("/headline-1/" in n for n in plans) and any("/headline-2/" in n for n in plans), names
+    from onnx_diagwise.tuning.planfile import TunedPlan
+
+    with tarfile.open(bundle) as archive:
+        for name in plans:
+            archive.extract(name, tmp_path / "x", filter="data")
+    assert all(TunedPlan.load(tmp_path / "x" / name).layers for name in plans)
     assert len(validation) == 14 and all(v["passed"] for v in validation.values())
 
 
