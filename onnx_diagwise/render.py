@@ -11,8 +11,7 @@ from __future__ import annotations
 import textwrap
 from typing import Callable, Iterable, Sequence
 
-from rich.console import Console, RenderableType
-from rich.measure import Measurement
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -46,9 +45,16 @@ def wrapped(text: str, width: int | None, indent: str = "", style: str = "") -> 
     return [Text(line, style=style) for line in lines or [""]]
 
 
-def _natural_width(table: Table) -> int:
-    console = Console(width=10**6)
-    return Measurement.get(console, console.options, table).maximum
+# Past this many rows a bordered table is slow to lay out (rich measures every cell) and no easier
+# to read than plain columns.
+MAX_BORDERED_ROWS = 200
+
+
+def _natural_width(headers: Sequence[str], rows: Sequence[Row]) -> int:
+    """The width of the bordered table of ROWS: each column as wide as its widest cell (single-line
+    cells), one space of padding each side, and a border between columns and at both ends."""
+    widths = [max([len(h), *(len(str(row.get(h, ""))) for row in rows)]) for h in headers]
+    return sum(widths) + 3 * len(widths) + 1
 
 
 def _text(cell: Cell) -> Text:
@@ -62,15 +68,16 @@ def grid(title: str | None, headers: Sequence[str], rows: Sequence[Row], width: 
     PLAIN (keys, default HEADERS, in that order; headed by LABELS or the key), leaving out the
     columns of DROP, in order, until a line fits, with NOTES (wrapped) below."""
     right = set(right)
-    table = Table(title_justify="left")
-    for header in headers:
-        table.add_column(header, justify="right" if header in right else "left")
-    for row in rows:
-        table.add_row(*(_text(row.get(h, "")) for h in headers))
     head = wrapped(title, width, style="italic") if title else []
     tail = wrapped(caption, width) if caption else []
-    if width is None or _natural_width(table) <= width:
+    if len(rows) <= MAX_BORDERED_ROWS and (width is None or _natural_width(headers, rows) <= width):
+        table = Table(title_justify="left")
+        for header in headers:
+            table.add_column(header, justify="right" if header in right else "left")
+        for row in rows:
+            table.add_row(*(_text(row.get(h, "")) for h in headers))
         return [*head, table, *tail]
+    width = width or 10**6
     columns, labels = list(plain or headers), {c: (labels or {}).get(c, c) for c in (plain or headers)}
     cells = [{c: _text(row.get(c, "")) for c in columns} for row in rows]
     widths = {c: max([len(labels[c]), *(len(r[c]) for r in cells)]) for c in columns}

@@ -42,3 +42,17 @@ def test_inspect_and_rewrite_scale_like_n_log_n():
         # n log n: 8 x 1.27 = 10; quadratic: 64.  The old name lookups by scan gave about 50.
         assert ratio < 24, f"{name}: 8x the nodes took {ratio:.1f}x the time"
         assert len(work(small).report.nodes if name == "rewrite" else work(small).nodes) == 500
+
+
+def test_long_tables_are_plain_columns_laid_out_in_linear_time():
+    from rich.table import Table
+
+    from onnx_diagwise.render import MAX_BORDERED_ROWS, grid
+
+    rows = [{"node": f"n{i}", "C": str(i)} for i in range(4 * MAX_BORDERED_ROWS)]
+    short = grid(None, ["node", "C"], rows[:10], 200)
+    assert any(isinstance(part, Table) for part in short)
+    long = grid(None, ["node", "C"], rows, 200)
+    assert not any(isinstance(part, Table) for part in long) and len(long) == len(rows) + 1
+    small, large = (_seconds(lambda n=n: grid(None, ["node", "C"], rows[:n] * 1, 200)) for n in (400, 800))
+    assert large / small < 4  # twice the rows: about twice the time
