@@ -123,7 +123,7 @@ class BlockDiagonal:
     """A weight that is block-diagonal already (rewrite()'s output, or anyone's): what revert needs
     to make the node depthwise again."""
 
-    g: int  # input channels per group (G = C for a group = 1 conv)
+    group_size: int  # input channels per group, G (G = C for a group = 1 conv)
     channels: int  # C: the depthwise conv's group
     multiplier: int
     weight: WeightSource | None = None  # None: the run-time expansion
@@ -158,7 +158,7 @@ class SkippedConv:
 
     @property
     def block_diagonal_g(self) -> int | None:
-        return self.block_diagonal.g if self.block_diagonal else None
+        return self.block_diagonal.group_size if self.block_diagonal else None
 
 
 @dataclass

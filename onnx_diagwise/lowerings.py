@@ -1,6 +1,6 @@
 """Other exact forms ("lowerings") of a depthwise Conv, built from standard ONNX ops.
 
-A depthwise layer (W [C*M, 1, k...], group = C, see DESIGN.md) is rewritten as a small
+A depthwise layer (W [C*M, 1, k...], group = C; README, "How it works") is rewritten as a small
 subgraph that computes the same output with an ordinary grouped Conv.  Notation: x the
 input [N, C, spatial...], H = the first spatial size, L = the last, K_h / K the kernel
 along them, s / d stride and dilation, p padding.

@@ -39,7 +39,7 @@ class Choice:
     depthwise), or a lowering with its parameters; and how it was chosen."""
 
     lowering: str = BLOCK_DIAGONAL
-    g: int = 1
+    group_size: int = 1  # block-diagonal: channels per group (G)
     block: int | None = None  # polyphase: outputs per step
     as_2d: bool = False  # polyphase: run its Conv as a 2-D one
     how: str = ""
@@ -49,7 +49,7 @@ class Choice:
     def label(self) -> str:
         """G=8, toeplitz, polyphase B=16, polyphase B=16 2-D, conv2d."""
         if self.lowering == BLOCK_DIAGONAL:
-            return f"G={self.g}"
+            return f"G={self.group_size}"
         if self.lowering == "polyphase":
             return f"polyphase B={self.block}" + (" 2-D" if self.as_2d else "")
         return self.lowering
@@ -58,7 +58,7 @@ class Choice:
     def spec(self) -> str:
         """The choice as --node-group-size / parse_choice spell it: 8, toeplitz, polyphase:16:2d, conv2d."""
         if self.lowering == BLOCK_DIAGONAL:
-            return str(self.g)
+            return str(self.group_size)
         if self.lowering == "polyphase":
             return f"polyphase:{self.block}" + (":2d" if self.as_2d else "")
         return self.lowering
@@ -79,10 +79,10 @@ def parse_choice(value: int | str | Choice, parameter: str = "node_group_sizes")
     if isinstance(value, Choice):
         return value
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return Choice(g=value)
+        return Choice(group_size=value)
     text = str(value).strip().lower()
     if text.isdigit() and int(text) >= 1:
-        return Choice(g=int(text))
+        return Choice(group_size=int(text))
     parts = text.split(":")
     if parts[0] in ("toeplitz", "conv2d") and len(parts) == 1:
         return Choice(parts[0])
@@ -120,7 +120,7 @@ def group_size_for(channels: int, policy: int | str) -> tuple[int, str]:
 
 def _stays(choice: Choice) -> Decision:
     """G = 1 is the depthwise layer itself."""
-    if choice.lowering == BLOCK_DIAGONAL and choice.g == 1:
+    if choice.lowering == BLOCK_DIAGONAL and choice.group_size == 1:
         return Leave(Reason.STAYS_DEPTHWISE, f"G=1 ({choice.how}): left depthwise")
     return choice
 
@@ -141,7 +141,7 @@ class GroupSize:
 
     def __call__(self, conv: DepthwiseConv) -> Decision:
         g, how = group_size_for(conv.channels, "paper" if self.name == "paper" else self.limit)
-        return _stays(Choice(g=g, how=how))
+        return _stays(Choice(group_size=g, how=how))
 
 
 PAPER = GroupSize(PAPER_GROUP_SIZE, "paper")
@@ -156,7 +156,7 @@ class Full:
 
     def __call__(self, conv: DepthwiseConv) -> Decision:
         g, how = group_size_for(conv.channels, "full")
-        return _stays(Choice(g=g, how=how))
+        return _stays(Choice(group_size=g, how=how))
 
 
 FULL = Full()
@@ -293,10 +293,10 @@ class Selection:
         if choice is None:
             return None
         if choice.lowering == BLOCK_DIAGONAL:
-            if conv.channels % choice.g:
-                raise DiagwiseError(f"node_group_sizes {conv.name}={choice.g}: {choice.g} does not divide "
+            if conv.channels % choice.group_size:
+                raise DiagwiseError(f"node_group_sizes {conv.name}={choice.group_size}: {choice.group_size} does not divide "
                                     f"C={conv.channels}", "node_group_sizes")
-            return _stays(Choice(g=choice.g, how="pinned by node_group_sizes", code=Reason.PINNED))
+            return _stays(Choice(group_size=choice.group_size, how="pinned by node_group_sizes", code=Reason.PINNED))
         decision = Lowered(choice)(conv)
         if isinstance(decision, Leave):
             raise DiagwiseError(f"node_group_sizes {conv.name}={choice.spec}: {decision.text}", "node_group_sizes")
@@ -328,8 +328,8 @@ def _fitting(conv: DepthwiseConv, decision: Any) -> Decision:
         raise DiagwiseError(f"the policy returned {decision!r} for node '{conv.name}'; a policy returns a Choice or "
                             "a Leave", "group_size")
     if decision.lowering == BLOCK_DIAGONAL:
-        if decision.g < 1 or conv.channels % decision.g:
-            raise DiagwiseError(f"the policy chose G={decision.g} for node '{conv.name}', which does not divide "
+        if decision.group_size < 1 or conv.channels % decision.group_size:
+            raise DiagwiseError(f"the policy chose G={decision.group_size} for node '{conv.name}', which does not divide "
                                 f"C={conv.channels}", "group_size")
         return _stays(decision)
     if decision.lowering not in LOWERING_NAMES:
@@ -366,7 +366,7 @@ class Plan:
     @property
     def group_sizes(self) -> dict[str, int]:
         """{node: G} of the block-diagonal rewrites."""
-        return {p.decision.name: p.choice.g for p in self.nodes
+        return {p.decision.name: p.choice.group_size for p in self.nodes
                 if p.choice is not None and p.choice.lowering == BLOCK_DIAGONAL}
 
 
@@ -388,8 +388,8 @@ def _sizes_after(conv: DepthwiseConv, choice: Choice, weight_bytes: int | None,
     """Weight bytes (weight and, for lowerings, bias), FLOPs per sample and the arithmetic factor
     after CHOICE."""
     if choice.lowering == BLOCK_DIAGONAL:
-        return (weight_bytes * choice.g if weight_bytes is not None else None,
-                flops * choice.g if flops is not None else None, float(choice.g))
+        return (weight_bytes * choice.group_size if weight_bytes is not None else None,
+                flops * choice.group_size if flops is not None else None, float(choice.group_size))
     spent = cost(conv, choice.lowering, choice.params, conv.input_shape)
     return (spent.weight_bytes_after, round(flops * spent.flops_factor) if flops is not None else None,
             spent.flops_factor)
@@ -414,7 +414,7 @@ def plan_exact(detection: Detection, choices: Mapping[str, Decision], shapes: di
             continue
         bytes_after, flops_after, factor = _sizes_after(conv, choice, weight_bytes, flops)
         if choice.lowering == BLOCK_DIAGONAL:
-            g = choice.g
+            g = choice.group_size
             form = dict(reason=f"G={g}, group={conv.channels // g} ({choice.how})", group_size=g,
                         groups_after=conv.channels // g)
         else:

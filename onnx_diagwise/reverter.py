@@ -91,7 +91,7 @@ def _why_left(skipped: SkippedConv) -> tuple[Reason, str]:
 def _revert_node(skipped: SkippedConv, diagonal: BlockDiagonal, editor: WeightEditor) -> NodeDecision:
     """Make one block-diagonal node depthwise again: the expansion removed, or the weight collapsed."""
     group = attribute(skipped.node, "group", 1)
-    c, g = diagonal.channels, diagonal.g
+    c, g = diagonal.channels, diagonal.group_size
     if diagonal.expansion is not None:
         _remove_expansion(skipped, diagonal.expansion, editor.counts)
         set_group(skipped.node, c)

@@ -178,10 +178,10 @@ def apply_plan(model: ModelProto, plan: Plan, found: Detection | None = None) ->
             lowered = build(conv, choice.lowering, choice.params, conv.input_shape, editor.taken, opset=conv.opset)
             insert(conv, lowered)
         elif conv.dynamic is not None:
-            _expand_at_run_time(conv, choice.g, editor.taken)
-            set_group(conv.node, conv.channels // choice.g)
+            _expand_at_run_time(conv, choice.group_size, editor.taken)
+            set_group(conv.node, conv.channels // choice.group_size)
         else:
-            g = choice.g
+            g = choice.group_size
             zero_point = conv.zero_point.tobytes().hex() if conv.zero_point is not None else ""
             shaped = (conv.node.input[1],) if conv.form == "QDQ" else ()  # the DequantizeLinear output
             editor.replace(conv.weight, conv.reader, conv.scope.namespace, expand(conv, g),
@@ -194,7 +194,7 @@ def apply_plan(model: ModelProto, plan: Plan, found: Detection | None = None) ->
 def apply_group_sizes(model: ModelProto, group_sizes: Mapping[str, int | Choice]) -> tuple[NodeDecision, ...]:
     """Rewrite exactly the nodes of GROUP_SIZES ({node: G or Choice}) in MODEL, in place."""
     found = detect(model, infer_value_types(model))
-    choices = {n: c if isinstance(c, Choice) else Choice(g=c, how="exact") for n, c in group_sizes.items()}
+    choices = {n: c if isinstance(c, Choice) else Choice(group_size=c, how="exact") for n, c in group_sizes.items()}
     return apply_plan(model, plan_exact(found, choices), found)
 
 

@@ -7,7 +7,7 @@ with groups = C/G on the block-diagonal weight
 
     Reshape(W, [C/G, G, M, 1, k...]) * eye(G)[1, G, 1, G, 1...] -> [C*M, G, k...]
 
-(DESIGN.md section 2), so gradients reach only the diagonal entries, as in the
+(README, "How it works"), so gradients reach only the diagonal entries, as in the
 paper.  Exported with torch.onnx.export and constant folding, the mask product
 folds into the same block-diagonal initializer `onnx-diagwise rewrite` writes.
 """

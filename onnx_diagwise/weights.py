@@ -1,6 +1,6 @@
 """Pure numpy: depthwise weights <-> block-diagonal grouped weights, every variant.
 
-Notation (DESIGN.md section 2): C input channels, M depth multiplier, G channels
+Notation (README, "How it works"): C input channels, M depth multiplier, G channels
 per group with G | C.
 
 * Conv (and FusedConv, QLinearConv, ConvInteger, QDQ): W [C*M, 1, k...] with

@@ -86,29 +86,29 @@ def test_choose_applies_selection_then_pins_then_the_policy():
     found = detect(two_layers())
     four = GroupSize(4)
     assert [c.name for c in found.candidates] == ["a", "b"]
-    assert choose(found, four) == {"a": Choice(g=4, how="N=4: largest divisor of C=12 <= 4"),
-                                   "b": Choice(g=4, how="N=4: largest divisor of C=8 <= 4")}
+    assert choose(found, four) == {"a": Choice(group_size=4, how="N=4: largest divisor of C=12 <= 4"),
+                                   "b": Choice(group_size=4, how="N=4: largest divisor of C=8 <= 4")}
     assert choose(found, four, Selection(include="^a$")) == {
-        "a": Choice(g=4, how="N=4: largest divisor of C=12 <= 4"),
+        "a": Choice(group_size=4, how="N=4: largest divisor of C=12 <= 4"),
         "b": Leave(Reason.NOT_INCLUDED, "name does not match include '^a$'", ("include",))}
     assert choose(found, four, Selection(exclude="a")) == {
-        "a": Leave(Reason.EXCLUDED, "name matches exclude 'a'", ("exclude",)), "b": Choice(g=4, how="N=4: largest divisor of C=8 <= 4")}
+        "a": Leave(Reason.EXCLUDED, "name matches exclude 'a'", ("exclude",)), "b": Choice(group_size=4, how="N=4: largest divisor of C=8 <= 4")}
     assert choose(found, four, Selection(min_channels=9))["b"] == Leave(Reason.FEW_CHANNELS,
                                                                         "C=8 is below min_channels 9",
                                                                         ("min_channels",))
     assert choose(found, four, Selection(node_group_sizes={"b": 8}))["b"] == Choice(
-        g=8, how="pinned by node_group_sizes", code=Reason.PINNED)
+        group_size=8, how="pinned by node_group_sizes", code=Reason.PINNED)
     assert choose(found, GroupSize(1))["a"] == Leave(Reason.STAYS_DEPTHWISE,
                                                      "G=1 (N=1: largest divisor of C=12 <= 1): left depthwise")
     assert choose(found, four, Selection(node_group_sizes={"a": 1}))["a"] == Leave(
         Reason.STAYS_DEPTHWISE, "G=1 (pinned by node_group_sizes): left depthwise")
-    measured = {"a": Choice(g=3, how="auto: 1.20x"), "b": Leave(Reason.KEPT_BY_MEASUREMENT, "every G slower")}
+    measured = {"a": Choice(group_size=3, how="auto: 1.20x"), "b": Leave(Reason.KEPT_BY_MEASUREMENT, "every G slower")}
     assert choose(found, Measured(measured)) == measured
-    assert choose(found, Measured({"a": Choice(g=3)}))["b"] == Leave(Reason.NOT_MEASURED, "kept original: not measured")
+    assert choose(found, Measured({"a": Choice(group_size=3)}))["b"] == Leave(Reason.NOT_MEASURED, "kept original: not measured")
     # any callable from a layer to a choice is a policy: here, by kernel size
-    by_kernel = choose(found, lambda conv: Choice(g=2, how="small kernel") if conv.kernel == [3, 3]
+    by_kernel = choose(found, lambda conv: Choice(group_size=2, how="small kernel") if conv.kernel == [3, 3]
                        else Leave(Reason.POLICY, "large kernel kept"))
-    assert by_kernel == {"a": Choice(g=2, how="small kernel"), "b": Leave(Reason.POLICY, "large kernel kept")}
+    assert by_kernel == {"a": Choice(group_size=2, how="small kernel"), "b": Leave(Reason.POLICY, "large kernel kept")}
 
 
 def test_lowered_policy_and_pins_say_why_a_layer_cannot_take_them():
@@ -134,11 +134,11 @@ def test_choose_refuses_bad_pins_and_auto():
 def test_plan_exact_is_immutable_and_complete():
     model = two_layers()
     found = detect(model)
-    planned = plan_exact(found, {"a": Choice(g=4, how="test")}, policy="exact")
+    planned = plan_exact(found, {"a": Choice(group_size=4, how="test")}, policy="exact")
     assert planned.policy == "exact" and planned.group_sizes == {"a": 4}
     a, b = planned.nodes
     assert (a.decision.action, a.decision.reason, a.decision.groups_after) == ("rewrite", "G=4, group=3 (test)", 3)
-    assert a.choice == Choice(g=4, how="test")
+    assert a.choice == Choice(group_size=4, how="test")
     assert a.decision.weight_bytes_before == 12 * 9 * 4 and a.decision.weight_bytes_after == 4 * 12 * 9 * 4
     assert (b.decision.action, b.decision.reason, b.choice) == ("skipped", "not chosen", None)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -158,11 +158,11 @@ def test_plan_counts_flops_from_shapes():
 def test_a_policy_s_choices_are_checked_against_each_layer():
     found = detect(two_layers())  # 'a' C=12, 'b' C=8, no input shapes
     with pytest.raises(DiagwiseError, match="^the policy chose G=5 for node 'a', which does not divide C=12$"):
-        choose(found, lambda conv: Choice(g=5))
+        choose(found, lambda conv: Choice(group_size=5))
     with pytest.raises(DiagwiseError, match="^the policy returned 4 for node 'a'; a policy returns a Choice or a Leave"):
         choose(found, lambda conv: 4)
     with pytest.raises(DiagwiseError, match="^the policy chose 'fft' for node 'a', which is no lowering"):
         choose(found, lambda conv: Choice("fft"))
     refused = choose(found, lambda conv: Choice("toeplitz"))["a"]
     assert refused.code == Reason.LOWERING_REFUSED and "input shape is unknown" in refused.text
-    assert choose(found, lambda conv: Choice(g=1))["b"].code == Reason.STAYS_DEPTHWISE
+    assert choose(found, lambda conv: Choice(group_size=1))["b"].code == Reason.STAYS_DEPTHWISE

@@ -79,7 +79,7 @@ def layer_candidates(base: ModelProto, signature: LayerSignature,
     symbolic dims stay symbolic) with its weights under the size limit; and why each lowering
     that is not a candidate is not."""
     [layer] = detect(base, infer_value_types(base)).candidates
-    forms = {str(g): Choice(g=g) for g in signature.candidates()}
+    forms = {str(g): Choice(group_size=g) for g in signature.candidates()}
     limit = dict(max_weight_bytes=MAX_CANDIDATE_WEIGHT_BYTES)
     for lowering, params in lowering_candidates(layer, layer.input_shape, opset=layer.opset, **limit):
         if why_not(conv, lowering, params, conv.input_shape, opset=conv.opset, reads=conv.reads, **limit) is None:
