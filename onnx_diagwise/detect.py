@@ -413,25 +413,33 @@ def _dequantize_axis_problem(scope: Scope, dq: NodeProto, rank: int) -> str | No
     return None
 
 
+def block_diagonal_multiplier(tensor: TensorProto, group: int, fill: np.ndarray | None = None) -> int | None:
+    """M when the Conv weight TENSOR [C*M, G, k...] with GROUP groups is block-diagonal (FILL, the
+    zero point, everywhere off the diagonal), else None: the one test of detect and revert."""
+    dims = list(tensor.dims)
+    if not 3 <= len(dims) <= 5 or dims[1] < 1 or dims[0] % (group * dims[1]):
+        return None
+    multiplier = dims[0] // (group * dims[1])
+    return multiplier if is_block_diagonal(tensor_array(tensor), multiplier, fill) else None
+
+
 def _grouped(node, label, scope, form, group, dims, source: WeightSource, info, zero_point_at, reader,
              shaped) -> SkippedConv:
     in_channels = group * dims[1]
-    multiplier = dims[0] // in_channels if dims[0] % in_channels == 0 else None
-    if multiplier:
+    if dims[0] % in_channels == 0:
         zp_node, zp_index, zp_scope = zero_point_at
         fill = weight_zero_point(zp_scope, zp_node, zp_index, dims[0]) if form in ("QLinearConv", "ConvInteger", "QDQ") \
             else None
-        if not isinstance(fill, str):
-            weight = tensor_array(source.tensor)
-            fill = None if fill is None else fill.astype(weight.dtype)
-            if is_block_diagonal(weight, multiplier, fill):
+        if not isinstance(fill, Leave):
+            fill = None if fill is None else fill.astype(helper.tensor_dtype_to_np_dtype(source.tensor.data_type))
+            multiplier = block_diagonal_multiplier(source.tensor, group, fill)
+            if multiplier:
                 return SkippedConv(label, node, scope, f"already block-diagonal (G={dims[1]}, group={group}); "
-                                   "nothing to do", Reason.BLOCK_DIAGONAL, form=form, channels=in_channels, multiplier=multiplier,
-                                   block_diagonal=BlockDiagonal(dims[1], in_channels, multiplier, source, reader,
-                                                                fill, shaped=shaped), **info)
+                                   "nothing to do", Reason.BLOCK_DIAGONAL, form=form, channels=in_channels,
+                                   multiplier=multiplier, block_diagonal=BlockDiagonal(
+                                       dims[1], in_channels, multiplier, source, reader, fill, shaped=shaped), **info)
     return SkippedConv(label, node, scope, f"grouped conv with {dims[1]} input channels per group, not depthwise",
-                       Reason.GROUPED,
-                       form=form, channels=in_channels, **info)
+                       Reason.GROUPED, form=form, channels=in_channels, **info)
 
 
 def _classify_transposed(node, label, scope, group, dims, source, info, reader) -> DepthwiseConv | SkippedConv:

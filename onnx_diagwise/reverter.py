@@ -17,7 +17,7 @@ from onnx import ModelProto, NodeProto
 
 from .adapters import opened
 from .api import ModelOrPath
-from .detect import (FLOAT_TYPES, BlockDiagonal, DepthwiseConv, SkippedConv, WeightSource, attribute, detect,
+from .detect import (FLOAT_TYPES, BlockDiagonal, block_diagonal_multiplier, DepthwiseConv, SkippedConv, WeightSource, attribute, detect,
                      find_weight, node_form)
 from .graphs import Scope
 from .lowerings import label, restore
@@ -27,7 +27,7 @@ from .graphs import remove_node
 from .rewriter import SUFFIX, WeightEditor, set_group
 from .shapes import infer_value_types
 from .tensors import tensor_array
-from .weights import collapse_block_diagonal, collapse_transposed, is_block_diagonal
+from .weights import collapse_block_diagonal, collapse_transposed
 
 
 def revert(model_or_path: ModelOrPath, copy: bool = True) -> RewriteResult:
@@ -129,16 +129,13 @@ def _still_there(scope: Scope, name: str, diagonal: BlockDiagonal, collapsed) ->
 
 def _holds_block_diagonal(node: NodeProto, scope: Scope) -> bool:
     """Whether an unhandled convolution's constant float weight [C*M, G, k...] is block-diagonal
-    with G > 1 (as rewrite() leaves it); unknown layouts count as not."""
-    group = attribute(node, "group", 1)
+    with G > 1 (as rewrite() leaves it), by detect's test; unknown layouts count as not."""
     source = find_weight(scope, node.input[1]) if len(node.input) > 1 else None
     if not isinstance(source, WeightSource) or source.tensor.data_type not in FLOAT_TYPES:
         return False
-    dims = list(source.tensor.dims)
-    if not 3 <= len(dims) <= 5 or dims[1] <= 1 or dims[0] % (group * dims[1]):
-        return False
-    weight = tensor_array(source.tensor)
-    return is_block_diagonal(weight, dims[0] // (group * dims[1]))
+    group = attribute(node, "group", 1)
+    return len(source.tensor.dims) > 1 and source.tensor.dims[1] > 1 and isinstance(group, int) and group >= 1 \
+        and block_diagonal_multiplier(source.tensor, group) is not None
 
 
 def _remove_expansion(skipped: SkippedConv, expansion, counts) -> None:

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import cli, depthwise_model
+from helpers import SAMPLE_DIR, cli, depthwise_model
 from onnx_diagwise import DiagwiseError, inspect, rewrite
 from onnx_diagwise.reverter import revert
 
@@ -152,3 +152,12 @@ def test_invalid_models_end_in_one_line(tmp_path, model, words):
         assert not (tmp_path / "o.onnx").exists()
     with pytest.raises(DiagwiseError, match=words.split(",")[0]):
         rewrite(model)
+
+
+def test_a_block_diagonal_quantized_conv_with_a_bad_zero_point_is_left_with_the_reason():
+    """detect's grouped-conv path reads the zero point too: a damaged one is a reason, not a crash."""
+    rewritten = rewrite(SAMPLE_DIR / "qlinear_block.onnx", 4).model
+    [zp] = [t for t in rewritten.graph.initializer if t.name == "dw_zp"]
+    zp.CopyFrom(numpy_helper.from_array(np.zeros(3, np.uint8), "dw_zp"))  # 3 values for 32 output channels
+    nodes = {n.name: n for n in inspect(rewritten).nodes}
+    assert nodes["depthwise"].action == "skipped" and "not depthwise" in nodes["depthwise"].reason

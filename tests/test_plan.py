@@ -166,3 +166,24 @@ def test_a_policy_s_choices_are_checked_against_each_layer():
     refused = choose(found, lambda conv: Choice("toeplitz"))["a"]
     assert refused.code == Reason.LOWERING_REFUSED and "input shape is unknown" in refused.text
     assert choose(found, lambda conv: Choice(group_size=1))["b"].code == Reason.STAYS_DEPTHWISE
+
+
+def test_one_plan_applies_to_two_copies_and_stays_as_it_was():
+    import copy
+
+    import onnx
+
+    from onnx_diagwise.rewriter import apply_plan
+
+    model = two_layers()
+    planned = plan(detect(model), GroupSize(4))
+    frozen = copy.deepcopy(planned)
+    first, second = onnx.ModelProto(), onnx.ModelProto()
+    first.CopyFrom(model)
+    second.CopyFrom(model)
+    outcome_one, outcome_two = apply_plan(first, planned), apply_plan(second, planned)
+    assert first.SerializeToString() == second.SerializeToString() != model.SerializeToString()
+    assert outcome_one == outcome_two and {d.action for d in outcome_one} == {"rewritten"}
+    assert planned == frozen  # applying changed nothing the plan holds
+    with pytest.raises(DiagwiseError, match="the plan rewrites 'a'"):
+        apply_plan(depthwise_model(channels=8, name="other"), planned)
