@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from collections import defaultdict
@@ -26,7 +25,8 @@ from onnx import ModelProto
 from .errors import DiagwiseError
 from .model_io import as_model
 from .dims import make_inputs, with_input_shapes
-from .runtime import InputOptions, RuntimeConfig, create_session, import_ort, input_specs, run_session
+from .providers import cpu_name, import_ort
+from .runtime import InputOptions, RuntimeConfig, create_session, input_specs, run_session
 
 
 @dataclass
@@ -102,22 +102,8 @@ class BenchReport:
 
 
 def device_name(config: RuntimeConfig) -> str:
-    if config.is_gpu:
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10)
-            if out.returncode == 0 and out.stdout.strip():
-                return out.stdout.strip().splitlines()[0]
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        return "GPU (name unknown: nvidia-smi not found)"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The device CONFIG's provider runs on, as reports name it."""
+    return config.family.device(config.checked_options)
 
 
 def environment(config: RuntimeConfig, model: ModelProto, batch: int) -> dict[str, Any]:
@@ -127,7 +113,7 @@ def environment(config: RuntimeConfig, model: ModelProto, batch: int) -> dict[st
         "onnxruntime": ort.__version__,
         **config.to_dict(),
         "device": device_name(config),
-        "cpu": device_name(RuntimeConfig("cpu")),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -151,15 +137,15 @@ class _Runner:
         if not iobinding:
             self.run = lambda: self.session.run(None, feeds)
             return
-        device = "cuda" if config.is_gpu else "cpu"
+        device, device_id = config.family.io_device(config.checked_options) or ("cpu", 0)
         binding = self.session.io_binding()
         self._values = []  # keep device buffers alive
         for name, array in feeds.items():
-            value = ort.OrtValue.ortvalue_from_numpy(array, device, 0)
+            value = ort.OrtValue.ortvalue_from_numpy(array, device, device_id)
             self._values.append(value)
             binding.bind_ortvalue_input(name, value)
         for output in self.session.get_outputs():
-            binding.bind_output(output.name, device)
+            binding.bind_output(output.name, device, device_id)
         self.run = lambda: self.session.run_with_iobinding(binding)
         self.binding = binding
 
@@ -214,9 +200,9 @@ def benchmark(
     """Time MODELS side by side; ratios are relative to the first.
 
     iterations (rounds) or seconds (total timing budget) bound the run; default 50 rounds.
-    iobinding defaults to on for GPU providers.  configs gives each model its own provider
-    options (e.g. the same model under two layouts); compare records each model's largest
-    output difference from the first model's, from the sessions just timed."""
+    iobinding defaults to on where the provider keeps tensors on a device (a GPU).  configs gives
+    each model its own provider options (e.g. the same model under two layouts); compare records
+    each model's largest output difference from the first model's, from the sessions just timed."""
     if not models:
         raise DiagwiseError("bench needs at least one model")
     config = config or (configs[0] if configs else RuntimeConfig())
@@ -233,7 +219,7 @@ def benchmark(
     if seconds is not None and seconds <= 0:
         raise DiagwiseError(f"seconds must be > 0; got {seconds}", "seconds")
     if iobinding is None:
-        iobinding = config.is_gpu
+        iobinding = config.family.io_device(config.checked_options) is not None
     names = names or [str(m) if not isinstance(m, ModelProto) else f"model {i}" for i, m in enumerate(models)]
     protos = [as_model(m) for m in models]
     _check_same_inputs(protos, names)
@@ -326,7 +312,7 @@ def _profile(model, proto: ModelProto, name: str, config: RuntimeConfig, feeds, 
         node = label[: -len("_kernel_time")]
         times[node].append(float(event.get("dur", 0)))
         op_types[node] = event.get("args", {}).get("op_name", "?")
-    source = _source_conv(proto)
+    source = config.family.profiled_conv(proto)
     # The model's own group: onnxruntime's NCHWc layout pads channels (a 72-channel layer runs as group 80).
     own_groups = {node.name: next((a.i for a in node.attribute if a.name == "group"), 1)
                   for node in proto.graph.node if node.op_type == "Conv"}
@@ -349,25 +335,3 @@ def _conv_groups(optimized_path: str) -> dict[str, int]:
     return {node.name: next((a.i for a in node.attribute if a.name == "group"), 1)
             for node in graph.node if "Conv" in node.op_type}
 
-
-# Elementwise ops onnxruntime fuses into the Conv before them (Conv + activation).
-_FUSED_ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Elu", "Selu"}
-
-
-def _source_conv(proto: ModelProto):
-    """Map an optimized node name back to the model's Conv: onnxruntime names fused and
-    NCHWc nodes after the output they produce ('Relu_3_out_nchwc')."""
-    producers = {out: node for node in proto.graph.node for out in node.output}
-    convs = {node.name for node in proto.graph.node if node.op_type == "Conv"}
-
-    def find(name: str) -> str | None:
-        if name in convs:
-            return name
-        for suffix in ("_nchwc", "_fused"):
-            name = name.removesuffix(suffix)
-        node = producers.get(name)
-        while node is not None and node.op_type in _FUSED_ACTIVATIONS:
-            node = producers.get(node.input[0])
-        return node.name if node is not None and node.op_type == "Conv" else None
-
-    return find

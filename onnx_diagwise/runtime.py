@@ -1,7 +1,8 @@
 """onnxruntime sessions for a named provider, and the inputs to feed them.
 
 onnxruntime is an optional dependency (onnxruntime or onnxruntime-gpu), so it is
-imported only when a session is needed.  A provider that fails to load makes
+imported only when a session is needed.  What differs between providers comes from
+the provider's family (providers.py).  A provider that fails to load makes
 onnxruntime fall back to the CPU silently; this module turns that into an error.
 """
 
@@ -14,52 +15,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from onnx import ModelProto, TensorProto, helper
+from onnx import ModelProto, helper
 
-from .cuda_libs import prepare_gpu_provider
-from .errors import DiagwiseError, RuntimeMissing
+from .errors import DiagwiseError
 from .model_io import PROTOBUF_LIMIT, save_model
+from .providers import Provider, find_provider, import_ort
 from .tensors import weight_bytes
 
-PROVIDER_ALIASES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "trt": "TensorrtExecutionProvider",
-    "rocm": "ROCMExecutionProvider",
-    "migraphx": "MIGraphXExecutionProvider",
-    "dml": "DmlExecutionProvider",
-    "directml": "DmlExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "dnnl": "DnnlExecutionProvider",
-    "xnnpack": "XnnpackExecutionProvider",
-    "webgpu": "WebGpuExecutionProvider",
-}
-GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 OPT_LEVELS = ("disable", "basic", "extended", "all")
-
-
-def import_ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise RuntimeMissing(
-            "onnxruntime is not installed: pip install 'onnx-diagwise[cpu]' (or '[gpu]' for CUDA)"
-        ) from None
-    return onnxruntime
-
-
-def provider_name(name: str) -> str:
-    """'cuda' -> 'CUDAExecutionProvider'; full names pass through; unknown names are an error."""
-    ort = import_ort()
-    full = PROVIDER_ALIASES.get(name.lower(), name)
-    known = set(ort.get_all_providers()) | set(PROVIDER_ALIASES.values())
-    if full not in known:
-        raise DiagwiseError(
-            f"unknown provider '{name}'; use one of {', '.join(sorted(PROVIDER_ALIASES))} or a full name "
-            f"such as CUDAExecutionProvider")
-    return full
 
 
 def parse_key_values(pairs: list[str], flag: str) -> dict[str, str]:
@@ -83,15 +46,25 @@ class RuntimeConfig:
     spin: bool = False  # let idle intra-op threads spin (onnxruntime's default; unfair side by side)
 
     @property
+    def family(self) -> Provider:
+        """The provider's rules (providers.py); an unknown provider name is a DiagwiseError."""
+        return find_provider(self.provider)
+
+    @property
     def provider_full(self) -> str:
-        return provider_name(self.provider)
+        return self.family.name
 
     @property
     def is_gpu(self) -> bool:
-        return self.provider_full in GPU_PROVIDERS
+        return self.family.on_gpu
+
+    @property
+    def checked_options(self) -> dict[str, str]:
+        """The provider options a session gets (checked by the provider's family)."""
+        return self.family.checked_options(self.provider_options)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"provider": self.provider_full, "provider_options": dict(self.provider_options or {}),
+        return {"provider": self.provider_full, "provider_options": self.checked_options,
                 "threads": self.threads, "graph_optimization_level": self.opt_level, "spin": self.spin}
 
 
@@ -109,10 +82,6 @@ def _session_options(ort, config: RuntimeConfig, profile_prefix: str | None, opt
         if config.threads < 1:
             raise DiagwiseError(f"threads must be >= 1; got {config.threads}", "threads")
         options.intra_op_num_threads = config.threads
-    # onnxruntime's errors come back as exceptions, which are reported in one line; its log would
-    # print each a second time (and warns of unused initializers, which is noise here).  On a GPU
-    # provider its errors stay on: why the provider failed to load (a driver too old, say) is only there.
-    options.log_severity_level = 3 if config.is_gpu else 4
     if not config.spin:
         # Spinning workers of one session steal cores from the next one timed after it.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -122,6 +91,7 @@ def _session_options(ort, config: RuntimeConfig, profile_prefix: str | None, opt
         options.profile_file_prefix = profile_prefix
     if optimized_path is not None:
         options.optimized_model_filepath = optimized_path
+    config.family.configure_session(options)
     return options
 
 
@@ -131,29 +101,27 @@ def create_session(model: ModelProto | str | os.PathLike, config: RuntimeConfig,
 
     profile_prefix turns on onnxruntime's profiler; optimized_path saves the graph it runs."""
     ort = import_ort()
-    provider = config.provider_full
+    family = config.family
+    provider_options = config.checked_options
     available = ort.get_available_providers()
-    if provider not in available:
-        package = "onnxruntime-gpu" if provider in GPU_PROVIDERS else f"an onnxruntime build with {provider}"
+    if family.name not in available:
         raise DiagwiseError(
-            f"provider {provider} is not available in this onnxruntime ({ort.__version__}; available: "
-            f"{', '.join(available)}); install {package}")
-    library_problem = prepare_gpu_provider(ort) if provider in GPU_PROVIDERS else ""
-    providers: list[Any] = [(provider, dict(config.provider_options or {}))]
-    if provider != "CPUExecutionProvider":
-        providers.append("CPUExecutionProvider")  # nodes the provider cannot run
+            f"provider {family.name} is not available in this onnxruntime ({ort.__version__}; available: "
+            f"{', '.join(available)}); install {family.install_hint}")
+    library_problem = family.prepare(ort)
+    providers = family.session_providers(provider_options)
     options = _session_options(ort, config, profile_prefix, optimized_path)
     with _model_source(model) as source:
         try:
             session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DiagwiseError(f"onnxruntime could not create a {provider} session: {first}") from None
+            raise DiagwiseError(f"onnxruntime could not create a {family.name} session: {first}") from None
     got = session.get_providers()
-    if not got or got[0] != provider:
+    if not got or got[0] != family.name:
         raise DiagwiseError(
-            f"asked for {provider} but onnxruntime ran on {got[0] if got else 'nothing'}: the provider failed "
-            f"to load: {library_problem or 'CUDA / cuDNN libraries mismatched? (-v shows which were loaded)'}")
+            f"asked for {family.name} but onnxruntime ran on {got[0] if got else 'nothing'}: the provider failed "
+            f"to load: {library_problem or family.load_hint}")
     return session
 
 
@@ -288,7 +256,3 @@ def random_tensor(rng: np.random.Generator, dtype: np.dtype, shape: list[int]) -
     if dtype.kind == "f" or dtype.name == "bfloat16":
         return np.asarray(rng.uniform(-1.0, 1.0, size=shape), dtype=np.float32).astype(dtype)
     raise DiagwiseError(f"cannot synthesize inputs of dtype {dtype}; pass real data with --input-data")
-
-
-def elem_type_name(elem_type: int) -> str:
-    return TensorProto.DataType.Name(elem_type).lower()

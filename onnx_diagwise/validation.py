@@ -30,16 +30,12 @@ LOW_PRECISION = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16
 # A user's --atol / --rtol: one value for every output, or per output name.
 Tolerance = float | Mapping[str, float] | None
 
-# The runtime's own noise: the original runs a second time, on the same inputs, at another graph
-# optimization level; how far its outputs move is the noise floor, and the default atol of each
-# output is at least NOISE_FACTOR times it.  Outputs that sit near 0 (sigmoid maps on random
-# inputs) have a default atol far below what onnxruntime itself can resolve there.  ENABLE_BASIC
-# against ENABLE_ALL changes summation order as the rewrite does (NCHWc kernels, Conv+activation
-# fusion) for the cost of one more session.  DISABLE_ALL is not used: it runs QDQ graphs in float,
-# whose results differ by whole quantization steps and would hide a wrong weight; thread counts
-# leave CPU results unchanged, and float64 has no Conv kernel on the CPU provider.
+# The runtime's own noise: the original runs a second time, on the same inputs, in another
+# configuration its provider's family chooses (another graph optimization level); how far its
+# outputs move is the noise floor, and the default atol of each output is at least NOISE_FACTOR
+# times it.  Outputs that sit near 0 (sigmoid maps on random inputs) have a default atol far below
+# what onnxruntime itself can resolve there.
 NOISE_FACTOR = 4
-NOISE_LEVEL = {"all": "basic", "extended": "basic", "basic": "all"}  # none under "disable": no peer level
 # An error within this many times the noise floor is likely rounding that the inputs magnify.
 FEW_TIMES_NOISE = 10
 
@@ -317,15 +313,11 @@ def validate(
         raise DiagwiseError(f"check_n must be >= 1; got {check_n}", "check_n")
     if seed < 0:
         raise DiagwiseError(f"seed must be >= 0; got {seed}", "seed")
-    options = dict(config.provider_options or {})
-    tf32 = False
-    if config.provider_full == "CUDAExecutionProvider":
-        # TF32 changes fp32 results; compare exact math unless asked to allow it.
-        if allow_tf32:
-            tf32 = options.get("use_tf32", "1") != "0"
-        else:
-            options["use_tf32"] = "0"
-    run_config = RuntimeConfig(config.provider, options, config.threads, config.opt_level, config.spin)
+    family = config.family
+    # TF32 changes fp32 results; compare exact math unless asked to allow it.
+    options = config.checked_options if allow_tf32 else family.without_tf32(config.checked_options)
+    tf32 = family.uses_tf32(options)
+    run_config = replace(config, provider_options=options)
 
     original_proto = as_model(original)
     precisions = computed_in(original_proto)
@@ -341,9 +333,10 @@ def validate(
     del session
     noise_config = None
     noise: dict[str, float | None] = {name: None for name in output_names}
-    if run_config.opt_level in NOISE_LEVEL:
-        noise_config = {"graph_optimization_level": NOISE_LEVEL[run_config.opt_level]}
-        session = create_session(original, replace(run_config, opt_level=noise_config["graph_optimization_level"]))
+    noise_level = family.noise_opt_level(run_config.opt_level)
+    if noise_level is not None:
+        noise_config = {"graph_optimization_level": noise_level}
+        session = create_session(original, replace(run_config, opt_level=noise_level))
         for f, run_expected in zip(feeds, expected):
             for name, value, other in zip(output_names, run_expected, run_session(session, f, "the original")):
                 floor = noise_floor(value, other)

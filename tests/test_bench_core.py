@@ -7,7 +7,7 @@ import pytest
 from onnx import helper
 
 from helpers import SAMPLE_DIR
-from onnx_diagwise import RuntimeConfig, bench, rewrite
+from onnx_diagwise import RuntimeConfig, bench, providers, rewrite
 from onnx_diagwise.errors import DiagwiseError
 
 SAMPLE = SAMPLE_DIR / "mobilenet_v1_025.onnx"
@@ -118,35 +118,35 @@ def test_gpu_device_name_from_nvidia_smi(monkeypatch):
         calls.append((args, kwargs))
         return _Completed(0, "NVIDIA H100 80GB HBM3, 580.159.04\nNVIDIA H100 80GB HBM3, 580.159.04\n")
 
-    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr(providers.subprocess, "run", fake_run)
     assert bench.device_name(RuntimeConfig("cuda")) == "NVIDIA H100 80GB HBM3, 580.159.04"
     assert calls == [(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                       {"capture_output": True, "text": True, "timeout": 10})]
     unknown = "GPU (name unknown: nvidia-smi not found)"
-    monkeypatch.setattr(bench.subprocess, "run", lambda args, **kw: _Completed(1, "NVIDIA X\n"))
+    monkeypatch.setattr(providers.subprocess, "run", lambda args, **kw: _Completed(1, "NVIDIA X\n"))
     assert bench.device_name(RuntimeConfig("cuda")) == unknown
-    monkeypatch.setattr(bench.subprocess, "run", lambda args, **kw: _Completed(0, "  \n"))
+    monkeypatch.setattr(providers.subprocess, "run", lambda args, **kw: _Completed(0, "  \n"))
     assert bench.device_name(RuntimeConfig("cuda")) == unknown
 
     def missing(args, **kw):
         raise FileNotFoundError("nvidia-smi")
 
-    monkeypatch.setattr(bench.subprocess, "run", missing)
+    monkeypatch.setattr(providers.subprocess, "run", missing)
     assert bench.device_name(RuntimeConfig("cuda")) == unknown
 
 
 def test_cpu_device_name_from_proc_cpuinfo(monkeypatch, tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: Fake\nmodel name\t: Fake CPU @ 2.00GHz: rev 2 \nflags\t: x\n")
-    real_path = bench.Path
-    monkeypatch.setattr(bench, "Path", lambda p: real_path(info) if p == "/proc/cpuinfo" else real_path(p))
+    real_path = providers.Path
+    monkeypatch.setattr(providers, "Path", lambda p: real_path(info) if p == "/proc/cpuinfo" else real_path(p))
     assert bench.device_name(RuntimeConfig("cpu")) == "Fake CPU @ 2.00GHz: rev 2"
     info.write_text("processor\t: 0\n")
-    monkeypatch.setattr(bench.platform, "processor", lambda: "")
-    monkeypatch.setattr(bench.platform, "machine", lambda: "fakearch")
+    monkeypatch.setattr(providers.platform, "processor", lambda: "")
+    monkeypatch.setattr(providers.platform, "machine", lambda: "fakearch")
     assert bench.device_name(RuntimeConfig("cpu")) == "fakearch"
-    monkeypatch.setattr(bench, "Path", lambda p: real_path(tmp_path / "missing"))
-    monkeypatch.setattr(bench.platform, "processor", lambda: "fakeproc")
+    monkeypatch.setattr(providers, "Path", lambda p: real_path(tmp_path / "missing"))
+    monkeypatch.setattr(providers.platform, "processor", lambda: "fakeproc")
     assert bench.device_name(RuntimeConfig("cpu")) == "fakeproc"
 
 

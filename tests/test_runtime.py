@@ -8,15 +8,15 @@ from onnx import TensorProto, helper
 from helpers import SAMPLE_DIR
 from onnx_diagwise.errors import DiagwiseError
 from onnx_diagwise.runtime import (RuntimeConfig, create_session, input_specs, parse_dims, parse_input_shapes,
-                                   parse_key_values, provider_name, random_tensor, run_session)
+                                   parse_key_values, random_tensor, run_session)
 
 
 def test_provider_names():
-    assert provider_name("cpu") == "CPUExecutionProvider"
-    assert provider_name("CUDA") == "CUDAExecutionProvider"
-    assert provider_name("CPUExecutionProvider") == "CPUExecutionProvider"
+    assert RuntimeConfig("cpu").provider_full == "CPUExecutionProvider"
+    assert RuntimeConfig("CUDA").provider_full == "CUDAExecutionProvider"
+    assert RuntimeConfig("CPUExecutionProvider").provider_full == "CPUExecutionProvider"
     with pytest.raises(DiagwiseError, match="^unknown provider 'tpu'; use one of"):
-        provider_name("tpu")
+        RuntimeConfig("tpu").provider_full
     assert RuntimeConfig("cuda").is_gpu and not RuntimeConfig("cpu").is_gpu
     assert RuntimeConfig("cpu", {"a": "1"}, 2).to_dict() == {
         "provider": "CPUExecutionProvider", "provider_options": {"a": "1"}, "threads": 2,

@@ -7,8 +7,9 @@ from typing import Any, Protocol
 import numpy as np
 from onnx import ModelProto
 
-from ..bench import benchmark, device_name
-from ..runtime import InputOptions, RuntimeConfig, import_ort
+from ..bench import benchmark
+from ..providers import import_ort
+from ..runtime import InputOptions, RuntimeConfig
 from .layers import LayerSignature
 
 class Timer(Protocol):
@@ -57,10 +58,10 @@ class OrtTimer:
         return [float(np.median(s)) / 1000 for s in samples]
 
     def context(self) -> dict[str, Any]:
-        return {"provider": self.config.provider_full,
-                "provider_options": dict(sorted((self.config.provider_options or {}).items())),
+        options = self.config.checked_options
+        return {"provider": self.config.provider_full, "provider_options": dict(sorted(options.items())),
                 "threads": self.config.threads, "opt_level": self.config.opt_level,
-                "device": device_name(self.config), "onnxruntime": import_ort().__version__}
+                "device": self.config.family.device(options), "onnxruntime": import_ort().__version__}
 
 
 def separated(samples: list[list[float]]) -> bool:
