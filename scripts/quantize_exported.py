@@ -13,7 +13,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from onnx_diagwise import InputOptions, rewrite, validate
-from onnx_diagwise.runtime import make_inputs
+from onnx_diagwise.dims import make_inputs
 
 OPTIONS = InputOptions(dims={"T": 64})  # the conformer's sequence length
 
