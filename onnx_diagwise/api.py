@@ -48,19 +48,21 @@ def _policy(group_size: Any, plan) -> Policy | Auto:
     return plan
 
 
-def _planned(model: ModelProto, policy: Policy, selection: Selection, input_shapes=None) -> tuple[Plan, Detection]:
+def _planned(model: ModelProto, policy: Policy, selection: Selection, input_shapes=None
+             ) -> tuple[Plan, Detection, list[str]]:
     """Detect and plan exactly what POLICY says; dynamic weights, lowerings and FLOPs get their
     shapes from inference (INPUT_SHAPES sizes the graph inputs' symbolic dims).  Returns the plan
-    and the detection (which the statistics count and the rewrite applies)."""
+    and the detection (which the statistics count and the rewrite applies), and what of a lenient
+    plan does not fit the model."""
     # Lowerings are built for the model's own shapes (a dim sized only for the check stays
     # symbolic in the model); the FLOPs count at the sized ones.
     value_types = infer_value_types(model)
     found = detect(model, value_types)
-    if isinstance(policy, PlanPolicy):
-        policy.check(found)  # refuses a plan made for another model (unless lenient)
+    # a plan made for another model is refused; lenient, what does not fit is listed
+    misfits = policy.check(found) if isinstance(policy, PlanPolicy) else []
     sized = infer_value_types(model, input_shapes) if input_shapes else value_types
     shapes = {name: dims for name, (_, dims) in sized.items()}
-    return plan_exact(found, choose(found, policy, _usable(model, selection)), shapes, str(policy)), found
+    return plan_exact(found, choose(found, policy, _usable(model, selection)), shapes, str(policy)), found, misfits
 
 
 def _usable(model: ModelProto, selection: Selection) -> Selection:
@@ -82,7 +84,7 @@ def inspect(model_or_path: ModelOrPath, group_size: Any = "paper", selection: Se
     if isinstance(policy, Auto):
         raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune")
     with opened(model_or_path) as (model, _):
-        planned, found = _planned(model, policy, selection or Selection(), dict(input_shapes or {}))
+        planned, found, _ = _planned(model, policy, selection or Selection(), dict(input_shapes or {}))
         return RewriteReport(planned.policy, [p.decision for p in planned.nodes], model_stats(model, found))
 
 
@@ -158,12 +160,12 @@ def _rewrite(model_or_path, group_size, selection, tune_options, input_shapes, w
         if isinstance(policy, Auto):
             tuning = tune(model, tune_options, selection)
             policy = tuning.policy
-        planned, found = _planned(model, policy, selection, dict(input_shapes or {}))
+        planned, found, misfits = _planned(model, policy, selection, dict(input_shapes or {}))
         before = model_stats(model, found)  # the model is unchanged until the plan is applied
         outcome = apply_plan(model, planned, found)
         after = stats_after(model, before, outcome)
         warnings = (_noop_warnings(planned, policy, selection, before.depthwise_convs)
-                    + (policy.check(found) if isinstance(policy, PlanPolicy) else [])
+                    + misfits
                     + _growth_warnings(before.weight_bytes, after.weight_bytes, warn_growth))
         report = RewriteReport(planned.policy, list(outcome), before, after, warnings=warnings,
                                elapsed_s=time.perf_counter() - start)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +180,12 @@ class PlanPolicy:
                                    if len(problems) > 1 else " (plan_lenient applies what fits)"), "plan_lenient")
         return problems
 
+    @cached_property
+    def _by_node(self) -> dict[tuple[str, str], PlannedLayer]:
+        return {(layer.graph, layer.name): layer for layer in self.plan.layers}
+
     def __call__(self, conv: DepthwiseConv):
-        layer = next((l for l in self.plan.layers if (l.graph, l.name) == (conv.graph, conv.name)), None)
+        layer = self._by_node.get((conv.graph, conv.name))
         if layer is None:
             return Leave(Reason.NOT_IN_PLAN, "not in the plan")
         differs = _difference(layer, conv)
