@@ -56,7 +56,7 @@ from google.protobuf.message import DecodeError
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from .detect import DepthwiseConv, WeightSource, attribute, find_weight
-from .graphs import Scope, all_names, iter_scopes, position, unique_name, use_counts
+from .graphs import NodeEdits, Scope, all_names, iter_scopes, unique_name, use_counts
 from .tensors import tensor_array, tensor_like
 
 LOWERINGS = ("toeplitz", "polyphase", "conv2d")
@@ -630,16 +630,15 @@ class _Emitter:
 # ---------------------------------------------------------------- in a model: insert, find, restore
 
 
-def insert(conv: DepthwiseConv, lowered: Lowered) -> None:
-    """Put LOWERED in CONV's place in its graph, and its tensors in place of the originals."""
-    body = conv.scope.body
-    index = position(body, conv.node)
-    del body.node[index]
-    for offset, node in enumerate(lowered.nodes):
-        body.node.insert(index + offset, node)
-    conv.scope.changed()
+def insert(conv: DepthwiseConv, lowered: Lowered, edits: NodeEdits | None = None) -> None:
+    """Put LOWERED in CONV's place in its graph, and its tensors in place of the originals.  With
+    EDITS the nodes are replaced when the caller applies them (with its other edits), else now."""
+    pending = edits or NodeEdits()
+    pending.replace(conv.scope, conv.node, list(lowered.nodes))
     for name, array in lowered.tensors.items():
         _replace_tensor(conv.scope, name, array)
+    if edits is None:
+        pending.apply()
 
 
 def lower(model: ModelProto, conv: DepthwiseConv, lowering: str, params: Mapping[str, Any] | None,
@@ -761,16 +760,17 @@ def find(model: ModelProto) -> list[tuple[Scope, NodeProto, Match | str]]:
     return found
 
 
-def restore(found: Match) -> None:
-    """Put the original depthwise node back where its lowered group is, and its weight and bias."""
+def restore(found: Match, edits: NodeEdits | None = None) -> None:
+    """Put the original depthwise node back where its lowered group is, and its weight and bias.
+    With EDITS the nodes are replaced when the caller applies them, else now."""
     body = found.scope.body
-    group = {id(node) for node in found.nodes}
-    positions = [i for i, node in enumerate(body.node) if id(node) in group]
     made = {name for node in found.nodes for name in node.output} - set(found.original.output)
-    for i in reversed(positions):
-        del body.node[i]
-    body.node.insert(positions[0], found.original)
-    found.scope.changed()
+    pending = edits or NodeEdits()
+    pending.replace(found.scope, found.nodes[0], [found.original])
+    for node in found.nodes[1:]:
+        pending.remove(found.scope, node)
+    if edits is None:
+        pending.apply()
     for name, array in found.tensors.items():
         _replace_tensor(found.scope, name, array)
     if not found.scope.is_function:  # shapes someone inferred for the lowered values go with them
@@ -780,12 +780,13 @@ def restore(found: Match) -> None:
 
 def revert(model: ModelProto) -> list[str]:
     """Restore every lowered group of MODEL in place; the reasons of those left lowered."""
-    problems = []
+    problems, edits = [], NodeEdits()
     for scope, node, result in find(model):
         if isinstance(result, str):
             problems.append(f"{node.name or node.output[0]}: {result}")
         else:
-            restore(result)
+            restore(result, edits)
+    edits.apply()
     return problems
 
 

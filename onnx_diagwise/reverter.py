@@ -23,7 +23,6 @@ from .graphs import Scope
 from .lowerings import label, restore
 from .reasons import Action, Reason
 from .report import NodeDecision, RewriteReport, RewriteResult, model_stats, stats_after
-from .graphs import remove_node
 from .rewriter import SUFFIX, WeightEditor, set_group
 from .shapes import infer_value_types
 from .tensors import tensor_array
@@ -47,7 +46,7 @@ def _revert(model: ModelProto, back, start: float) -> RewriteResult:
         decisions.append(_decision(conv, Action.SKIPPED, Reason.DEPTHWISE_ALREADY, "depthwise already; nothing to revert"))
     for skipped in found.skipped:
         if skipped.lowered is not None:
-            restore(skipped.lowered)
+            restore(skipped.lowered, editor.edits)
             lowered = skipped.lowered
             decisions.append(_decision(skipped, Action.REVERTED, Reason.UNDONE,
                                        f"{label(lowered.lowering, lowered.params)} -> depthwise "
@@ -61,6 +60,7 @@ def _revert(model: ModelProto, back, start: float) -> RewriteResult:
                 remaining.append(skipped.name)
             continue
         decisions.append(_revert_node(skipped, diagonal, editor))
+    editor.finish()
     reverted = sum(d.action == Action.REVERTED for d in decisions)
     report = RewriteReport("revert", decisions, before, stats_after(model, before, decisions),
                            elapsed_s=time.perf_counter() - start)
@@ -93,7 +93,7 @@ def _revert_node(skipped: SkippedConv, diagonal: BlockDiagonal, editor: WeightEd
     group = attribute(skipped.node, "group", 1)
     c, g = diagonal.channels, diagonal.group_size
     if diagonal.expansion is not None:
-        _remove_expansion(skipped, diagonal.expansion, editor.counts)
+        _remove_expansion(skipped, diagonal.expansion, editor)
         set_group(skipped.node, c)
         return _decision(skipped, Action.REVERTED, Reason.UNDONE, f"run-time expansion with G={g} removed; depthwise again",
                          group_size=g, groups_after=c)
@@ -138,31 +138,28 @@ def _holds_block_diagonal(node: NodeProto, scope: Scope) -> bool:
         and block_diagonal_multiplier(source.tensor, group) is not None
 
 
-def _remove_expansion(skipped: SkippedConv, expansion, counts) -> None:
+def _remove_expansion(skipped: SkippedConv, expansion, editor: WeightEditor) -> None:
     """Point the Conv at the original weight again and drop the expansion nodes nobody else reads."""
     reshape_in, mul, reshape_out, original = expansion
-    reads = counts[skipped.scope.namespace]
+    reads = editor.counts[skipped.scope.namespace]
     skipped.node.input[1] = original
     reads[original] += 1
     for node in (reshape_out, mul, reshape_in):
         reads[node.output[0]] -= 1
         if reads[node.output[0]] > 0:
             return
-        _remove_node(skipped.scope, node)
+        editor.edits.remove(_holder(skipped.scope, node), node)
         for name in node.input:
             reads[name] -= 1
         for name in node.input[1:]:  # the shape and mask constants, once nobody reads them
             source = find_weight(skipped.scope, name)
             if reads[name] == 0 and isinstance(source, WeightSource):
-                WeightEditor.drop_tensor(source)
+                editor.drop_tensor(source)
 
 
-def _remove_node(scope: Scope, node: NodeProto) -> None:
-    """Remove NODE from the first scope, inner to outer, that holds it."""
+def _holder(scope: Scope, node: NodeProto) -> Scope:
+    """The first scope, inner to outer, that holds NODE."""
     current = scope
-    while current is not None:
-        if any(other is node for other in current.body.node):
-            remove_node(current, node)
-            return
+    while id(node) not in current.index.position:
         current = current.parent
-
+    return current

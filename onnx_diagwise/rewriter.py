@@ -23,7 +23,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from .detect import DepthwiseConv, Detection, WeightSource, detect
 from .errors import DiagwiseError
-from .graphs import all_names, iter_scopes, position, remove_node, unique_name, use_counts
+from .graphs import NodeEdits, all_names, iter_scopes, position, unique_name, use_counts
 from .lowerings import build, insert, why_not
 from .plan import BLOCK_DIAGONAL, Choice, Plan, plan_exact
 from .reasons import Action
@@ -54,6 +54,7 @@ class WeightEditor:
         self.initial = {namespace: Counter(reads) for namespace, reads in self.counts.items()}  # before any edit
         self.taken = all_names(model)
         self.scopes = list(iter_scopes(model))
+        self.edits = NodeEdits()  # node insertions and removals, made at once by finish()
         # Replacements already made, so nodes that share a weight share its new form too.
         self.replaced: dict[tuple, str] = {}
 
@@ -121,16 +122,15 @@ class WeightEditor:
         """Put TENSOR beside SOURCE, so every node that can see the original sees it too."""
         tensor.name = name
         body = source.scope.body
-        source.scope.changed()
         if not source.scope.is_function:
             body.initializer.append(tensor)
+            source.scope.initializer_added(body.initializer[-1])
             return
         # Functions have no initializers: a Constant node right after the original one.
         constant = helper.make_node("Constant", [], [name], name=unique_name(name, self.taken), value=tensor)
-        body.node.insert(position(body, source.constant) + 1, constant)
+        self.edits.insert_after(source.scope, source.constant, [constant])
 
-    @staticmethod
-    def _release(source: WeightSource, reads: Counter) -> None:
+    def _release(self, source: WeightSource, reads: Counter) -> None:
         """The reader no longer reads SOURCE: drop each link of its chain that nobody reads now."""
         for index, name in enumerate(source.names):
             reads[name] -= 1
@@ -138,19 +138,22 @@ class WeightEditor:
                 return
             if index < len(source.identities):
                 node, scope = source.identities[index]
-                remove_node(scope, node)
+                self.edits.remove(scope, node)
                 continue  # the Identity read the next name in the chain
-            WeightEditor.drop_tensor(source)
+            self.drop_tensor(source)
 
-    @staticmethod
-    def drop_tensor(source: WeightSource) -> None:
+    def drop_tensor(self, source: WeightSource) -> None:
         """Remove SOURCE's initializer or Constant node from the scope that holds it."""
         if source.constant is not None:
-            remove_node(source.scope, source.constant)
+            self.edits.remove(source.scope, source.constant)
         else:
             initializers = source.scope.body.initializer
             del initializers[position(source.scope.body, source.tensor, initializers)]
-            source.scope.changed()
+            source.scope.initializer_removed(source.tensor)
+
+    def finish(self) -> None:
+        """Make the node insertions and removals recorded."""
+        self.edits.apply()
 
 
 def apply_plan(model: ModelProto, plan: Plan, found: Detection | None = None) -> tuple[NodeDecision, ...]:
@@ -176,9 +179,9 @@ def apply_plan(model: ModelProto, plan: Plan, found: Detection | None = None) ->
             if refused:  # e.g. a weight that another rewrite made shared since the plan was made
                 raise DiagwiseError(f"'{conv.name}' cannot take {choice.label}: {refused}")
             lowered = build(conv, choice.lowering, choice.params, conv.input_shape, editor.taken, opset=conv.opset)
-            insert(conv, lowered)
+            insert(conv, lowered, editor.edits)
         elif conv.dynamic is not None:
-            _expand_at_run_time(conv, choice.group_size, editor.taken)
+            _expand_at_run_time(conv, choice.group_size, editor.taken, editor.edits)
             set_group(conv.node, conv.channels // choice.group_size)
         else:
             g = choice.group_size
@@ -188,6 +191,7 @@ def apply_plan(model: ModelProto, plan: Plan, found: Detection | None = None) ->
                            f"g{g}:{conv.transposed}:{zero_point}", f"{conv.weight.names[-1]}{SUFFIX}{g}", shaped)
             set_group(conv.node, conv.channels // g)
         outcome.append(replace(item.decision, action=Action.REWRITTEN))
+    editor.finish()
     return tuple(outcome)
 
 
@@ -198,7 +202,7 @@ def apply_group_sizes(model: ModelProto, group_sizes: Mapping[str, int | Choice]
     return apply_plan(model, plan_exact(found, choices), found)
 
 
-def _expand_at_run_time(conv: DepthwiseConv, g: int, taken: set[str]) -> None:
+def _expand_at_run_time(conv: DepthwiseConv, g: int, taken: set[str], edits: NodeEdits) -> None:
     """Insert Reshape -> Mul(mask) -> Reshape in front of the Conv's weight input."""
     c, m, kernel = conv.channels, conv.multiplier, conv.kernel
     base = conv.dynamic.name
@@ -224,11 +228,10 @@ def _expand_at_run_time(conv: DepthwiseConv, g: int, taken: set[str]) -> None:
         nodes = [helper.make_node("Constant", [], [n], name=unique_name(n, taken), value=numpy_helper.from_array(v))
                  for n, v in constants.items()] + nodes
     else:
-        body.initializer.extend(numpy_helper.from_array(v, n) for n, v in constants.items())
-    index = position(body, conv.node)
-    for offset, node in enumerate(nodes):
-        body.node.insert(index + offset, node)
-    conv.scope.changed()
+        for n, v in constants.items():
+            body.initializer.append(numpy_helper.from_array(v, n))
+            conv.scope.initializer_added(body.initializer[-1])
+    edits.insert_before(conv.scope, conv.node, nodes)
     node, input_index = conv.reader
     node.input[input_index] = weight_out
 
