@@ -13,6 +13,8 @@ _HOMES = {
     "BenchReport": "bench", "benchmark": "bench",
     "CheckFailed": "errors", "DiagwiseError": "errors",
     "CheckOptions": "files", "FileResult": "files", "revert_file": "files", "rewrite_file": "files",
+    "FileReport": "files", "inspect_file": "files", "validate_file": "files", "bench_file": "files",
+    "tune_file": "files",
     "NodeDecision": "report", "RewriteReport": "report", "RewriteResult": "report",
     "Selection": "plan", "Choice": "plan", "GroupSize": "plan", "PAPER": "plan", "FULL": "plan", "Lowered": "plan",
     "Measured": "plan", "Action": "reasons", "Reason": "reasons", "Leave": "reasons", "SaveOptions": "files",
@@ -24,6 +26,7 @@ _HOMES = {
 __all__ = [
     "inspect", "rewrite", "revert", "tune", "TuneOptions", "validate", "benchmark",
     "rewrite_file", "revert_file", "FileResult", "CheckOptions", "SaveOptions",
+    "inspect_file", "validate_file", "bench_file", "tune_file", "FileReport",
     "Selection", "Choice", "GroupSize", "PAPER", "FULL", "Lowered", "Measured", "Action", "Reason", "Leave",
     "NodeDecision", "RewriteReport", "RewriteResult", "ValidationReport", "BenchReport",
     "RuntimeConfig", "InputOptions", "DiagwiseError", "CheckFailed", "__version__",

@@ -1,13 +1,16 @@
-"""The whole job on files: load, rewrite (or revert), check on onnxruntime, save atomically.
+"""Each command's whole job on files, returning data: what `onnx-diagwise <command>` runs.
 
-rewrite_file / revert_file are what `onnx-diagwise rewrite` / `revert` run: the output is
-checked before anything is written, may not clobber the input or any file the input reads,
-keeps external data when the input had it (or past 2 GiB), and is renamed into place only
-once complete and checked.
+rewrite_file / revert_file load, rewrite (or revert), check on onnxruntime and save atomically:
+the output is checked before anything is written, may not clobber the input or any file the
+input reads, keeps external data when the input had it (or past 2 GiB), and is renamed into
+place only once complete and checked.  inspect_file, validate_file, bench_file and tune_file
+load their models (one clear error for a missing or broken file), size the inputs' symbolic
+dims once (onnx_diagwise.dims) and return the report with those sizes (FileReport).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +18,7 @@ from typing import Any, Callable
 
 from . import api
 from .dims import InputShapes, with_input_shapes
-from .errors import CheckFailed, DiagwiseError, UnsizedDims
+from .errors import CheckFailed, DiagwiseError, RuntimeMissing, UnsizedDims
 from .model_io import LoadedModel, check_output_path, load_model, save_model
 from .plan import Auto, Selection, parse_policy
 from .report import RewriteResult
@@ -23,6 +26,7 @@ from .reverter import revert as revert_model
 from .runtime import InputOptions, RuntimeConfig
 from .validation import Tolerance, ValidationReport, failure_message, validate
 
+log = logging.getLogger("onnx_diagwise")
 Step = Callable[[str], None]  # told what is being done now (for a progress display)
 # Added to a sizing error when only the check needs the sizes.
 CHECK_ESCAPE = "the check runs the model; check=False skips it"
@@ -185,3 +189,72 @@ def revert_file(src: str | os.PathLike, dst: str | os.PathLike, check: CheckOpti
     written = _save(result, loaded, src, dst, protected, save.external_data, check, "reverted", step)
     written.input_shapes = sized
     return written
+
+
+@dataclass
+class FileReport:
+    """What inspect_file / validate_file / bench_file / tune_file found: the library's report, the
+    files it read, and how their inputs' symbolic dims were sized (None: they could not be)."""
+
+    report: Any  # RewriteReport (inspect), ValidationReport, BenchReport or TuneReport
+    sources: dict[str, str]  # the files read, by role: {"model": ...}, {"original": ..., "candidate": ...}
+    input_shapes: InputShapes | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.sources, "input_shapes": self.input_shapes.to_dict() if self.input_shapes else None,
+                **self.report.to_dict()}
+
+
+def inspect_file(path: str | os.PathLike, group_size: Any = "paper", selection: Selection | None = None,
+                 inputs: InputOptions | None = None) -> FileReport:
+    """api.inspect() of the model at PATH, its FLOPs counted at the inputs' sizes: symbolic dims are
+    sized as for the check (sizes are tried on onnxruntime when it is installed); dims that cannot
+    be sized leave the FLOPs unknown (logged)."""
+    loaded = load_model(path)
+    try:
+        _, sized = with_input_shapes(loaded.model, inputs)
+    except (UnsizedDims, RuntimeMissing) as exc:  # inspect works without them
+        sized = None
+        log.info(f"FLOPs not counted: {exc}")
+    report = api.inspect(loaded.model, group_size, selection, input_shapes=sized.shapes if sized else None)
+    return FileReport(report, {"model": str(path)}, sized)
+
+
+def validate_file(original: str | os.PathLike, candidate: str | os.PathLike, check: CheckOptions | None = None,
+                  seed: int = 0) -> FileReport:
+    """validate() the model at CANDIDATE against ORIGINAL as CHECK says (check.runs input sets, 3
+    by default; seeds SEED, SEED+1, ...), their inputs sized once from ORIGINAL."""
+    check = check or CheckOptions(runs=3)
+    first = load_model(original).model
+    load_model(candidate)
+    inputs, sized = with_input_shapes(first, check.inputs, check.runtime)
+    report = validate(original, candidate, check.runtime, inputs, check.runs, check.atol, check.rtol,
+                      check.allow_tf32, seed)
+    return FileReport(report, {"original": str(original), "candidate": str(candidate)}, sized)
+
+
+def bench_file(paths: list[str | os.PathLike], runtime: RuntimeConfig | None = None,
+               inputs: InputOptions | None = None, **timing: Any) -> FileReport:
+    """bench.benchmark() of the models at PATHS (ratios relative to the first), named by their
+    paths, their inputs sized once from the first; TIMING: warmup, iterations, seconds, iobinding,
+    profile (see benchmark)."""
+    from .bench import benchmark
+
+    runtime = runtime or RuntimeConfig()
+    first = load_model(paths[0]).model if paths else None
+    for path in paths[1:]:
+        load_model(path)
+    inputs, sized = with_input_shapes(first, inputs, runtime) if first is not None else (inputs, None)
+    report = benchmark(list(paths), runtime, inputs, names=[str(p) for p in paths], **timing)
+    return FileReport(report, {}, sized)
+
+
+def tune_file(path: str | os.PathLike, options: api.TuneOptions | None = None,
+              selection: Selection | None = None) -> FileReport:
+    """api.tune() of the model at PATH (what 'auto' would do, layer by layer), its inputs sized once
+    on options.provider."""
+    options = options or api.TuneOptions()
+    loaded = load_model(path)
+    inputs, sized = with_input_shapes(loaded.model, options.inputs, options.config)
+    report = api.tune(loaded.model, replace(options, inputs=inputs), selection)
+    return FileReport(report, {"model": str(path)}, sized)

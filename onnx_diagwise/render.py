@@ -9,7 +9,7 @@ name longer than the width runs past it (the terminal wraps it, whole).
 from __future__ import annotations
 
 import textwrap
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from rich.console import RenderableType
 from rich.table import Table
@@ -281,3 +281,61 @@ def tune_table(report, width: int | None = None,
     return grid(title, TUNE_HEADERS, rows, width, right=("C", "original ms", "best", "best ms", "speedup"),
                 plain=plain, labels={"why": "decision"}, drop=("input shape", "kernel", "best ms", "original ms"),
                 notes=notes, caption=caption)
+
+
+# What each command prints: the views above in order, as one list.
+
+def inspect_view(result, width: int | None = None,
+                 words: Callable[[str, Sequence[str]], str] = as_given) -> list[RenderableType]:
+    """inspect: the node table (when there are nodes) and the summary line (files.inspect_file's FileReport)."""
+    report = result.report
+    title = f"{result.sources['model']}: depthwise and grouped Conv nodes"
+    return [*(nodes_table(report, title, width, words) if report.nodes else []),
+            *wrapped(summary_line(report), width)]
+
+
+def written_view(written, width: int | None = None, verbose: bool = False,
+                 words: Callable[[str, Sequence[str]], str] = as_given) -> list[RenderableType]:
+    """rewrite / revert (a files.FileResult): what auto measured, the node table (VERBOSE), the
+    before/after table, the summary, the check, and where the model was saved (one line: paths to copy)."""
+    report, tuning = written.report, written.result.tuning
+    view: list[RenderableType] = []
+    if tuning is not None:
+        view += [*tune_table(tuning, width, words), *wrapped(tuning.summary, width)]
+    if verbose and report.nodes:
+        view += nodes_table(report, "Depthwise and grouped convolutions", width, words)
+    command = "revert" if report.policy == "revert" else "rewrite"
+    view.append(compare_table(report.before, report.after, written.file_bytes_before, written.file_bytes_after,
+                              report.elapsed_s, title=f"onnx-diagwise {command}"))
+    view += wrapped(summary_line(report), width)
+    if written.validation is not None:
+        view += wrapped(f"check: {written.validation.summary()}", width)
+    data_note = f" (+ weights in {written.data_path})" if written.data_path else ""
+    return [*view, Text(f"saved {written.output}{data_note}, {size(written.file_bytes_after)}")]
+
+
+def validation_view(report, spell: Callable[[str, Any], str] | None = None) -> list[RenderableType]:
+    """validate: a line per output, the summary and, when the check failed, what to do (options
+    named by SPELL, as validation.advice)."""
+    from .validation import advice, api_option
+
+    view: list[RenderableType] = [*validation_lines(report), Text(report.summary())]
+    if not report.passed:
+        view += [Text(line) for line in advice(report, skippable=False, spell=spell or api_option)]
+    return view
+
+
+def bench_view(report, width: int | None = None) -> list[RenderableType]:
+    """bench: the timings and, when profiled, the kernel times by op type and per depthwise node."""
+    view = bench_table(report, width)
+    if report.profiles:
+        view += op_type_table(report, width)
+        if report.depthwise_nodes():
+            view += depthwise_time_table(report, width)
+    return view
+
+
+def tune_view(report, width: int | None = None,
+              words: Callable[[str, Sequence[str]], str] = as_given) -> list[RenderableType]:
+    """tune: the per-layer table and the summary."""
+    return [*tune_table(report, width, words), *wrapped(report.summary, width)]

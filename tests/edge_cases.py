@@ -7,8 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import depthwise_model
-from test_forms import conv_transpose_model, fused_conv_model, qdq_model, qlinearconv_model
+from helpers import conv_transpose_model, depthwise_model, fused_conv_model, qdq_model, qlinearconv_model
 
 
 def _set(node: onnx.NodeProto, name: str, value) -> None:

@@ -8,10 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
+from helpers import KINDS, planted, scaled_outputs, targets
 from onnx_diagwise import CheckFailed, rewrite, rewrite_file, validate
 from onnx_diagwise.validation import NOISE_FACTOR
-from test_check_errors import KINDS, planted, targets
-from test_validate import _scaled
 
 torch = pytest.importorskip("torch")
 
@@ -74,7 +73,7 @@ def test_the_correct_rewrite_of_a_sigmoid_detector_passes_the_check(detector, tm
 @pytest.mark.parametrize("kind", ["scaled", *KINDS])
 def test_every_kind_of_real_error_is_still_caught_on_the_detector(detector, kind, monkeypatch):
     path, model = detector
-    candidates = ([_scaled(rewrite(model).model, 0.99)] if kind == "scaled" else
+    candidates = ([scaled_outputs(rewrite(model).model, 0.99)] if kind == "scaled" else
                   [planted(model, kind, node, monkeypatch) for node in targets(model, kind)])
     for candidate in candidates:
         report = validate(model, candidate)

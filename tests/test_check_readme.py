@@ -21,8 +21,9 @@ MODULES = {"onnx-ir": "onnx_ir", "onnx-graphsurgeon": "onnx_graphsurgeon", "onnx
 
 
 def _api_examples() -> list[str]:
+    """The section's examples, less those marked '# example: NAME' (test_readme_examples.py runs them)."""
     section = README[README.index("## Python API\n"):README.index("### In export pipelines")]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    return [code for code in re.findall(r"```python\n(.*?)```", section, re.S) if not code.startswith("# example: ")]
 
 
 def test_the_python_api_examples_run_on_the_cpu(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""The real command, run as a user runs it: exit codes, messages, files."""
+"""The command line as a user runs it: exit codes, messages, files.  It runs in this process
+(helpers.cli); in a process of its own where only a process shows it (its exit status)."""
 
 import json
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from helpers import SAMPLE, assert_same_outputs, cli, depthwise_model, digest
+from helpers import SAMPLE, assert_same_outputs, cli, cli_process, depthwise_model, digest, scaled_outputs
 
 def test_rewrite_sample(tmp_path):
     out = tmp_path / "out.onnx"
@@ -306,3 +307,22 @@ def test_the_growth_warning_never_calls_2_0x_more_than_2x():
     assert _growth_warnings(100, 204, 2.0) == []  # 2.04x reads 2.0x: not more than 2x
     (growth,) = _growth_warnings(100, 206, 2.0)
     assert growth.startswith("weights grew 2.1x (100 B -> 206 B), more than the 2x threshold")
+
+
+def test_the_process_exits_with_the_code_and_prints_the_one_line(tmp_path):
+    """What main returns is the process's exit status, and stderr holds the one line and nothing
+    else (onnxruntime's own log lines, written below Python, would show only here)."""
+    out = tmp_path / "out.onnx"
+    ok = cli_process("rewrite", SAMPLE, out, "-q", "-g", "4")
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "") and out.exists()
+    assert_one_line_error(cli_process("rewrite", SAMPLE, tmp_path / "x.onnx", "-g", "big"), 2,
+                          "error: --group-size must be a positive integer")
+    assert_one_line_error(cli_process("inspect", SAMPLE, "--frobnicate"), 2, "No such option: --frobnicate")
+    onnx.save(scaled_outputs(onnx.load(SAMPLE), 0.99), tmp_path / "scaled.onnx")
+    failed = cli_process("validate", SAMPLE, tmp_path / "scaled.onnx", "--check-n", "1")
+    assert failed.returncode == 1 and failed.stdout.startswith("FAILED | output ") and failed.stderr == ""
+
+
+def test_a_plot_into_a_missing_folder_is_refused_by_its_own_flag(tmp_path):
+    r = cli("bench", SAMPLE, "-n", "1", "--plot", tmp_path / "missing" / "plot.png")
+    assert_one_line_error(r, 2, f"error: --plot: directory '{tmp_path / 'missing'}' does not exist")

@@ -5,92 +5,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import SAMPLE_DIR, assert_same_outputs, attr, initializer, random_inputs, run
+from helpers import (SAMPLE_DIR, assert_same_outputs, attr, conv_transpose_model, convinteger_model, forms_model,
+                     fused_conv_model, initializer, qdq_model, qlinearconv_model, random_inputs, run)
 from onnx_diagwise import inspect, rewrite
-
-OPSET = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
-
-
-def _model(nodes, inputs, outputs, initializers, opset=OPSET) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "forms", inputs, outputs, initializers)
-    return helper.make_model(graph, opset_imports=opset)
-
-
-def _array(rng, dtype, shape, low, high):
-    return rng.integers(low, high, size=shape).astype(dtype)
-
-
-def qlinearconv_model(c=8, m=1, per_channel=True, wtype=np.int8, seed=0):
-    rng = np.random.default_rng(seed)
-    lo, hi = (-100, 100) if wtype == np.int8 else (0, 255)
-    w = _array(rng, wtype, (c * m, 1, 3, 3), lo, hi)
-    w_zp = (_array(rng, wtype, (c * m,), lo // 4, hi // 4) if per_channel else np.array(hi // 3, wtype))
-    w_scale = (rng.uniform(0.01, 0.02, c * m) if per_channel else np.array(0.015)).astype(np.float32)
-    inits = [numpy_helper.from_array(a, n) for n, a in [
-        ("x_scale", np.array(0.05, np.float32)), ("x_zp", np.array(128, np.uint8)), ("w", w),
-        ("w_scale", w_scale), ("w_zp", w_zp), ("y_scale", np.array(0.3, np.float32)),
-        ("y_zp", np.array(120, np.uint8)), ("bias", _array(rng, np.int32, (c * m,), -500, 500))]]
-    node = helper.make_node("QLinearConv", ["x", "x_scale", "x_zp", "w", "w_scale", "w_zp", "y_scale", "y_zp",
-                                            "bias"], ["y"], name="qdw", group=c, pads=[1, 1, 1, 1])
-    return _model([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, c, 10, 10])],
-                  [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, c * m, 10, 10])], inits)
-
-
-def convinteger_model(c=8, seed=0):
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(a, n) for n, a in [
-        ("w", _array(rng, np.uint8, (c, 1, 3, 3), 0, 255)), ("x_zp", np.array(128, np.uint8)),
-        ("w_zp", np.array(77, np.uint8))]]
-    node = helper.make_node("ConvInteger", ["x", "w", "x_zp", "w_zp"], ["y"], name="idw", group=c,
-                            pads=[1, 1, 1, 1])
-    return _model([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, c, 9, 9])],
-                  [helper.make_tensor_value_info("y", TensorProto.INT32, [1, c, 9, 9])], inits)
-
-
-def qdq_model(c=16, m=1, per_channel=True, wtype=np.int8, seed=0):
-    """QuantizeLinear/DequantizeLinear on the activation, DequantizeLinear on the weight, as
-    onnxruntime's quantize_static writes them (per-channel weight scales on axis 0)."""
-    rng = np.random.default_rng(seed)
-    info = np.iinfo(wtype) if wtype in (np.int8, np.uint8) else None
-    lo, hi = (info.min, info.max) if info else (-8, 7)
-    w = _array(rng, np.int64, (c * m, 1, 3, 3), lo, hi + 1).astype(wtype)
-    zp = (_array(rng, np.int64, (c * m,), lo // 8, hi // 8).astype(wtype) if per_channel
-          else np.array(hi // 5, dtype=wtype))
-    scale = (rng.uniform(0.01, 0.02, c * m) if per_channel else np.array(0.015)).astype(np.float32)
-    inits = [numpy_helper.from_array(a, n) for n, a in [
-        ("w_q", w), ("w_scale", scale), ("w_zp", zp), ("a_scale", np.array(0.02, np.float32)),
-        ("a_zp", np.array(0, np.int8)), ("b", rng.standard_normal(c * m).astype(np.float32))]]
-    nodes = [
-        helper.make_node("QuantizeLinear", ["x", "a_scale", "a_zp"], ["xq"], name="q_x"),
-        helper.make_node("DequantizeLinear", ["xq", "a_scale", "a_zp"], ["xdq"], name="dq_x"),
-        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w_dq"], name="dq_w",
-                         axis=0 if per_channel else 1),
-        helper.make_node("Conv", ["xdq", "w_dq", "b"], ["y"], name="dw", group=c, pads=[1, 1, 1, 1]),
-    ]
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 12, 12])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c * m, 12, 12])], inits)
-
-
-def conv_transpose_model(c=8, m=2, seed=0):
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.standard_normal((c, m, 4, 4)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal(c * m).astype(np.float32), "b")]
-    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="up", group=c, strides=[2, 2],
-                            pads=[1, 1, 1, 1], output_padding=[1, 0])
-    model = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 7, 7])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return onnx.shape_inference.infer_shapes(model)
-
-
-def fused_conv_model(c=12, seed=0):
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.standard_normal((c, 1, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "b")]
-    node = helper.make_node("FusedConv", ["x", "w", "b"], ["y"], name="fdw", domain="com.microsoft", group=c,
-                            pads=[1, 1, 1, 1], kernel_shape=[3, 3], activation="Relu")
-    return _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 8, 8])], inits)
-
 
 def _exact(original, rewritten, feeds=None):
     feeds = feeds or random_inputs(original)
@@ -210,10 +127,10 @@ def test_mixed_model_in_subgraph():
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Conv", ["x0", "wf"], ["x"], name="float_dw", group=8, pads=[1, 1, 1, 1]),
              helper.make_node("If", ["cond"], ["out"], name="branch", then_branch=then_graph, else_branch=else_graph)]
-    model = _model(nodes, [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, 8, 12, 12]),
-                           helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
-                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
-                   [numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "wf")])
+    model = forms_model(nodes, [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, 8, 12, 12]),
+                                helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                        [numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "wf")])
     result = rewrite(model, group_size=4)
     forms = {n.name: (n.form, n.action) for n in result.report.nodes}
     assert forms == {"float_dw": ("float", "rewritten"), "dw": ("QDQ", "rewritten"),

@@ -12,11 +12,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from helpers import SAMPLE_DIR
-from onnx_diagwise import Selection, inspect, revert, rewrite
-from test_forms import conv_transpose_model, convinteger_model, fused_conv_model, qdq_model, qlinearconv_model
 from edge_cases import EDGE_CASES
-from test_revert import FORMS
+from helpers import (FORMS, SAMPLE_DIR, conv_transpose_model, convinteger_model, fused_conv_model, qdq_model,
+                     qlinearconv_model)
+from onnx_diagwise import Selection, inspect, revert, rewrite
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "reports.json"
 WORDING = Path(__file__).resolve().parent / "golden" / "wording.json"

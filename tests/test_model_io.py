@@ -9,7 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import SAMPLE, assert_same_outputs, cli, conv_nodes, depthwise_model, digest, initializer
+from helpers import (SAMPLE, assert_same_outputs, cli, conv_nodes, depthwise_model, digest, initializer,
+                     weights_model)
 from onnx_diagwise import DiagwiseError
 from onnx_diagwise.model_io import load_model, save_model
 
@@ -121,17 +122,6 @@ def test_streamed_write_parses_to_the_same_model(tmp_path, name):
 # ---------------------------------------------------------------- the model and its data as one
 
 
-def _weights_model(value: float) -> onnx.ModelProto:
-    """y = x + w, w VALUE x 1024 copies of VALUE: each write's model differs in shape and data, so a
-    model paired with another write's data reads wrong values (or fails to read)."""
-    size = 1024 * int(value)
-    w = numpy_helper.from_array(np.full((size,), value, np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size])], [w])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
 def _value_of(path: Path) -> float:
     """The constant the model at PATH adds, read as onnxruntime would: its own data file, and the
     model must agree with that file (a mismatched pair fails here)."""
@@ -144,7 +134,7 @@ def _value_of(path: Path) -> float:
 @pytest.mark.parametrize("fail_at", ["data", "model"])
 def test_a_failure_between_the_steps_leaves_a_consistent_pair(tmp_path, monkeypatch, fail_at):
     out = tmp_path / "out.onnx"
-    save_model(_weights_model(1.0), out, external_data=True)
+    save_model(weights_model(1.0), out, external_data=True)
     real_replace = os.replace
 
     def failing_replace(src, dst):
@@ -156,18 +146,18 @@ def test_a_failure_between_the_steps_leaves_a_consistent_pair(tmp_path, monkeypa
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(DiagwiseError, match="Input/output error"):
-        save_model(_weights_model(2.0), out, external_data=True)
+        save_model(weights_model(2.0), out, external_data=True)
     monkeypatch.undo()
     assert _value_of(out) == 1.0  # the old pair, whole
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder
-    save_model(_weights_model(3.0), out, external_data=True)  # the next write cleans what is left
+    save_model(weights_model(3.0), out, external_data=True)  # the next write cleans what is left
     assert _value_of(out) == 3.0 and len(list(tmp_path.glob("out.onnx.*.data"))) == 1
 
 
 def _writer(args) -> None:
     out, value, rounds = args
     for _ in range(rounds):
-        save_model(_weights_model(value), Path(out), external_data=True)
+        save_model(weights_model(value), Path(out), external_data=True)
 
 
 def test_concurrent_writers_never_mix_a_model_with_another_write_s_data(tmp_path):
@@ -200,9 +190,9 @@ def test_a_killed_writer_s_temporary_folder_is_removed_by_the_next(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys, signal
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_model_io import _weights_model
+        from helpers import weights_model
         from onnx_diagwise.model_io import save_model
-        save_model(_weights_model(7.0), {str(out)!r}, external_data=True,
+        save_model(weights_model(7.0), {str(out)!r}, external_data=True,
                    before_commit=lambda path: os.kill(os.getpid(), signal.SIGKILL))
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True)
@@ -210,7 +200,7 @@ def test_a_killed_writer_s_temporary_folder_is_removed_by_the_next(tmp_path):
     [left] = [p for p in tmp_path.iterdir() if p.name.startswith(".out.onnx.")]
     assert any(p.name.endswith(".data") for p in left.iterdir())
     assert not out.exists()
-    save_model(_weights_model(1.0), out, external_data=True)
+    save_model(weights_model(1.0), out, external_data=True)
     assert not left.exists() and _value_of(out) == 1.0
 
 
@@ -220,7 +210,7 @@ def test_a_live_writer_s_temporary_folder_is_kept(tmp_path):
     out = tmp_path / "out.onnx"
     live = Staging(out)
     try:
-        save_model(_weights_model(1.0), out, external_data=True)
+        save_model(weights_model(1.0), out, external_data=True)
         assert live.folder.is_dir()
     finally:
         live.close()
@@ -230,26 +220,26 @@ def test_a_live_writer_s_temporary_folder_is_kept(tmp_path):
 def test_previous_data_removed_foreign_data_kept(tmp_path):
     out = tmp_path / "out.onnx"
     (tmp_path / "out.onnx.data").write_bytes(b"another model's weights")
-    first = save_model(_weights_model(1.0), out, external_data=True)
-    second = save_model(_weights_model(2.0), out, external_data=True)
+    first = save_model(weights_model(1.0), out, external_data=True)
+    second = save_model(weights_model(2.0), out, external_data=True)
     assert first != second and not first.exists() and second.exists()
     assert (tmp_path / "out.onnx.data").read_bytes() == b"another model's weights"
-    save_model(_weights_model(2.0), out, external_data=False)
+    save_model(weights_model(2.0), out, external_data=False)
     assert not second.exists() and _value_of(out) == 2.0
     # The same bytes give the same name: two identical writes are identical files.
-    a = save_model(_weights_model(4.0), out, external_data=True)
+    a = save_model(weights_model(4.0), out, external_data=True)
     model_bytes = out.read_bytes()
-    b = save_model(_weights_model(4.0), out, external_data=True)
+    b = save_model(weights_model(4.0), out, external_data=True)
     assert a == b and out.read_bytes() == model_bytes
 
 
 def test_protected_data_is_never_removed_or_replaced(tmp_path):
     out = tmp_path / "out.onnx"
-    data = save_model(_weights_model(1.0), out, external_data=True)
+    data = save_model(weights_model(1.0), out, external_data=True)
     source = tmp_path / "in.onnx"
     os.replace(out, source)  # the input now reads OUT's old data file
     before = data.read_bytes()
-    written = save_model(_weights_model(1.0), out, external_data=True, protected=[source, data])
+    written = save_model(weights_model(1.0), out, external_data=True, protected=[source, data])
     assert written != data and written.name.endswith("-2.data")  # same bytes, but that name is the input's
     assert data.read_bytes() == before and _value_of(source) == 1.0 and _value_of(out) == 1.0
 
@@ -259,14 +249,14 @@ def test_output_keeps_the_mode_of_the_file_it_replaces(tmp_path, external):
     out = tmp_path / "out.onnx"
     out.write_bytes(b"old")
     os.chmod(out, 0o640)
-    data = save_model(_weights_model(1.0), out, external_data=external)
+    data = save_model(weights_model(1.0), out, external_data=external)
     assert (out.stat().st_mode & 0o777) == 0o640
     if data:
         assert (data.stat().st_mode & 0o777) == 0o640
     fresh = tmp_path / "fresh.onnx"
     umask = os.umask(0o022)
     try:
-        save_model(_weights_model(1.0), fresh)
+        save_model(weights_model(1.0), fresh)
     finally:
         os.umask(umask)
     assert (fresh.stat().st_mode & 0o777) == 0o644

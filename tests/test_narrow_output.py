@@ -135,13 +135,14 @@ COMMANDS = [[], ["inspect"], ["rewrite"], ["revert"], ["validate"], ["bench"], [
 
 def _reference_help(path: list[str]) -> tuple[str, list[str]]:
     """The help of PATH laid out 10,000 columns wide (nothing wraps), and its option names."""
-    from onnx_diagwise.cli import _Context, app
+    from onnx_diagwise.cli import app
+    from onnx_diagwise.terminal import Context
     from typer.main import get_command
 
     command = get_command(app)
     for name in path:
         command = command.commands[name]
-    ctx = _Context(command, info_name=" ".join(["onnx-diagwise", *path]), terminal_width=10_000,
+    ctx = Context(command, info_name=" ".join(["onnx-diagwise", *path]), terminal_width=10_000,
                    max_content_width=10_000, help_option_names=["-h", "--help"])
     names = [opt for param in command.params for opt in [*param.opts, *param.secondary_opts] if opt.startswith("-")]
     return command.get_help(ctx), names

@@ -5,30 +5,9 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from helpers import SAMPLE_DIR, assert_same_outputs, attr, cli, depthwise_model, initializer
+from helpers import (FORMS, SAMPLE_DIR, assert_same_outputs, attr, cli, depthwise_model, initializer,
+                     qlinearconv_model)
 from onnx_diagwise import revert, rewrite
-from test_forms import (conv_transpose_model, convinteger_model, fused_conv_model, qdq_model,
-                        qlinearconv_model)
-
-
-def _dynamic_model():
-    model = depthwise_model(channels=8, multiplier=2, bias=False)
-    w = model.graph.initializer.pop()
-    model.graph.input.append(helper.make_tensor_value_info("w", w.data_type, list(w.dims)))
-    return model
-
-
-FORMS = {
-    "float": lambda: depthwise_model(channels=12, multiplier=2),
-    "float1d": lambda: depthwise_model(channels=8, kernel=(5,), spatial=(20,)),
-    "float3d": lambda: depthwise_model(channels=4, kernel=(3, 3, 3), spatial=(5, 6, 7)),
-    "QLinearConv": lambda: qlinearconv_model(m=2),
-    "ConvInteger": convinteger_model,
-    "QDQ": lambda: qdq_model(m=2),
-    "ConvTranspose": conv_transpose_model,
-    "FusedConv": fused_conv_model,
-    "dynamic": _dynamic_model,
-}
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
