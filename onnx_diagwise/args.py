@@ -210,8 +210,7 @@ class SelectArgs:
 
         choices = pinned(getattr(self, "node_group_size", []))
         return parse_policy(group_size), Selection(
-            self.include, self.exclude, self.min_channels, not getattr(self, "skip_dynamic", False), choices,
-            why_not_dynamic="dynamic weights left alone (--skip-dynamic)")
+            self.include, self.exclude, self.min_channels, not getattr(self, "skip_dynamic", False), choices)
 
 
 @dataclass

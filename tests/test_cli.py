@@ -182,8 +182,10 @@ def test_skip_dynamic_flag(tmp_path):
     src, out = _write(tmp_path / "dyn.onnx", model.SerializeToString()), tmp_path / "out.onnx"
     r = cli("rewrite", src, out, "-g", "4", "--skip-dynamic", "--json", "-")
     assert r.returncode == 0, r.stderr
-    [node] = json.loads(r.stdout)["nodes"]
-    assert node["action"] == "skipped" and "--skip-dynamic" in node["reason"]
+    [node] = json.loads(r.stdout)["nodes"]  # the library's report: its code, and the parameter its text names
+    assert (node["action"], node["code"], node["parameters"]) == ("skipped", "dynamic-left", ["dynamic=False"])
+    r = cli("rewrite", src, out, "-g", "4", "--skip-dynamic", "-v")  # people read the flag
+    assert "dynamic weights left alone (--skip-dynamic)" in " ".join(r.stdout.split())
     r = cli("rewrite", src, out, "-g", "4", "--json", "-")
     [node] = json.loads(r.stdout)["nodes"]
     assert node["action"] == "rewritten" and node["form"] == "dynamic"
