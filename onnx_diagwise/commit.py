@@ -11,6 +11,7 @@ writer left is recognised (nobody holds its lock) and removed by the next writer
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ HASH_CHARS = 16
 def data_name(output: Path, digest: str, taken: list[Path]) -> str:
     """OUT.<hash>.data, or OUT.<hash>-N.data where that name is one of the TAKEN (protected) files."""
     name, number = f"{output.name}.{digest[:HASH_CHARS]}.data", 1
-    while any(_same_file(output.with_name(name), path) for path in taken):
+    while any(same_file(output.with_name(name), path) for path in taken):
         number += 1
         name = f"{output.name}.{digest[:HASH_CHARS]}-{number}.data"
     return name
@@ -42,7 +43,8 @@ def _own_data(output: Path) -> re.Pattern:
     return re.compile(re.escape(output.name) + r"\.[0-9a-f]{%d}(-\d+)?\.data" % HASH_CHARS)
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether A and B are one file on disk (through hard links and symlinks too)."""
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
@@ -82,7 +84,7 @@ class Staging:
 
     def _remove_abandoned(self) -> None:
         """Temporary folders of this OUT whose writer died (nobody holds their lock)."""
-        for path in self.parent.glob(f".{glob_escape(self.output.name)}.*"):
+        for path in self.parent.glob(f".{glob.escape(self.output.name)}.*"):
             if not path.is_dir() or path.is_symlink() or fcntl is None:
                 continue
             try:
@@ -116,16 +118,12 @@ class Staging:
             pattern = _own_data(self.output)
             for path in self.parent.iterdir():
                 if path.name != keep and pattern.fullmatch(path.name) and not any(
-                        _same_file(path, p) for p in protected):
+                        same_file(path, p) for p in protected):
                     path.unlink(missing_ok=True)
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         os.close(self._hold)
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def _mode_for(output: Path) -> int:

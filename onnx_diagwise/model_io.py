@@ -13,7 +13,7 @@ import onnx
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import ModelProto, TensorProto
 
-from .commit import Staging, data_name
+from .commit import Staging, data_name, same_file
 from .errors import DiagwiseError
 from .tensors import iter_tensors, read_external, skeleton, tensor_nbytes, weight_bytes
 
@@ -145,14 +145,6 @@ def check_opsets(model: ModelProto, where: str) -> None:
                         "guarantees; going on with the opset unchanged (Conv has meant the same since opset 1)")
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether A and B are one file on disk (through hard links and symlinks too)."""
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def check_output_path(output: str | os.PathLike, protected: list[Path] | None = None) -> None:
     """Fail early, before any work, if OUTPUT cannot be written or is one of the PROTECTED files
     (the input model and every file its tensors reference)."""
@@ -167,7 +159,7 @@ def check_output_path(output: str | os.PathLike, protected: list[Path] | None = 
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DiagwiseError(f"output '{output}': directory '{parent}' is not writable")
     for index, path in enumerate(protected or ()):
-        if _same_file(output, path):
+        if same_file(output, path):
             what = "the input model" if index == 0 else f"the input's external data file '{path}'"
             raise DiagwiseError(f"output '{output}' is {what}; writing it would destroy the input, "
                                 "choose another path")
