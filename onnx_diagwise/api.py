@@ -79,7 +79,7 @@ def inspect(model_or_path: ModelOrPath, group_size: Any = "paper", selection: Se
     """Report every grouped convolution and what rewrite() would do with it; changes nothing.
 
     group_size is a policy (see onnx_diagwise.plan); input_shapes sizes the inputs' symbolic
-    dims for the FLOPs and the lowerings (see onnx_diagwise.dims)."""
+    dims for the FLOPs (see onnx_diagwise.dims); lowerings are planned for the model's own shapes."""
     policy = parse_policy(group_size)
     if isinstance(policy, Auto):
         raise DiagwiseError("inspect cannot show 'auto' without measuring: use tune")
