@@ -6,13 +6,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from onnx_diagwise import inspect, rewrite
 
 
 def chain(nodes: int, channels: int = 4):
-    """NODES nodes: depthwise Conv (its own weight) -> Relu -> Identity -> Neg, repeated."""
+    """NODES nodes: depthwise Conv (its own weight) -> Relu -> Identity -> Neg, repeated, with the
+    shape of every value declared."""
     body, weights, previous = [], [], "x"
     for i in range(nodes // 4):
         weights.append(numpy_helper.from_array(np.full((channels, 1, 3, 3), 0.1, np.float32), f"w{i}"))
@@ -23,7 +24,8 @@ def chain(nodes: int, channels: int = 4):
         previous = f"n{i}"
     graph = helper.make_graph(body, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 8, 8])],
                               [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, channels, 8, 8])], weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return shape_inference.infer_shapes(model)  # every value declared, as exporters and onnx-ir write them
 
 
 def _seconds(call, repeats: int = 3) -> float:
