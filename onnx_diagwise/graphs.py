@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto
+from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
 
 
 @dataclass(eq=False)
@@ -89,6 +89,9 @@ class _Index:
             for name in node.output:
                 self.producers[name] = node
         self.inputs: set[str] = set(body.input) if scope.is_function else {v.name for v in body.input}
+        self.declared: dict[str, list[ValueInfoProto]] = {}  # value_info by name (graphs only)
+        for value in [] if scope.is_function else body.value_info:
+            self.declared.setdefault(value.name, []).append(value)
 
 
 def node_label(node: NodeProto, index: int) -> str:
@@ -184,6 +187,7 @@ class NodeEdits:
 
     def __init__(self) -> None:
         self._scopes: dict[int, tuple[Scope, dict[int, list]]] = {}
+        self._undeclared: dict[int, tuple[Scope, set[str]]] = {}
 
     def _slot(self, scope: Scope, node: NodeProto) -> list:
         """[nodes before NODE, what stands in its place (NODE itself unless replaced), nodes after]."""
@@ -202,6 +206,10 @@ class NodeEdits:
     def remove(self, scope: Scope, node: NodeProto) -> None:
         self.replace(scope, node, [])
 
+    def undeclare(self, scope: Scope, names: set[str]) -> None:
+        """Drop the declared shapes (value_info) of NAMES from SCOPE's graph."""
+        self._undeclared.setdefault(id(scope), (scope, set()))[1].update(names)
+
     def apply(self) -> None:
         for scope, slots in self._scopes.values():
             body = scope.body
@@ -219,7 +227,14 @@ class NodeEdits:
                 for offset, new in enumerate(before):
                     body.node.insert(i + offset, new)
             scope.changed()
+        for scope, names in self._undeclared.values():
+            kept = [value for value in scope.body.value_info if value.name not in names]
+            if len(kept) < len(scope.body.value_info):
+                del scope.body.value_info[:]
+                scope.body.value_info.extend(kept)
+                scope.changed()
         self._scopes.clear()
+        self._undeclared.clear()
 
 
 

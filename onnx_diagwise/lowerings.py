@@ -763,7 +763,6 @@ def find(model: ModelProto) -> list[tuple[Scope, NodeProto, Match | str]]:
 def restore(found: Match, edits: NodeEdits | None = None) -> None:
     """Put the original depthwise node back where its lowered group is, and its weight and bias.
     With EDITS the nodes are replaced when the caller applies them, else now."""
-    body = found.scope.body
     made = {name for node in found.nodes for name in node.output} - set(found.original.output)
     pending = edits or NodeEdits()
     pending.replace(found.scope, found.nodes[0], [found.original])
@@ -774,8 +773,9 @@ def restore(found: Match, edits: NodeEdits | None = None) -> None:
     for name, array in found.tensors.items():
         _replace_tensor(found.scope, name, array)
     if not found.scope.is_function:  # shapes someone inferred for the lowered values go with them
-        for value in [v for v in body.value_info if v.name in made]:
-            body.value_info.remove(value)
+        (edits or pending).undeclare(found.scope, made)
+        if edits is None:
+            pending.apply()
 
 
 def revert(model: ModelProto) -> list[str]:
@@ -801,10 +801,8 @@ def _replace_tensor(scope: Scope, name: str, array: np.ndarray) -> None:
         else:
             tensor.ClearField(name_field)
     source.tensor.CopyFrom(tensor)
-    if source.scope.is_function:
-        return
-    for value in source.scope.body.value_info:
-        if value.name == name and value.type.tensor_type.HasField("shape"):
+    for value in source.scope.index.declared.get(name, ()):
+        if value.type.tensor_type.HasField("shape"):
             shape = value.type.tensor_type.shape
             del shape.dim[:]
             for size in array.shape:

@@ -55,7 +55,6 @@ class WeightEditor:
         self.taken = all_names(model)
         self.scopes = list(iter_scopes(model))
         self.edits = NodeEdits()  # node insertions and removals, made at once by finish()
-        self.declared: dict[tuple[str, str], list] | None = None  # (namespace, value) -> its value_info
         # Replacements already made, so nodes that share a weight share its new form too.
         self.replaced: dict[tuple, str] = {}
 
@@ -109,14 +108,10 @@ class WeightEditor:
 
     def _declare_shape(self, namespace: str, names: set[str], dims: list[int]) -> None:
         """The declared shapes (value_info) of NAMES follow the new weight."""
-        if self.declared is None:  # indexed once: models from onnx-ir declare every value
-            self.declared = {}
-            for scope in self.scopes:
-                if not scope.is_function:
-                    for value in scope.body.value_info:
-                        self.declared.setdefault((scope.namespace, value.name), []).append(value)
-        for name in names:
-            for value in self.declared.get((namespace, name), ()):
+        for scope in self.scopes:
+            if scope.namespace != namespace:
+                continue
+            for value in (v for name in names for v in scope.index.declared.get(name, ())):
                 if value.type.tensor_type.HasField("shape"):
                     shape = value.type.tensor_type.shape
                     del shape.dim[:]
