@@ -11,19 +11,21 @@ inference (except a dynamic weight's shape, which has no other source).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper
 
 from .errors import DiagwiseError
+from .lowerings import MARKER, label as lowering_label, match
 from .reasons import Leave, Reason
+from .sources import (DEFAULT_DOMAINS, DynamicWeight, WeightSource, attribute, constant_array, find_weight,
+                      references)
 from .graphs import Scope, iter_scopes, node_label, resolve, use_counts
 from .tensors import tensor_array
 from .weights import dynamic_mask, is_block_diagonal, is_block_diagonal_transposed
 
-DEFAULT_DOMAINS = ("", "ai.onnx")
 FLOAT_TYPES = {
     TensorProto.FLOAT: "float32",
     TensorProto.FLOAT16: "float16",
@@ -61,27 +63,6 @@ DEQUANTIZE_DOMAINS = DEFAULT_DOMAINS + ("com.microsoft",)
 def node_form(node: NodeProto) -> FormSpec | None:
     domain = "" if node.domain in DEFAULT_DOMAINS else node.domain
     return NODE_FORMS.get((node.op_type, domain))
-
-
-@dataclass
-class WeightSource:
-    """The constant tensor behind a weight input, and the path to it."""
-
-    kind: str  # "initializer", "Constant", "Identity(initializer)", "Identity(Constant)"
-    tensor: TensorProto  # the initializer, or the Constant node's `value` tensor
-    scope: Scope  # where that tensor lives
-    names: list[str]  # value names from the reading input back to the tensor, in order
-    constant: NodeProto | None = None
-    # (node, scope) of each Identity between the reader and the tensor, nearest first
-    identities: list[tuple[NodeProto, Scope]] = field(default_factory=list)
-
-
-@dataclass
-class DynamicWeight:
-    """A weight that is a graph input (possibly with a default) or computed by a node."""
-
-    name: str
-    description: str
 
 
 @dataclass
@@ -167,21 +148,6 @@ class Detection:
     skipped: list[SkippedConv]
 
 
-def attribute(node: NodeProto, name: str, default=None):
-    """The value of NODE's attribute NAME, DEFAULT when absent.  An attribute that refers to a
-    function's attribute has no value here: see references()."""
-    for attr in node.attribute:
-        if attr.name == name and not attr.ref_attr_name:
-            return helper.get_attribute_value(attr)
-    return default
-
-
-def references(node: NodeProto) -> list[str]:
-    """NODE's attributes that refer to an attribute of the function holding it (known only where
-    the function is called), as 'name -> function attribute'."""
-    return [f"{a.name} -> '{a.ref_attr_name}'" for a in node.attribute if a.ref_attr_name]
-
-
 def group_of(node: NodeProto, label: str) -> int:
     """NODE's group; a group that is not a positive integer makes the model invalid."""
     group = attribute(node, "group", 1)
@@ -189,47 +155,6 @@ def group_of(node: NodeProto, label: str) -> int:
         raise DiagwiseError(f"node '{label}' ({node.op_type}) has group={group!r}, not a positive integer: "
                             "the model is invalid")
     return group
-
-
-def find_weight(scope: Scope, name: str) -> WeightSource | DynamicWeight | Leave:
-    """Follow NAME through Identity nodes to an initializer or Constant.
-
-    A graph input or a computed value is a DynamicWeight; anything else a reason to leave it."""
-    names = [name]
-    identities: list[tuple[NodeProto, Scope]] = []
-    while True:
-        definition = resolve(scope, names[-1])
-        if definition is None:
-            return Leave(Reason.WEIGHT_UNDEFINED, f"weight '{name}' is not defined in the graph")
-        if definition.kind == "input":
-            if definition.tensor is not None:
-                # Old exporters list initializers as inputs: a caller may feed another weight.
-                return DynamicWeight(name, "graph input with a default")
-            return DynamicWeight(name, "graph input")
-        prefix, suffix = ("Identity(", ")") if identities else ("", "")
-        if definition.kind == "initializer":
-            return WeightSource(f"{prefix}initializer{suffix}", definition.tensor, definition.scope,
-                                names, identities=identities)
-        node = definition.node
-        if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
-            value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
-            if value is None:
-                return Leave(Reason.CONSTANT_WITHOUT_VALUE, f"weight '{name}' is a Constant without a tensor value")
-            return WeightSource(f"{prefix}Constant{suffix}", value, definition.scope, names,
-                                constant=node, identities=identities)
-        if node.op_type == "Identity" and node.domain in DEFAULT_DOMAINS:
-            identities.append((node, definition.scope))
-            names.append(node.input[0])
-            scope = definition.scope
-            continue
-        return DynamicWeight(name, f"computed by {node.op_type}")
-
-
-def constant_array(scope: Scope, name: str) -> np.ndarray | str:
-    source = find_weight(scope, name)
-    if isinstance(source, WeightSource):
-        return tensor_array(source.tensor)
-    return f"'{name}' is not a constant"
 
 
 def weight_zero_point(scope: Scope, node: NodeProto, index: int | None, out_channels: int) -> np.ndarray | Leave:
@@ -499,8 +424,6 @@ def detect(model: ModelProto, value_types: dict | None = None) -> Detection:
     value_types ({name: (elem_type, dims)}, from shapes.infer_value_types) gives dynamic
     weights their shape and every candidate its input shape; without it dynamic weights are
     skipped."""
-    from .lowerings import MARKER, match
-
     value_types = value_types or {}
     counts = use_counts(model)
     opset = next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 1)
@@ -531,8 +454,6 @@ def detect(model: ModelProto, value_types: dict | None = None) -> Detection:
 
 def _lowered(node: NodeProto, label: str, scope: Scope, found) -> SkippedConv:
     """The record of a Conv that heads a lowered group (FOUND: lowerings.match's result)."""
-    from .lowerings import label as lowering_label
-
     if isinstance(found, str):
         return SkippedConv(label, node, scope, f"carries a lowering's marker, but cannot be reverted: {found}",
                            Reason.LOWERED_DAMAGED, form="float")

@@ -49,15 +49,18 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 from google.protobuf.message import DecodeError
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
-from .detect import DepthwiseConv, WeightSource, attribute, find_weight
+from .sources import WeightSource, attribute, find_weight
 from .graphs import NodeEdits, Scope, all_names, iter_scopes, unique_name, use_counts
 from .tensors import tensor_array, tensor_like
+
+if TYPE_CHECKING:  # detect classifies lowered groups with this module's match()
+    from .detect import DepthwiseConv
 
 LOWERINGS = ("toeplitz", "polyphase", "conv2d")
 BLOCKS = (4, 8, 16, 32, 64)  # polyphase block sizes worth measuring
