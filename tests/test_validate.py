@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import SAMPLE, SAMPLE_DIR, attr, cli, depthwise_model
+from helpers import SAMPLE, SAMPLE_DIR, attr, cli, depthwise_model, scaled_outputs
 from onnx_diagwise import DiagwiseError, rewrite
 from onnx_diagwise.dims import make_inputs, resolve_input_shapes
 from onnx_diagwise.runtime import InputOptions, RuntimeConfig, parse_input_shapes, input_specs
@@ -242,24 +242,6 @@ def test_scalar_bool_input_and_subgraphs_validate():
         assert validate(path, rewrite(path).model, seed=seed).passed
 
 
-def _scaled(model: onnx.ModelProto, factor: float) -> onnx.ModelProto:
-    """MODEL with every float output multiplied by FACTOR (computed in the output's dtype)."""
-    scaled = onnx.ModelProto()
-    scaled.CopyFrom(model)
-    graph = scaled.graph
-    for output in graph.output:
-        elem = output.type.tensor_type.elem_type
-        dtype = helper.tensor_dtype_to_np_dtype(elem)
-        if np.dtype(dtype).kind != "f":
-            continue
-        inner = f"{output.name}__unscaled"
-        for node in list(graph.node):
-            node.output[:] = [inner if o == output.name else o for o in node.output]
-        graph.initializer.append(numpy_helper.from_array(np.array(factor, dtype), f"{output.name}__factor"))
-        graph.node.append(helper.make_node("Mul", [inner, f"{output.name}__factor"], [output.name]))
-    return scaled
-
-
 @pytest.mark.parametrize("path", sorted(SAMPLE_DIR.glob("*.onnx")), ids=lambda p: p.stem)
 def test_scaled_outputs_are_caught_and_exact_rewrites_pass(path):
     model = onnx.load(path)
@@ -268,11 +250,11 @@ def test_scaled_outputs_are_caught_and_exact_rewrites_pass(path):
               if np.dtype(helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type)).kind == "f"]
     if not floats:
         pytest.skip("integer outputs only: compared exactly")
-    report = validate(model, _scaled(model, 0.99), check_n=1)
+    report = validate(model, scaled_outputs(model, 0.99), check_n=1)
     assert all(not o.passed for o in report.outputs if o.name in floats), [o.line() for o in report.outputs]
     fp32 = [o for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT]
     if fp32:  # a 1e-4 change is below float16's spacing (9.8e-4): it is caught where outputs are float32
-        report = validate(model, _scaled(model, 1.0001), check_n=1)
+        report = validate(model, scaled_outputs(model, 1.0001), check_n=1)
         assert all(not o.passed for o in report.outputs if o.name in {f.name for f in fp32})
 
 
