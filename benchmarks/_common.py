@@ -66,3 +66,13 @@ def md_table(columns: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines + [""]
+
+
+def write_results(result: dict, base: Path, markdown) -> Path:
+    """RESULT as BASE.json, and as BASE.md: its title, command and environment, then MARKDOWN(result)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    header = [f"# {result['title']}", "", f"Command: `{result['command']}`", "",
+              f"Environment: {json.dumps(result['environment'])}", ""]
+    base.with_suffix(".md").write_text("\n".join(header + markdown(result)) + "\n")
+    return base

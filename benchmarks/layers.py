@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines  # noqa: E402
 import networks  # noqa: E402
 import zoo  # noqa: E402
-from _common import RESULTS, md_table  # noqa: E402
+from _common import RESULTS, md_table, write_results  # noqa: E402
 
 from onnx_diagwise import InputOptions  # noqa: E402
 from onnx_diagwise.dims import make_inputs  # noqa: E402
@@ -169,12 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def save(result: dict, base: Path) -> Path:
-    base.parent.mkdir(parents=True, exist_ok=True)
-    base.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    header = [f"# {result['title']}", "", f"Command: `{result['command']}`", "",
-              f"Environment: {json.dumps(result['environment'])}", ""]
-    base.with_suffix(".md").write_text("\n".join(header + markdown(result)) + "\n")
-    return base
+    return write_results(result, base, markdown)
 
 
 if __name__ == "__main__":

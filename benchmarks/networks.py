@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import baselines  # noqa: E402
 import zoo  # noqa: E402
-from _common import md_table  # noqa: E402
+from _common import md_table, write_results  # noqa: E402
 
 from onnx_diagwise import InputOptions, RuntimeConfig, TuneOptions, rewrite  # noqa: E402
 from onnx_diagwise.dims import make_inputs, with_input_shapes  # noqa: E402
@@ -465,12 +465,8 @@ def environment(args) -> dict:
     return env
 
 
-def write(result: dict, base: Path) -> None:
-    base.parent.mkdir(parents=True, exist_ok=True)
-    base.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    header = [f"# {result['title']}", "", f"Command: `{result['command']}`", "",
-              f"Environment: {json.dumps(result['environment'])}", ""]
-    base.with_suffix(".md").write_text("\n".join(header + markdown(result)) + "\n")
+def write(result: dict, base: Path) -> Path:
+    return write_results(result, base, markdown)
 
 
 # ---------------------------------------------------------------- two processes side by side

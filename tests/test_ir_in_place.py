@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import SAMPLE_DIR, depthwise_model, random_inputs, run
+from helpers import SAMPLE_DIR, depthwise_model, loop_model, random_inputs, run
 from onnx_diagwise import revert, rewrite
 
 ir = pytest.importorskip("onnx_ir")
@@ -43,40 +43,7 @@ def _function() -> onnx.ModelProto:
                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
 
 
-def _loop() -> onnx.ModelProto:
-    """Depthwise Convs in a Loop body and in an If inside it, reading the outer graph's weights."""
-    rng = np.random.default_rng(3)
-    weights = [numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), name)
-               for name in ("w_outer", "w_inner")]
-
-    def conv(x, w, y, name):
-        return helper.make_node("Conv", [x, w], [y], name=name, group=8, pads=[1, 1, 1, 1])
-
-    then_g = helper.make_graph([conv("state", "w_inner", "t_out", "if_dw")], "then", [],
-                               [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)])
-    else_g = helper.make_graph([helper.make_node("Identity", ["state"], ["e_out"], name="else_id")], "else", [],
-                               [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
-    body = helper.make_graph(
-        [conv("state", "w_outer", "stepped", "loop_dw"),
-         helper.make_node("If", ["flag"], ["branched"], name="inner_if", then_branch=then_g, else_branch=else_g),
-         helper.make_node("Add", ["stepped", "branched"], ["next_state"], name="add"),
-         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="cond")],
-        "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("state", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("next_state", TensorProto.FLOAT, None)])
-    graph = helper.make_graph(
-        [helper.make_node("Loop", ["trip", "", "x"], ["y"], name="loop", body=body)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6]),
-         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        weights + [numpy_helper.from_array(np.array(2, np.int64), "trip")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-BUILT = {"weight_as_input": _weight_as_input, "function": _function, "loop": _loop,
+BUILT = {"weight_as_input": _weight_as_input, "function": _function, "loop": loop_model,
          "identity_weight": lambda: depthwise_model(channels=8, weight_source="Identity"),
          "constant_weight": lambda: depthwise_model(channels=8, weight_source="Constant")}
 CASES = ([pytest.param(lambda p=path: onnx.load(p), g, id=f"{path.stem}-{g}") for path in SAMPLES

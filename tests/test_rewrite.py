@@ -5,7 +5,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import SAMPLE_DIR, assert_same_outputs, attr, conv_nodes, depthwise_model, initializer, random_inputs, run
+from helpers import (SAMPLE_DIR, assert_same_outputs, attr, conv_nodes, depthwise_model, initializer, loop_model,
+                     random_inputs, run)
 from onnx_diagwise import DiagwiseError, Reason, Selection, inspect, revert, rewrite
 from onnx_diagwise.weights import collapse_block_diagonal, expand_depthwise
 
@@ -297,33 +298,7 @@ def test_unsupported_opset_rejected():
 
 def test_loop_body_with_nested_if_rewritten():
     """A depthwise Conv in a Loop body and another in an If nested inside it, reading outer weights."""
-    rng = np.random.default_rng(3)
-    w_outer = numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "w_outer")
-    w_inner = numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "w_inner")
-    conv = lambda x, w, y, name: helper.make_node("Conv", [x, w], [y], name=name, group=8,  # noqa: E731
-                                                  pads=[1, 1, 1, 1])
-    then_g = helper.make_graph([conv("state", "w_inner", "t_out", "if_dw")], "then", [],
-                               [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)])
-    else_g = helper.make_graph([helper.make_node("Identity", ["state"], ["e_out"])], "else", [],
-                               [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
-    body = helper.make_graph(
-        [conv("state", "w_outer", "stepped", "loop_dw"),
-         helper.make_node("If", ["flag"], ["branched"], name="inner_if", then_branch=then_g, else_branch=else_g),
-         helper.make_node("Add", ["stepped", "branched"], ["next_state"]),
-         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
-        "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("state", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("next_state", TensorProto.FLOAT, None)])
-    graph = helper.make_graph(
-        [helper.make_node("Loop", ["trip", "", "x"], ["y"], name="loop", body=body)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6]),
-         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [w_outer, w_inner, numpy_helper.from_array(np.array(2, np.int64), "trip")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = loop_model()
     result = rewrite(model, group_size=4)
     assert sorted((n.name, n.graph) for n in result.report.rewritten) == [
         ("if_dw", "main/loop.body/inner_if.then_branch"), ("loop_dw", "main/loop.body")]
