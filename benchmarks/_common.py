@@ -68,7 +68,7 @@ def md_table(columns: list[str], rows: list[list[str]]) -> list[str]:
     return lines + [""]
 
 
-def write_results(result: dict, base: Path, markdown) -> Path:
+def write_result_files(result: dict, base: Path, markdown) -> Path:
     """RESULT as BASE.json, and as BASE.md: its title, command and environment, then MARKDOWN(result)."""
     base.parent.mkdir(parents=True, exist_ok=True)
     base.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines  # noqa: E402
 import networks  # noqa: E402
 import zoo  # noqa: E402
-from _common import RESULTS, md_table, write_results  # noqa: E402
+from _common import RESULTS, md_table, write_result_files  # noqa: E402
 
 from onnx_diagwise import InputOptions  # noqa: E402
 from onnx_diagwise.dims import make_inputs  # noqa: E402
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def save(result: dict, base: Path) -> Path:
-    return write_results(result, base, markdown)
+    return write_result_files(result, base, markdown)
 
 
 if __name__ == "__main__":

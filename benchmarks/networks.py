@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import baselines  # noqa: E402
 import zoo  # noqa: E402
-from _common import md_table, write_results  # noqa: E402
+from _common import md_table, write_result_files  # noqa: E402
 
 from onnx_diagwise import InputOptions, RuntimeConfig, TuneOptions, rewrite  # noqa: E402
 from onnx_diagwise.dims import make_inputs, with_input_shapes  # noqa: E402
@@ -466,7 +466,7 @@ def environment(args) -> dict:
 
 
 def write(result: dict, base: Path) -> Path:
-    return write_results(result, base, markdown)
+    return write_result_files(result, base, markdown)
 
 
 # ---------------------------------------------------------------- two processes side by side
