@@ -33,19 +33,11 @@ ModelOrPath = ModelProto | str | os.PathLike
 DEFAULT_WARN_GROWTH = 2.0
 
 
-def _policy(group_size: Any, plan) -> Policy | Auto:
-    """The policy of GROUP_SIZE (default 'paper'), or of PLAN (a plan file's path, a TunedPlan, a PlanPolicy)."""
-    if plan is None:
-        return parse_policy("paper" if group_size is None else group_size)
-    if group_size is not None:
-        raise DiagwiseError("give group_size or plan, not both: a plan says each node's form", "group_size", "plan")
-    if isinstance(plan, (str, os.PathLike)):
-        plan = TunedPlan.load(plan)
-    if isinstance(plan, TunedPlan):
-        plan = PlanPolicy(plan)
-    if not isinstance(plan, PlanPolicy):
-        raise DiagwiseError(f"plan must be a plan file's path, a TunedPlan or a PlanPolicy; got {type(plan).__name__}")
-    return plan
+def policy_of(group_size: Any) -> Policy | Auto:
+    """The policy GROUP_SIZE names ('paper' when None); a TunedPlan (a plan file) applies as PlanPolicy."""
+    if isinstance(group_size, TunedPlan):
+        return PlanPolicy(group_size)
+    return parse_policy("paper" if group_size is None else group_size)
 
 
 def _planned(model: ModelProto, policy: Policy, selection: Selection, input_shapes=None
@@ -133,28 +125,26 @@ def rewrite(
     tune_options: TuneOptions | None = None,
     input_shapes: Mapping[str, list[int]] | None = None,
     warn_growth: float = DEFAULT_WARN_GROWTH,
-    plan: TunedPlan | PlanPolicy | str | os.PathLike | None = None,
 ) -> RewriteResult:
     """Rewrite every chosen depthwise Conv into its new form: block-diagonal (G channels per
     group) or a lowering, as GROUP_SIZE (a policy, see onnx_diagwise.plan; 'paper' by default) says.
 
     group_size='auto' measures each layer on tune_options.provider and rewrites only what makes
     the model faster (result.tuning says why; result.tuning.save(path) keeps it as a plan file).
-    PLAN (a plan file, a TunedPlan, or PlanPolicy(plan, lenient=True)) applies what was measured
-    elsewhere, measuring nothing.  SELECTION says which nodes may be touched and pins named
+    A plan as group_size (TunedPlan.load(path), or PlanPolicy(plan, lenient=True)) applies what
+    was measured elsewhere, measuring nothing.  SELECTION says which nodes may be touched and pins named
     nodes' choices.  A ModelProto argument is copied first.  input_shapes sizes symbolic input
     dims for the FLOPs."""
-    return _rewrite(model_or_path, group_size, selection, tune_options, input_shapes, warn_growth, plan)
+    return _rewrite(model_or_path, group_size, selection, tune_options, input_shapes, warn_growth)
 
 
-def _rewrite(model_or_path, group_size, selection, tune_options, input_shapes, warn_growth, plan,
-             copy: bool = True) -> RewriteResult:
+def _rewrite(model_or_path, group_size, selection, tune_options, input_shapes, warn_growth, copy: bool = True) -> RewriteResult:
     """rewrite(); copy=False rewrites a ModelProto in place (files.rewrite_file's own, loaded copy)."""
     start = time.perf_counter()
     if not warn_growth > 1:
         raise DiagwiseError(f"warn_growth must be > 1; got {warn_growth}", "warn_growth")
     selection = selection or Selection()
-    policy = _policy(group_size, plan)
+    policy = policy_of(group_size)
     with opened(model_or_path, copy=copy) as (model, back):
         tuning = None
         if isinstance(policy, Auto):

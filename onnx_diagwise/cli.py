@@ -171,17 +171,16 @@ def rewrite(
     auto = plan is None and isinstance(policy, Auto)
     if plan_out is not None and not auto:
         raise DiagwiseError("--plan-out needs --group-size auto (a plan records what was measured)")
-    planned = None
     if plan is not None:
         from .tuning.planfile import PlanPolicy, TunedPlan
 
-        planned, policy = PlanPolicy(TunedPlan.load(plan), plan_lenient), None
+        policy = PlanPolicy(TunedPlan.load(plan), plan_lenient)
     config, inputs = session.config(), data.options()
     checking = tolerances.check(config, inputs, check_n, check)
     with progress_bar(printing.quiet or not auto) as progress, working("loading", printing.quiet or auto) as step:
         written = rewrite_file(input, output, policy, selection,
                                tuning.options(config, inputs, progress) if auto else None, checking,
-                               SaveOptions(external_data, step, warn_growth), plan=planned)
+                               SaveOptions(external_data, step, warn_growth))
     if plan_out is not None:
         written.result.tuning.save(plan_out)
     _print_written(written, input, printing)

@@ -20,7 +20,7 @@ from . import api
 from .dims import InputShapes, with_input_shapes
 from .errors import CheckFailed, DiagwiseError, RuntimeMissing, UnsizedDims
 from .model_io import LoadedModel, check_output_path, load_model, save_model
-from .plan import Auto, Selection, parse_policy
+from .plan import Auto, Selection
 from .report import RewriteResult
 from .reverter import revert as revert_model
 from .runtime import InputOptions, RuntimeConfig
@@ -145,17 +145,16 @@ def rewrite_file(
     tune_options: api.TuneOptions | None = None,
     check: CheckOptions | bool = True,
     save: SaveOptions = SaveOptions(),
-    plan: Any = None,
 ) -> FileResult:
     """Rewrite the model at SRC and write it to DST, checked against SRC first (CheckOptions; CPU by
     default): raises CheckFailed (with .validation) and writes nothing if any output differs.
 
-    group_size is a policy (see onnx_diagwise.plan; 'paper' by default), or PLAN applies a plan
-    file (see rewrite()); for 'auto', tune_options (default: on check.runtime) says how layers
+    group_size is a policy (see onnx_diagwise.plan; 'paper' by default) or a plan file's
+    TunedPlan (see rewrite()); for 'auto', tune_options (default: on check.runtime) says how layers
     are measured."""
     src, dst, step, check = Path(src), Path(dst), save.step or (lambda text: None), _options(check)
     warn_growth = save.warn_growth
-    auto = plan is None and isinstance(parse_policy("paper" if group_size is None else group_size), Auto)
+    auto = isinstance(api.policy_of(group_size), Auto)
     step(f"loading {src}")
     loaded, protected = _open(src, dst)
     sized = None
@@ -167,7 +166,7 @@ def rewrite_file(
         tune_options = replace(tune_options or api.TuneOptions(check.runtime), inputs=check.inputs)
     step("tuning" if auto else "rewriting")
     result = api._rewrite(loaded.model, group_size, selection, tune_options, sized.shapes if sized else None,
-                          warn_growth, plan, copy=False)
+                          warn_growth, copy=False)
     written = _save(result, loaded, src, dst, protected, save.external_data, check, "rewritten", step)
     written.input_shapes = sized
     return written

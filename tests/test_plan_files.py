@@ -53,7 +53,7 @@ def test_a_plan_applied_anywhere_gives_exactly_the_model_auto_wrote(tmp_path, mo
     auto = rewrite(model, "auto", tune_options=TuneOptions(timer=Timer(), use_cache=False))
     assert auto.report.rewritten  # something to carry over
     path = auto.tuning.save(tmp_path / "plan.json")
-    applied = rewrite(model, plan=path)
+    applied = rewrite(model, TunedPlan.load(path))
     assert applied.model.SerializeToString() == auto.model.SerializeToString()
     assert {n.name: n.code for n in applied.report.rewritten} == {n.name: Reason.PLANNED for n in auto.report.rewritten}
     assert all(n.reason.split(" (plan: ")[0] == m.reason.split(" (auto: ")[0]
@@ -117,9 +117,9 @@ def test_a_plan_that_does_not_fit_is_refused_naming_the_node(change, node, words
     plan = _tuned().plan
     model = _model_with(change)
     with pytest.raises(DiagwiseError) as refused:
-        rewrite(model, plan=plan)
+        rewrite(model, plan)
     assert str(refused.value).startswith(f"the plan does not fit the model: {words}"), str(refused.value)
-    lenient = rewrite(model, plan=PlanPolicy(plan, lenient=True))
+    lenient = rewrite(model, PlanPolicy(plan, lenient=True))
     chosen = {l.name for l in plan.layers if l.choice != "keep"}
     assert {n.name for n in lenient.report.rewritten} == chosen - {node}  # all that fits
     assert any(node in w for w in lenient.report.warnings) or any(
@@ -130,34 +130,32 @@ def test_other_mismatch_kinds():
     plan = _tuned().plan
     # another model entirely: the plan's nodes are missing from it
     with pytest.raises(DiagwiseError, match="node 'dw1' \\(main\\) of the plan is not a depthwise Conv.*13 more"):
-        rewrite(depthwise_model(channels=8, name="dw_other"), plan=plan)
+        rewrite(depthwise_model(channels=8, name="dw_other"), plan)
     # a signature field: the dtype the plan measured
     layer = next(l for l in plan.layers if l.name == "dw9")
     layer.signature["kernel"] = [5, 5]
     with pytest.raises(DiagwiseError, match="node 'dw9': kernel \\[5, 5\\] in the plan, \\[3, 3\\] in the model"):
-        rewrite(MV1, plan=plan)
+        rewrite(MV1, plan)
     # a static input dim measured at another size
     layer.signature["kernel"] = [3, 3]
     layer.input_shape = [1, 128, 9, 9]
     with pytest.raises(DiagwiseError, match="node 'dw9': input dim 2 is 14 in the model, tuned at 9"):
-        rewrite(MV1, plan=plan)
+        rewrite(MV1, plan)
 
 
-def test_plan_and_group_size_together_and_bad_plan_files(tmp_path):
+def test_bad_plan_files(tmp_path):
     plan = _tuned().plan
-    with pytest.raises(DiagwiseError, match="give group_size or plan, not both"):
-        rewrite(MV1, 8, plan=plan)
     (tmp_path / "bad.json").write_text("{nope")
     with pytest.raises(DiagwiseError, match="is not a plan file \\(not JSON\\)"):
-        rewrite(MV1, plan=tmp_path / "bad.json")
+        rewrite(MV1, TunedPlan.load(tmp_path / "bad.json"))
     (tmp_path / "other.json").write_text(json.dumps({"format": FORMAT, "version": 99, "layers": []}))
     with pytest.raises(DiagwiseError, match="format version 99"):
-        rewrite(MV1, plan=tmp_path / "other.json")
+        rewrite(MV1, TunedPlan.load(tmp_path / "other.json"))
     data = plan.to_dict()
     data["layers"][0]["choice"] = "polyphase:1"
     (tmp_path / "choice.json").write_text(json.dumps(data))
     with pytest.raises(DiagwiseError, match="choice takes a positive integer G"):
-        rewrite(MV1, plan=tmp_path / "choice.json")
+        rewrite(MV1, TunedPlan.load(tmp_path / "choice.json"))
 
 
 def test_plans_list_nodes_the_selection_left_alone():
@@ -165,7 +163,7 @@ def test_plans_list_nodes_the_selection_left_alone():
     report = tune(MV1, TuneOptions(timer=Timer(), use_cache=False), Selection(exclude="dw1[0-3]"))
     kept = {l.name: l.reason for l in report.plan.layers if l.choice == "keep"}
     assert "name matches exclude" in kept["dw10"]
-    assert rewrite(MV1, plan=report.plan).report.rewritten  # the plan covers every node: it applies
+    assert rewrite(MV1, report.plan).report.rewritten  # the plan covers every node: it applies
     assert len(plan.layers) == len(report.plan.layers) == 13
 
 
@@ -174,9 +172,9 @@ def test_the_pass_takes_a_plan_in_a_pass_manager():
     from onnx_diagwise.passes import DiagonalwisePass
 
     plan = _tuned().plan
-    expected = rewrite(MV1, plan=plan).model
+    expected = rewrite(MV1, plan).model
     model = ir.load(MV1)
-    result = ir.passes.PassManager([DiagonalwisePass(plan=plan)])(model)
+    result = ir.passes.PassManager([DiagonalwisePass(plan)])(model)
     assert result.modified
     got = ir.serde.serialize_model(model).graph  # onnx-ir writes value_info of its own: compare the rest
     assert list(got.node) == list(expected.graph.node)

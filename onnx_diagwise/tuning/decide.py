@@ -59,7 +59,7 @@ class TuneReport:
     dropped: list[str] = field(default_factory=list)  # dropped by the end-to-end check, in order
     summary: str = ""
     elapsed_s: float = 0.0
-    plan: TunedPlan | None = None  # the decisions as a plan file: save(), then rewrite(..., plan=...) anywhere
+    plan: TunedPlan | None = None  # the decisions as a plan file: save(), then rewrite(model, plan) anywhere
 
     def save(self, path) -> Path:
         """Write the decisions as a plan file (see tuning.planfile)."""
