@@ -92,7 +92,7 @@ def tolerance_for(dtype: np.dtype, scale: float, atol: float | None = None, rtol
     """(atol, rtol) for an output of DTYPE whose values reach SCALE: exact for integers and bools;
     for floats rtol by the precision it is computed in (PRECISION, else DTYPE) and atol = rtol * SCALE.
     A value the user gives is used as it is."""
-    if dtype.kind in "biuSU":
+    if dtype.kind in "biuSUO":
         return (0.0 if atol is None else atol, 0.0 if rtol is None else rtol)
     computed = precision or dtype.name
     default = TF32_RTOL if tf32 and computed == "float32" else DEFAULT_RTOL.get(computed, 1e-5)
@@ -169,11 +169,13 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
     if expected.dtype != actual.dtype:
         return OutputComparison(name, False, f"dtype {actual.dtype} differs from the original's {expected.dtype}",
                                 shape=list(expected.shape), dtype=str(expected.dtype))
-    # Integers are compared exactly unless the user gives a tolerance (±1 of a quantized output, say).
-    exact = expected.dtype.kind in "bSU" or (expected.dtype.kind in "iu" and atol is None and rtol is None)
+    # Integers are compared exactly unless the user gives a tolerance (±1 of a quantized output, say);
+    # strings (onnxruntime returns them as object arrays) always are, and have no scale.
+    text = expected.dtype.kind in "SUO"
+    exact = text or expected.dtype.kind == "b" or (expected.dtype.kind in "iu" and atol is None and rtol is None)
     e = expected if exact else expected.astype(np.float64)
     a = actual if exact else actual.astype(np.float64)
-    finite = np.abs(e[np.isfinite(e)]) if not exact else np.abs(e.astype(np.float64))
+    finite = np.abs(e[np.isfinite(e)]) if not exact else np.zeros(0) if text else np.abs(e.astype(np.float64))
     scale = float(finite.max()) if finite.size else 0.0
     lower = precision if precision and not exact and precision != expected.dtype.name else None
     a_tol, r_tol = tolerance_for(expected.dtype, scale, atol, rtol, tf32, lower)
@@ -202,7 +204,7 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
         with np.errstate(invalid="ignore"):
             diff = np.where(same, 0.0, np.abs(a - e))
         diff = np.where(np.isnan(diff), np.inf, diff)  # inf vs -inf, or a number vs inf
-        ok = same | (diff <= a_tol + r_tol * np.abs(e))
+        ok = same | (np.isfinite(e) & (diff <= a_tol + r_tol * np.abs(e)))  # an infinity's tolerance is no bound
         significant = np.abs(e) > a_tol  # relative errors of values near zero say nothing
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(significant & ~same, diff / np.abs(e), 0.0)
@@ -217,12 +219,12 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
                              diff.shape)
     result.worst_index = [int(i) for i in worst]
     floor = f", noise floor {noise:.1e}" if noise is not None else ""
-    stats = (f"max abs {result.max_abs:.1e} of values up to {scale:.3g}{floor}, max rel {result.max_rel:.1e} "
-             f"{tol_text}")
+    stats = ("strings, compared exactly" if text else
+             f"max abs {result.max_abs:.1e} of values up to {scale:.3g}{floor}, max rel {result.max_rel:.1e} {tol_text}")
     if result.mismatches:
         result.passed = False
         result.message = (f"{result.mismatches}/{e.size} elements differ; {stats}; worst at {result.worst_index}: "
-                          f"{_number(actual[worst].item())} vs original {_number(expected[worst].item())}")
+                          f"{_number(actual.item(worst))} vs original {_number(expected.item(worst))}")
     else:
         result.message = stats
     return result

@@ -34,6 +34,10 @@ CASES = {
     "NaN in both": (np.array([np.nan, 1.0], f32), np.array([np.nan, 1.0], f32), {}),
     "inf vs -inf": (np.array([np.inf, 1.0], f32), np.array([-np.inf, 1.0], f32), {}),
     "equal infinities": (np.array([np.inf, -np.inf], f32), np.array([np.inf, -np.inf], f32), {}),
+    "a number for inf": (np.array([np.inf, 1.0], f32), np.array([5.0, 1.0], f32), {}),
+    "strings": (np.array(["a", "b"]), np.array(["a", "c"]), {}),
+    "strings as objects": (np.array(["a", "b"], object), np.array(["a", "c"], object), {}),
+    "equal strings as objects": (np.array(["a", "b"], object), np.array(["a", "b"], object), {}),
     "near zero": (np.array([1e-9, 2.0], f32), np.array([2e-9, 2.0], f32), {}),
     "integers exact": (np.arange(6, dtype=np.int64), np.arange(6, dtype=np.int64) + (np.arange(6) == 4), {}),
     "integers with atol": (np.arange(6, dtype=np.int8), np.arange(6, dtype=np.int8) + (np.arange(6) == 4).astype(

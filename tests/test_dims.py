@@ -138,3 +138,236 @@ def test_exported_models_with_symbolic_dims_rewrite_with_defaults(tmp_path):
               for name in export_dynamic_models.MODELS}
     assert chosen["text_detector"] == chosen["text_detector_unnamed"] == [1, 3, 64, 64]
     assert chosen["text_recognizer"] == [1, 3, 48, 64] and chosen["speech_conformer"] == [1, 128, 256]
+
+
+def identity(*inputs: tuple) -> onnx.ModelProto:
+    """Each input (NAME, ELEM_TYPE, DIMS) passed through an Identity: the model runs with any sizes."""
+    values = [helper.make_tensor_value_info(name, elem, dims) for name, elem, dims in inputs]
+    nodes = [helper.make_node("Identity", [name], [f"{name}_out"]) for name, _, _ in inputs]
+    outputs = [helper.make_tensor_value_info(f"{name}_out", elem, None) for name, elem, _ in inputs]
+    return helper.make_model(helper.make_graph(nodes, "g", values, outputs), opset_imports=OPSET)
+
+
+FLOAT, INT = TensorProto.FLOAT, TensorProto.INT64
+
+
+@pytest.mark.parametrize("elem, dims, key, size", [
+    (FLOAT, ["N", 3, "time", 8], "time", 128),  # named like a sequence: a sequence length, wherever it is
+    (FLOAT, ["N", 3, "frame_height", 8], "frame_height", 64),  # named like both: an image size
+    (FLOAT, ["N", 3, None, 8], "x[2]", 64),  # spatial dims of 4-D and 5-D float inputs: image sizes
+    (FLOAT, ["N", 3, None, 4, 4], "x[2]", 64),
+    (INT, ["N", 2, None, 2], "x[2]", 16),  # not for integer inputs
+    (FLOAT, ["N", None, 8, 8], "x[1]", 3),  # channels of 4-D and 5-D inputs
+    (FLOAT, ["N", None, 4, 4, 4], "x[1]", 3),
+    (INT, ["N", None], "x[1]", 128),  # the last dim of 2-D and 3-D inputs: a sequence length
+    (INT, ["N", 8, None], "x[2]", 128),
+    (FLOAT, ["N", None, 8], "x[1]", 128),  # and the middle dim of a 3-D float input (N, T, features)
+    (INT, ["N", None, 8], "x[1]", 16),  # but not of an integer one
+    (INT, ["N", 2, 2, None], "x[3]", 16),  # other dims: small counts
+    (FLOAT, ["N", 2, None, 2, 2, 2], "x[2]", 16),
+])
+def test_each_kind_of_dim_starts_from_its_own_first_size(elem, dims, key, size):
+    resolved = resolve_input_shapes(identity(("x", elem, dims)))
+    assert resolved.sizes[key] == size and resolved.sources[key] == "tried"
+
+
+def test_describe_names_every_input_and_where_each_size_came_from():
+    model = identity(("a", FLOAT, ["N", "T"]), ("b", INT, [4, "K"]))
+    resolved = resolve_input_shapes(model, InputOptions(dims={"K": 5}))
+    assert resolved.describe() == ("input shapes 'a' 1x128, 'b' 4x5; symbolic dims N=1 (--batch), K=5 (--dim), "
+                                   "T=128 (the first size that runs)")
+    fixed = resolve_input_shapes(identity(("a", FLOAT, [2, 3]), ("b", INT, [4])))
+    assert fixed.describe() == "input shapes 'a' 2x3, 'b' 4"
+
+
+def test_a_dim_shared_by_inputs_is_named_once_with_every_place():
+    values = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", "T"]) for name in ("a", "b")]
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Reshape", ["s", "seven"], ["y"])]
+    seven = numpy_helper.from_array(np.array([7, -1], np.int64), "seven")  # no power of two runs
+    model = helper.make_model(helper.make_graph(nodes, "g", values, [helper.make_tensor_value_info(
+        "y", TensorProto.FLOAT, None)], [seven]), opset_imports=OPSET)
+    with pytest.raises(UnsizedDims) as caught:
+        resolve_input_shapes(model)
+    assert str(caught.value) == ("symbolic dims 'a' dim 1, 'b' dim 1 ('T') got no size with which the model runs "
+                                 "(tried T: [128, 64, 256, 16, 512, 1024]); give the sizes it expects, e.g. "
+                                 "InputOptions.shapes={'a': [1, 128], 'b': [1, 128]}")
+
+
+def test_fixed_dim_errors_show_unknown_dims_as_question_marks():
+    model = identity(("x", FLOAT, ["N", 1, None]))
+    with pytest.raises(DiagwiseError) as caught:
+        resolve_input_shapes(model, InputOptions(shapes={"x": [1, 2, 5]}))
+    assert str(caught.value) == ("InputOptions.shapes x: dim 1 is fixed at 1 in the model, not 2 (the model expects "
+                                 "[N, 1, ?])")
+
+
+def test_real_input_data_is_cast_within_its_kind_and_checked_against_fixed_dims():
+    from onnx_diagwise.dims import make_inputs
+
+    model = identity(("x", FLOAT, ["N", 1, None]))
+    data = np.arange(6, dtype=np.float64).reshape(2, 1, 3)
+    [(name, fed)] = make_inputs(model, InputOptions(data={"x": data})).items()
+    assert name == "x" and fed.dtype == np.float32 and fed.shape == (2, 1, 3)
+    np.testing.assert_array_equal(fed, data)
+    with pytest.raises(DiagwiseError) as caught:
+        make_inputs(model, InputOptions(data={"x": data.astype(np.int64)}))
+    assert str(caught.value) == "input data for 'x' is int64, the model wants float32"
+    with pytest.raises(DiagwiseError) as caught:
+        make_inputs(model, InputOptions(data={"x": np.zeros((2, 2, 3), np.float32)}))
+    assert str(caught.value) == "input data for 'x' has shape [2, 2, 3], the model wants ['N', 1, '?']"
+    with pytest.raises(DiagwiseError) as caught:
+        make_inputs(identity(("x", FLOAT, [2]), ("b", FLOAT, [2])), InputOptions(data={"z": np.zeros(2, np.float32)}))
+    assert str(caught.value) == "input data names 'z', which is not a model input (inputs: b, x)"
+
+
+def test_real_data_for_one_input_sizes_the_others_by_trial():
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "S"])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", "T"])
+    model = helper.make_model(helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g", [a, b], [
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]), opset_imports=OPSET)
+    resolved = resolve_input_shapes(model, InputOptions(data={"a": np.ones((1, 16), np.float32)}))
+    assert resolved.shapes == {"b": [1, 16]}  # 128, 64 and 256 do not add to a's 16
+    assert resolved.sources == {"N": "--batch", "T": "tried"}
+
+
+def test_each_size_that_fails_is_logged_with_the_first_line_of_its_error(monkeypatch, caplog):
+    import logging
+
+    import onnx_diagwise.dims as dims_module
+
+    class Refuses:
+        """A session that refuses its first runs with these errors."""
+
+        def __init__(self, errors):
+            self.errors, self.feeds = list(errors), []
+
+        def run(self, names, feeds, options):
+            self.feeds.append(feeds)
+            if self.errors:
+                raise self.errors.pop(0)
+            return []
+
+    session = Refuses([RuntimeError("\n bad size 128\nmore detail\n"), RuntimeError("")])  # a message, and none
+    monkeypatch.setattr(dims_module, "create_session", lambda model, config: session)
+    caplog.set_level(logging.INFO, logger="onnx_diagwise")
+    resolved = resolve_input_shapes(identity(("x", FLOAT, ["N", "T"])))
+    assert resolved.sizes == {"N": 1, "T": 256}
+    assert caplog.messages == ["  does not run with {'x': [1, 128]}: bad size 128",
+                               "  does not run with {'x': [1, 64]}: ",
+                               "input shapes 'x' 1x256; symbolic dims N=1 (--batch), T=256 (the first size that runs)"]
+    assert [(f["x"].shape, f["x"].dtype) for f in session.feeds] == [((1, 128), np.float32), ((1, 64), np.float32),
+                                                                      ((1, 256), np.float32)]
+
+
+def test_total_stride_multiplies_each_layers_largest_stride_up_to_64():
+    def strided(*strides):
+        nodes = []
+        for index, stride in enumerate(strides):
+            node = helper.make_node("MaxPool", [f"t{index}"], [f"t{index + 1}"], kernel_shape=[1, 1])
+            if stride is not None:  # None: no strides attribute; []: one without values (both stride 1)
+                node.attribute.append(helper.make_attribute("strides", stride) if stride else
+                                      onnx.AttributeProto(name="strides", type=onnx.AttributeProto.INTS))
+            nodes.append(node)
+        return helper.make_model(helper.make_graph(nodes, "g", [], []), opset_imports=OPSET)
+
+    assert total_stride(strided([2, 2], [1, 4], None)) == 8
+    assert total_stride(strided([], [2, 2])) == 2
+    assert total_stride(strided([4, 4], [4, 4], [8, 8])) == 64  # 128, capped
+    assert total_stride(strided()) == 1
+
+
+def test_candidate_sizes_by_kind():
+    assert candidates("image", 1) == [64, 224, 256, 320, 512, 640, 32]
+    assert candidates("image", 3) == [192]  # no image size is a multiple of 3: 64 of its steps
+    assert candidates("sequence", 8) == [128, 64, 256, 16, 512, 1024]
+    assert candidates("channels", 8) == [3, 1, 4, 16, 64]
+    assert candidates("count", 8) == [16, 64, 1, 8, 128]
+
+
+@pytest.mark.parametrize("options, message, parameter", [
+    (InputOptions(shapes={"": [2, 7]}), "InputOptions.shapes without a name works only for a one-input model",
+     "InputOptions.shapes"),
+    (InputOptions(shapes={"z": [1]}), "InputOptions.shapes names 'z', which is not a model input (inputs: a, b)",
+     "InputOptions.shapes"),
+    (InputOptions(dims={"z": 1}), "InputOptions.dims z=...: the model's inputs have no dim named 'z' (symbolic dims: "
+     "N, T)", "InputOptions.dims"),
+    (InputOptions(batch=0), "batch must be >= 1; got 0", "batch"),
+    (InputOptions(shapes={"b": [2]}), "InputOptions.shapes b: rank 1 does not match the model's rank 2",
+     "InputOptions.shapes"),
+    (InputOptions(shapes={"b": [1, 4]}), "InputOptions.shapes b: dim 1 is fixed at 3 in the model, not 4 (the model "
+     "expects [N, 3])", "InputOptions.shapes"),
+])
+def test_wrong_sizes_are_refused_naming_the_option(options, message, parameter):
+    model = identity(("b", FLOAT, ["N", 3]), ("a", FLOAT, [2, "T"]))
+    with pytest.raises(DiagwiseError) as caught:
+        resolve_input_shapes(model, options)
+    assert str(caught.value) == message and caught.value.parameters == (parameter,)
+
+
+def test_dims_of_a_model_without_symbolic_dims_are_refused():
+    with pytest.raises(DiagwiseError) as caught:
+        resolve_input_shapes(identity(("a", FLOAT, [2, 3])), InputOptions(dims={"T": 1}))
+    assert str(caught.value) == ("InputOptions.dims T=...: the model's inputs have no dim named 'T' (symbolic dims: "
+                                 "none)")
+
+
+def test_a_shape_for_one_input_leaves_the_others_to_the_rule():
+    model = identity(("b", FLOAT, ["N", 3]), ("a", FLOAT, [2, "T"]))
+    resolved = resolve_input_shapes(model, InputOptions(shapes={"b": [5, 3]}))
+    assert resolved.shapes == {"b": [5, 3], "a": [2, 128]}
+
+
+def test_declared_sizes_are_kept():
+    resolved = resolve_input_shapes(identity(("x", FLOAT, ["N", 1, None])))
+    assert resolved.shapes == {"x": [1, 1, 128]} and resolved.sizes == {"N": 1, "x[2]": 128}
+
+
+@pytest.mark.parametrize("elements, sizes", [(128 * 4 + 32 * 8, {"N": 1, "K": 128, "H": 32}), (100 * 4, None)])
+def test_dims_move_to_their_next_size_together_and_shorter_lists_keep_their_last(elements, sizes):
+    """K (a count: 16, 64, 1, 8, 128) and H (an image size: 64, ..., 640, 32): the model runs only
+    with K = 128, H = 32, the last size of each list, or (400 elements) with none."""
+    values = [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 2, 2, "K"]),
+              helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "H", 8])]
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["xf", "flat"], ["xs"]), helper.make_node("Reshape", ["y", "flat"], ["ys"]),
+             helper.make_node("Concat", ["xs", "ys"], ["both"], axis=0),
+             helper.make_node("Reshape", ["both", "total"], ["z"])]
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+             numpy_helper.from_array(np.array([elements], np.int64), "total")]
+    model = helper.make_model(helper.make_graph(nodes, "g", values, [helper.make_tensor_value_info(
+        "z", TensorProto.FLOAT, None)], inits), opset_imports=OPSET)
+    if sizes:
+        assert resolve_input_shapes(model).sizes == sizes
+        return
+    with pytest.raises(UnsizedDims) as caught:
+        resolve_input_shapes(model)
+    assert str(caught.value) == (
+        "symbolic dims 'x' dim 3 ('K'); 'y' dim 2 ('H') got no size with which the model runs (tried K: [16, 64, 1, "
+        "8, 128], H: [64, 224, 256, 320, 512, 640, 32]); give the sizes it expects, e.g. InputOptions.shapes={'x': "
+        "[1, 2, 2, 16], 'y': [1, 1, 64, 8]}")
+
+
+def test_sizes_are_tried_on_the_configuration_given_and_kept_in_the_options(monkeypatch):
+    import onnx_diagwise.dims as dims_module
+    from onnx_diagwise.dims import with_input_shapes
+    from onnx_diagwise.runtime import RuntimeConfig
+
+    real, seen = dims_module.create_session, []
+
+    def spy(model, config):
+        seen.append(config)
+        return real(model, config)
+
+    monkeypatch.setattr(dims_module, "create_session", spy)
+    model = identity(("x", FLOAT, ["N", "T"]))
+    single = RuntimeConfig("cpu", threads=1)
+    options, resolved = with_input_shapes(model, InputOptions(batch=2), single)
+    assert options == InputOptions(batch=2, shapes={"x": [2, 128]}) and resolved.sizes == {"N": 2, "T": 128}
+    assert seen == [single]
+    assert with_input_shapes(model, None)[0] == InputOptions(shapes={"x": [1, 128]})
+    assert seen[1:] == [RuntimeConfig("cpu")]  # by default on the CPU
+
+
+def test_a_shape_without_a_name_is_the_one_inputs():
+    resolved = resolve_input_shapes(identity(("x", FLOAT, ["N", 3])), InputOptions(shapes={"": [4, 3]}))
+    assert resolved.shapes == {"x": [4, 3]}

@@ -379,3 +379,320 @@ def test_compare_fills_every_field():
         "worst at [2]: 6.0e-01 vs original 5.0e-01")
     zero = compare("y", np.zeros(3, np.float32), np.zeros(3, np.float32))
     assert zero.passed and zero.scale == 0.0 and zero.atol == 0.0
+
+
+def _failed(name, max_abs, noise, dtype="float32"):
+    from onnx_diagwise.validation import OutputComparison
+
+    return OutputComparison(name, False, "some elements differ", dtype=dtype, max_abs=max_abs, noise=noise)
+
+
+def test_advice_weighs_each_failed_output_against_the_noise_floor():
+    from onnx_diagwise.validation import OutputComparison, ValidationReport, advice, failure_message
+
+    outputs = [
+        OutputComparison("good", True, "max abs 0", dtype="float32", max_abs=1e-9, noise=1e-9),
+        _failed("unmeasured", 0.25, None),  # no noise floor: nothing to weigh, but still widened
+        _failed("near", 3e-5, 1e-5),  # 3x the noise
+        _failed("wrong_shape", None, 1e-5),  # no values compared
+        _failed("edge", 0.5, 0.05),  # exactly 10x: still rounding
+        _failed("hundred", 1.0, 0.01),  # exactly 100x
+        _failed("just_over", 1.006, 0.01),
+        _failed("same", 2e-3, 0.0),  # the original did not move at all
+        _failed("far", 0.12345, 1e-5),
+        _failed("infinite", float("inf"), 1e-3),
+        _failed("zero", 0.0, None),
+        _failed("ints", 2.0, None, dtype="int64"),
+        _failed("brain", 0.5, None, dtype="bfloat16"),
+        _failed("half", 4e-3, None, dtype="float16"),
+        _failed("unknown_dtype", 0.5, None, dtype=None),
+    ]
+    report = ValidationReport("CPUExecutionProvider", 3, outputs)
+    widen = {"unmeasured": 0.5, "near": 6e-05, "edge": 1.0, "hundred": 2.0, "just_over": 2.0, "same": 0.004,
+             "far": 0.25, "brain": 1.0, "half": 0.008}
+    assert advice(report) == [
+        "output 'near': the error (max abs 3.0e-05) is 3.0x the runtime's own noise floor (1.0e-05), within 10x of "
+        "it: likely rounding that these inputs magnify, not a wrong result",
+        "output 'edge': the error (max abs 5.0e-01) is 10.0x the runtime's own noise floor (5.0e-02), within 10x of "
+        "it: likely rounding that these inputs magnify, not a wrong result",
+        "output 'hundred': the error (max abs 1.0e+00) is 100x the runtime's own noise floor (1.0e-02), more than "
+        "10x it: likely a real difference",
+        "output 'just_over': the error (max abs 1.0e+00) is 101x the runtime's own noise floor (1.0e-02), more than "
+        "10x it: likely a real difference",
+        "output 'same': the original gave the same values in both configurations, so the difference (max abs "
+        "2.0e-03) is the candidate's, not the runtime's noise",
+        "output 'far': the error (max abs 1.2e-01) is 12,345x the runtime's own noise floor (1.0e-05), more than "
+        "10x it: likely a real difference",
+        f"what to do: run the check on real inputs (InputOptions.data); or allow differences of this size "
+        f"(atol={widen!r}); or skip the check (check=False)",
+    ]
+    assert advice(report, skippable=False)[-1] == (f"what to do: run the check on real inputs (InputOptions.data); "
+                                                   f"or allow differences of this size (atol={widen!r})")
+    flags = advice(report, spell=lambda option, value: f"--{option} {value}")
+    assert flags[-1] == (f"what to do: run the check on real inputs (--InputOptions.data None); or allow differences "
+                         f"of this size (--atol {widen}); or skip the check (--check False)")
+    message = failure_message(report, "check failed")
+    assert message.split("\n")[:3] == ["check failed", "FAILED | output 'unmeasured' | some elements differ",
+                                       "FAILED | output 'near' | some elements differ"]
+    assert "PASSED" not in message and message.endswith("or skip the check (check=False)")
+    message = failure_message(report, "check failed", skippable=False, spell=lambda option, value: f"--{option}")
+    assert message.endswith("\nwhat to do: run the check on real inputs (--InputOptions.data); or allow differences of "
+                            "this size (--atol)")
+
+
+def test_advice_without_a_size_to_widen_offers_real_inputs_and_skipping():
+    from onnx_diagwise.validation import OutputComparison, ValidationReport, advice
+
+    report = ValidationReport("CPUExecutionProvider", 1, [_failed("ints", 3.0, None, dtype="int64"),
+                                                          OutputComparison("gone", False, "missing")])
+    assert advice(report) == ["what to do: run the check on real inputs (InputOptions.data); or skip the check "
+                              "(check=False)"]
+    assert advice(report, skippable=False) == ["what to do: run the check on real inputs (InputOptions.data)"]
+
+
+def test_output_lines_say_passed_or_failed():
+    from onnx_diagwise.validation import OutputComparison
+
+    assert OutputComparison("y", True, "max abs 0").line() == "PASSED | output 'y' | max abs 0"
+    assert OutputComparison("y", False, "missing").line() == "FAILED | output 'y' | missing"
+
+
+def test_noise_floor_of_float_outputs_over_finite_elements():
+    from onnx_diagwise.validation import noise_floor
+
+    e = np.array([1.0, np.nan, np.inf, -2.0], np.float32)
+    assert noise_floor(e, np.array([1.5, 3.0, 7.0, -2.25], np.float32)) == 0.5  # NaN and inf in either: ignored
+    assert noise_floor(e, np.array([np.nan, 0.0, 0.0, -1.0], np.float32)) == 1.0
+    assert noise_floor(np.array([np.nan, np.inf]), np.array([np.nan, 1.0])) == 0.0  # nothing finite in both
+    assert noise_floor([1.0, 2.0], [1.0, 2.0]) == 0.0  # lists are arrays too
+    for kind in (np.int64, np.uint8, np.bool_):
+        assert noise_floor(np.array([1, 0], kind), np.array([0, 1], kind)) is None  # integers are exact
+    assert noise_floor(np.array(["a"]), np.array(["b"])) is None
+    assert noise_floor(np.array([1.0, 2.0]), np.array([1.0, 2.0, 3.0])) is None  # another shape
+    assert noise_floor(np.array([1.0, 2.0]), np.array([1.0], np.float64)) is None
+    assert noise_floor(np.array([1.0, 2.0]), np.array([1.0, 2.0], np.float32)) is None  # another dtype
+
+
+def test_computed_in_follows_layout_ops_back_to_a_cast_of_low_precision_values():
+    from onnx_diagwise.validation import computed_in
+
+    def chain(top, length, out):
+        return [helper.make_node("Identity", [top if i == 0 else f"{out}{i}"], [f"{out}{i + 1}" if i < length - 1
+                                                                                else out]) for i in range(length)]
+
+    nodes = [helper.make_node("Cast", ["x"], ["a"], to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["x"], ["wide"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["wide", "shape"], ["flat"]), helper.make_node("Identity", ["flat"], ["b"]),
+             helper.make_node("Relu", ["wide"], ["c"]),  # computed in float32 after the Cast
+             helper.make_node("Cast", ["x"], ["brain"], to=TensorProto.BFLOAT16),
+             helper.make_node("Cast", ["brain"], ["d"], to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["z"], ["e"], to=TensorProto.FLOAT),  # from float32
+             helper.make_node("Mystery", ["x"], ["unknown"], domain="custom.ops"),
+             helper.make_node("Cast", ["unknown"], ["f"], to=TensorProto.FLOAT),  # from a type onnx cannot infer
+             *chain("wide", 63, "g"),  # the Cast is the 64th node back: found
+             *chain("wide", 64, "h")]  # the 65th: not looked for
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 3]),
+                     helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in "abcdefgh"]
+        + [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3])],  # an input passed through
+        [numpy_helper.from_array(np.array([6], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.ops", 1)])
+    assert computed_in(model) == {"a": "float16", "b": "float16", "d": "bfloat16", "g": "float16"}
+
+
+def test_tolerance_errors_name_their_parameter():
+    from onnx_diagwise.validation import check_tolerances
+
+    for atol, rtol, parameter in (({"z": 1.0}, None, "atol"), (None, {"z": 1.0}, "rtol"), (-1.0, None, "atol"),
+                                  (None, -1.0, "rtol")):
+        with pytest.raises(DiagwiseError) as caught:
+            check_tolerances(atol, rtol, ["y"])
+        assert caught.value.parameters == (parameter,)
+
+
+def _passthrough(*inputs, elem=TensorProto.FLOAT):
+    """y = the sum of INPUTS (NAME, DIMS)."""
+    values = [helper.make_tensor_value_info(name, elem, dims) for name, dims in inputs]
+    node = helper.make_node("Sum", [name for name, _ in inputs], ["y"])
+    return helper.make_model(helper.make_graph([node], "g", values, [helper.make_tensor_value_info("y", elem, None)]),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_models_that_take_other_inputs_cannot_be_compared():
+    original = _passthrough(("x", [2, 3]), ("w", [2, 3]))
+    with pytest.raises(DiagwiseError) as caught:
+        validate(original, _passthrough(("x", [2, 3]), ("z", [2, 3])), check_n=1)
+    assert str(caught.value) == ("the models cannot be compared: the candidate's input 'z' is not an input of the "
+                                 "original (its inputs: x, w)")
+    with pytest.raises(DiagwiseError) as caught:
+        validate(original, _passthrough(("x", [1, 2, 3])), check_n=1)
+    assert str(caught.value) == ("the models cannot be compared: input 'x' is tensor(float) of rank 3 in the "
+                                 "candidate, tensor(float) of rank 2 in the original")
+    assert validate(original, _passthrough(("x", [2, 3]), ("w", [2, 3])), check_n=1).passed
+
+
+def test_report_as_a_dict():
+    from onnx_diagwise.validation import OutputComparison, ValidationReport
+
+    model = _passthrough(("x", [2, 3]))
+    data = validate(model, model, check_n=2).to_dict()
+    assert sorted(data) == ["config", "noise_floor", "outputs", "passed", "provider", "runs", "tf32"]
+    assert (data["passed"], data["provider"], data["runs"], data["tf32"]) == (True, "CPUExecutionProvider", 2, False)
+    assert data["noise_floor"]["factor"] == 4 and sorted(data["noise_floor"]) == ["config", "factor"]
+    assert data["noise_floor"]["config"] == validate(model, model, check_n=1).noise_config
+    assert data["config"] == RuntimeConfig().to_dict()
+    [output] = data["outputs"]
+    assert output["name"] == "y" and output["passed"] and output["elements"] == 6
+    report = ValidationReport("CPUExecutionProvider", 1, [OutputComparison("y", False, "missing")], tf32=True)
+    assert report.to_dict() == {"passed": False, "provider": "CPUExecutionProvider", "runs": 1, "tf32": True,
+                                "config": {}, "noise_floor": None, "outputs": [
+                                    {**OutputComparison("y", False, "missing").__dict__}]}
+
+
+@pytest.mark.parametrize("runs, kept", [
+    ([(True, 0.1), (False, 0.2), (True, 0.3)], 1),  # a failed run outweighs every passed one
+    ([(False, 0.5), (True, 0.9), (False, 0.2)], 0),
+    ([(True, 0.1), (True, 0.3), (True, 0.2)], 1),  # else the largest difference
+    ([(False, 0.5), (False, None), (False, 0.2)], 0),  # no difference measured (a shape mismatch, say) counts as 0
+    ([(False, None), (False, 0.5), (False, 0.2)], 1),
+    ([(True, 0.0), (True, 0.0), (True, 0.0)], 0),  # ties: the first run's
+])
+def test_the_report_keeps_the_worst_run_of_each_output(monkeypatch, runs, kept):
+    import onnx_diagwise.validation as validation_module
+    from onnx_diagwise.validation import OutputComparison
+
+    results = iter([OutputComparison("y", passed, f"run {index}", max_abs=max_abs)
+                    for index, (passed, max_abs) in enumerate(runs)])
+    monkeypatch.setattr(validation_module, "compare", lambda *args: next(results))
+    model = _passthrough(("x", [2, 3]))
+    [output] = validate(model, model, check_n=3).outputs
+    assert output.message == f"run {kept}"
+
+
+def test_validate_errors_name_their_parameter():
+    model = _passthrough(("x", [2, 3]))
+    for kwargs, message, parameter in (({"check_n": 0}, "check_n must be >= 1; got 0", "check_n"),
+                                       ({"seed": -1}, "seed must be >= 0; got -1", "seed"),
+                                       ({"atol": {"z": 1.0}}, "atol names 'z', which is not an output of the model "
+                                        "(outputs: y)", "atol"),
+                                       ({"rtol": {"z": 1.0}}, "rtol names 'z', which is not an output of the model "
+                                        "(outputs: y)", "rtol")):
+        with pytest.raises(DiagwiseError) as caught:
+            validate(model, model, **kwargs)
+        assert str(caught.value) == message and caught.value.parameters == (parameter,)
+
+
+def test_a_model_that_cannot_run_is_named():
+    runs = _passthrough(("x", ["N", 3]))
+    fails = helper.make_model(helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([7, -1], np.int64), "shape")]), opset_imports=[helper.make_opsetid("", 17)])
+    data = InputOptions(data={"x": np.zeros((2, 3), np.float32)})  # 6 values: no 7 rows
+    for original, candidate, which in ((fails, runs, "the original"), (runs, fails, "the candidate")):
+        with pytest.raises(DiagwiseError) as caught:
+            validate(original, candidate, inputs=data)
+        assert str(caught.value).startswith(f"onnxruntime could not run {which} with inputs 'x' float32[2, 3] "
+                                            "(it expects 'x' tensor(float)['N', 3]): ")
+
+
+def test_run_k_uses_seed_plus_k_and_the_report_keeps_the_worst():
+    model = _passthrough(("x", [3]))
+    scaled = scaled_outputs(model, 1.01)  # off by 1% of each input: the difference depends on the inputs
+
+    def max_abs(**kwargs):
+        return validate(model, scaled, **kwargs).outputs[0].max_abs
+
+    single = {seed: max_abs(check_n=1, seed=seed) for seed in (0, 1, 3, 4, 5)}
+    assert max_abs(check_n=1) == single[0] != single[1]  # the default seed is 0
+    assert single[3] < max(single[4], single[5])  # else this test would not tell the runs apart
+    assert max_abs(check_n=3, seed=3) == max(single[3], single[4], single[5])
+
+
+@pytest.mark.parametrize("opt_level, noise_level", [("all", "basic"), ("basic", "all"), ("disable", None)])
+def test_noise_floor_is_measured_on_the_original_at_another_optimization_level(monkeypatch, opt_level, noise_level):
+    import onnx_diagwise.validation as validation_module
+
+    real, levels = validation_module.create_session, []
+
+    def spy(model, config):
+        levels.append(config.opt_level)
+        return real(model, config)
+
+    monkeypatch.setattr(validation_module, "create_session", spy)
+    model = _passthrough(("x", [2, 3]))
+    report = validate(model, model, RuntimeConfig("cpu", opt_level=opt_level), check_n=1)
+    if noise_level is None:  # no other level to compare with: not measured
+        assert levels == [opt_level, opt_level] and report.noise_config is None and report.outputs[0].noise is None
+        assert report.to_dict()["noise_floor"] is None
+    else:
+        assert levels == [opt_level, noise_level, opt_level] and report.outputs[0].noise == 0.0
+        assert report.noise_config == {"graph_optimization_level": noise_level}
+        assert report.to_dict()["noise_floor"] == {"factor": 4, "config": {"graph_optimization_level": noise_level}}
+
+
+def test_tf32_is_turned_off_for_the_check_unless_allowed(monkeypatch):
+    """On a provider with TF32 (CUDA, here run on the CPU): the check turns it off, so float32 is
+    judged as float32; allow_tf32 keeps the provider's default and judges float32 as TF32."""
+    import onnx_diagwise.validation as validation_module
+    from onnx_diagwise.runtime import create_session
+
+    seen = []
+
+    def on_cpu(model, config):
+        seen.append(dict(config.checked_options))
+        return create_session(model, RuntimeConfig("cpu"))
+
+    monkeypatch.setattr(validation_module, "create_session", on_cpu)
+    model = _passthrough(("x", [2, 3]))
+    strict = validate(model, model, RuntimeConfig("cuda"), check_n=1)
+    assert not strict.tf32 and strict.outputs[0].rtol == 1e-5
+    assert strict.config["provider_options"] == {"use_tf32": "0"} and seen == [{"use_tf32": "0"}] * 3
+    seen.clear()
+    loose = validate(model, model, RuntimeConfig("cuda"), check_n=1, allow_tf32=True)
+    assert loose.tf32 and loose.outputs[0].rtol == 5e-3
+    assert loose.config["provider_options"] == {} and seen == [{}] * 3
+
+
+def test_symbolic_dims_are_sized_once_on_the_configuration_checked(monkeypatch):
+    import onnx_diagwise.dims as dims_module
+
+    real, seen = dims_module.create_session, []
+
+    def spy(model, config):
+        seen.append(config)
+        return real(model, config)
+
+    monkeypatch.setattr(dims_module, "create_session", spy)
+    model = _passthrough(("x", ["N", "T"]))
+    config = RuntimeConfig("cpu", threads=1)
+    report = validate(model, model, config, InputOptions(batch=2), check_n=3)
+    assert report.passed and [(c.provider, c.threads) for c in seen] == [("cpu", 1)]  # not once per run
+    assert report.outputs[0].shape == [2, 128]
+
+
+def test_compare_of_zeros_and_infinities_warns_nothing():
+    """Zeros and infinities in the original (0/0, x/0, inf - inf inside) are compared without numpy
+    warnings: a caller running with warnings as errors gets a report, not an exception."""
+    import warnings
+
+    e = np.array([0.0, 0.0, np.inf, np.inf, -np.inf, 1.0], np.float32)
+    a = np.array([0.0, 1.0, np.inf, -np.inf, 5.0, 1.0], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = compare("y", e, a)
+    # 0 for 0, 1 for 0, the same inf; -inf and a number where the original has an infinity are wrong
+    assert not r.passed and r.mismatches == 3 and r.worst_index == [3] and r.scale == 1.0
+
+
+def test_compare_boundaries_are_inclusive():
+    one = np.array([1.0], np.float32)
+    at = compare("y", one, one + np.float32(0.5), atol=0.5, rtol=0.0)  # |a - e| == atol + rtol * |e|: passes
+    assert at.passed and at.mismatches == 0 and at.max_abs == 0.5
+    near_zero = compare("y", np.array([0.5, 2.0], np.float32), np.array([0.75, 2.0], np.float32), atol=0.5)
+    assert near_zero.passed and near_zero.max_rel == 0.0  # |e| == atol is near zero: no relative error
+    # 4x the noise floor equal to the default atol: the default stands (it is not raised by the noise)
+    r = compare("y", np.array([1.0, -0.5], np.float32), np.array([1.0, -0.5], np.float32), noise=2.5e-6)
+    assert r.atol == 1e-5 and "4x the noise floor" not in r.message and r.message.endswith("(atol 1.0e-05, rtol 1e-05)")
