@@ -201,3 +201,116 @@ def test_command_line_tunes_to_a_plan_and_applies_it(tmp_path):
     r = cli("rewrite", CONFORMER, tmp_path / "auto.onnx", "-g", "auto", "--threads", "1", "--time-budget", "5",
             "--no-cache", "--plan-out", tmp_path / "auto-plan.json")
     assert r.returncode == 0 and TunedPlan.load(tmp_path / "auto-plan.json").layers, r.stderr
+
+
+# ---------------------------------------------------------------- what a refusal and a lenient plan say
+
+
+def _without(plan, node):
+    """PLAN with NODE's entry removed (as if tuned on a model without it)."""
+    plan.layers = [layer for layer in plan.layers if layer.name != node]
+    return plan
+
+
+def test_a_refusal_names_the_flag_that_applies_what_fits_and_counts_the_other_differences():
+    one = _without(_tuned().plan, "dw13")  # exactly one difference: a node of the model not in the plan
+    with pytest.raises(DiagwiseError) as refused:
+        rewrite(MV1, one)
+    assert str(refused.value) == ("the plan does not fit the model: node 'dw13' (main) of the model is not in the plan"
+                                  " (plan_lenient applies what fits)")
+    assert refused.value.parameters == ("plan_lenient",)
+    two = _without(_without(_tuned().plan, "dw13"), "dw12")
+    with pytest.raises(DiagwiseError) as refused:
+        rewrite(MV1, two)
+    assert str(refused.value) == ("the plan does not fit the model: node 'dw12' (main) of the model is not in the plan"
+                                  " (and 1 more difference(s); plan_lenient applies what fits)")
+    assert refused.value.parameters == ("plan_lenient",)
+
+
+def test_a_refused_node_names_the_flag_that_applies_what_fits():
+    with pytest.raises(DiagwiseError) as refused:
+        rewrite(_model_with(_nudge), _tuned().plan)
+    assert str(refused.value) == ("the plan does not fit the model: node 'dw9': its weight differs from the one the "
+                                  "plan measured (sha256) (plan_lenient applies what fits)")
+    assert refused.value.parameters == ("plan_lenient",)
+
+
+def test_a_lenient_plan_says_why_each_node_kept_its_form():
+    plan = _without(_tuned().plan, "dw13")
+    kept_reason = next(layer.reason for layer in plan.layers if layer.name == "dw1")
+    result = rewrite(_model_with(_nudge), PlanPolicy(plan, lenient=True))
+    nodes = {n.name: n for n in result.report.nodes}
+    assert (nodes["dw13"].code, nodes["dw13"].reason) == (Reason.NOT_IN_PLAN, "not in the plan")
+    assert (nodes["dw9"].code, nodes["dw9"].reason) == (
+        Reason.PLAN_MISMATCH, "the plan does not fit this node: its weight differs from the one the plan measured (sha256)")
+    assert (nodes["dw1"].code, nodes["dw1"].reason) == (Reason.KEPT_BY_MEASUREMENT, f"plan: {kept_reason}")
+    assert nodes["dw10"].code == Reason.PLANNED
+    assert result.report.policy == "plan"
+    assert result.report.warnings == ["node 'dw13' (main) of the model is not in the plan"]
+
+
+def _batch(size):
+    def change(model):
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = size  # MV1's batch is 'N'
+    return change
+
+
+def test_a_static_dim_of_1_measured_at_another_size_does_not_fit():
+    plan = _tuned().plan
+    layer = next(l for l in plan.layers if l.name == "dw9")
+    layer.input_shape = [2] + layer.input_shape[1:]  # tuned at batch 2
+    with pytest.raises(DiagwiseError, match="node 'dw9': input dim 0 is 1 in the model, tuned at 2"):
+        rewrite(_model_with(_batch(1)), plan)
+
+
+def test_a_dim_written_as_0_is_no_static_size_and_fits_any_plan():
+    plan = _tuned().plan  # tuned at batch 1
+    result = rewrite(_model_with(_batch(0)), plan)
+    assert {n.name for n in result.report.rewritten} == {l.name for l in plan.layers if l.choice != "keep"}
+
+
+def test_saved_plans_put_one_field_per_line_for_version_control(tmp_path):
+    path = _tuned().plan.save(tmp_path / "p.json")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "{" and lines[1] == ' "format": "onnx-diagwise plan",' and lines[2] == ' "version": 1,'
+    assert path.read_text().endswith("}\n") and len(lines) > 100
+
+
+def test_plans_that_cannot_be_written_or_read_name_the_file_and_the_cause(tmp_path):
+    plan = _tuned().plan
+    missing = tmp_path / "no such folder" / "p.json"
+    with pytest.raises(DiagwiseError) as refused:
+        plan.save(missing)
+    assert str(refused.value) == f"cannot write the plan '{missing}': No such file or directory"
+    assert not list(tmp_path.iterdir())  # nothing left behind
+    with pytest.raises(DiagwiseError) as refused:
+        TunedPlan.load(missing)
+    assert str(refused.value) == f"cannot read the plan '{missing}': No such file or directory"
+
+
+NOT_PLANS = {
+    "another format": ({"format": "some other tool", "version": 1, "layers": []}, 'no "format": "onnx-diagwise plan"'),
+    "a list": ([], 'no "format": "onnx-diagwise plan"'),
+    "a number": (1, 'no "format": "onnx-diagwise plan"'),
+}
+
+
+@pytest.mark.parametrize("content, words", NOT_PLANS.values(), ids=NOT_PLANS.keys())
+def test_json_that_is_no_plan_is_refused_in_one_line(tmp_path, content, words):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(DiagwiseError) as refused:
+        TunedPlan.load(path)
+    assert str(refused.value) == f"'{path}' is not a plan file this version reads: {words}"
+
+
+def test_a_plan_records_the_cuda_and_cudnn_versions_the_onnxruntime_build_names(monkeypatch):
+    from onnxruntime.capi import build_and_package_info as build
+
+    for key in ("cuda_version", "cudnn_version"):
+        monkeypatch.delattr(build, key, raising=False)
+    assert _tuned().plan.measured_on == {"provider": "fake", "device": "test device"}  # a CPU build names none
+    monkeypatch.setattr(build, "cuda_version", "12.4", raising=False)
+    monkeypatch.setattr(build, "cudnn_version", "9.1.0", raising=False)
+    assert _tuned().plan.measured_on == {"provider": "fake", "device": "test device", "cuda_version": "12.4",
+                                         "cudnn_version": "9.1.0"}

@@ -335,3 +335,228 @@ def test_an_unwritable_cache_folder_only_warns(tmp_path, caplog):
     r = cli("rewrite", MV2, tmp_path / "x.onnx", "-g", "auto", "--threads", "1", "--cache-dir",
             tmp_path / "file" / "cache", "--time-budget", "1")
     assert r.returncode == 0 and "cannot write the tuning cache" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- where the cache lives, what timers see
+
+
+CACHE_HOMES = {
+    "ONNX_DIAGWISE_CACHE_DIR first": ({"ONNX_DIAGWISE_CACHE_DIR": "own", "XDG_CACHE_HOME": "xdg"}, "own"),
+    "then XDG_CACHE_HOME": ({"XDG_CACHE_HOME": "xdg"}, "xdg/onnx-diagwise"),
+    "an empty setting is no setting": ({"ONNX_DIAGWISE_CACHE_DIR": "", "XDG_CACHE_HOME": "xdg"}, "xdg/onnx-diagwise"),
+    "then ~/.cache": ({}, "home/.cache/onnx-diagwise"),
+    "an empty XDG_CACHE_HOME too": ({"XDG_CACHE_HOME": ""}, "home/.cache/onnx-diagwise"),
+}
+
+
+@pytest.mark.parametrize("environment, folder", CACHE_HOMES.values(), ids=CACHE_HOMES.keys())
+def test_the_cache_lives_where_the_environment_says(tmp_path, monkeypatch, environment, folder):
+    from onnx_diagwise.tuning import clear_cache, default_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("ONNX_DIAGWISE_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, str(tmp_path / value) if value else "")
+    assert default_cache_dir() == tmp_path / folder
+    tune(MV1, TuneOptions(timer=FakeTimer(_mv1_times())))  # the default cache of tuning
+    assert (tmp_path / folder / "tune-cache.json").is_file()
+    assert clear_cache() == tmp_path / folder / "tune-cache.json" and clear_cache() is None
+
+
+def test_a_layer_signature_labels_channels_kernel_strides_shape_and_dtype():
+    labels = []
+
+    class Labelling(FakeTimer):
+        def layer(self, signature, models):
+            labels.append(signature.label())
+            return super().layer(signature, models)
+
+    tune(MV1, _options(Labelling(_mv1_times())))
+    assert labels[:2] == ["C=8 k=3x3 s=1x1 in=[1, 8, 112, 112] float32", "C=16 k=3x3 s=2x2 in=[1, 16, 112, 112] float32"]
+
+
+class FakeBenchmark:
+    """Stands in for bench.benchmark under OrtTimer: records each call; a model's samples (ms) are
+    samples(model, batch seed), so nothing is timed."""
+
+    def __init__(self, samples):
+        self.samples, self.calls = samples, []
+
+    def __call__(self, models, config=None, inputs=None, warmup=10, iterations=None, names=None, seed=0, **kw):
+        self.calls.append(dict(models=list(models), config=config, inputs=inputs, warmup=warmup,
+                               iterations=iterations, seed=seed))
+        names = names or [f"model {i}" for i in range(len(models))]  # as benchmark names ModelProtos
+        from types import SimpleNamespace
+        return SimpleNamespace(samples_ms={n: list(self.samples(m, seed)) for n, m in zip(names, models)})
+
+
+def _ort_timer(monkeypatch, samples, inputs=None, **kw):
+    from onnx_diagwise.tuning import OrtTimer, timing
+
+    bench = FakeBenchmark(samples)
+    monkeypatch.setattr(timing, "benchmark", bench)
+    config = RuntimeConfig("cpu", threads=1)
+    return OrtTimer(config, inputs or InputOptions(), **kw), bench, config
+
+
+def test_ort_timer_times_the_original_layer_first_and_each_form_once_at_the_layers_own_size(monkeypatch):
+    from onnx_diagwise.tuning.layers import signature_of
+
+    forms = {spec: onnx.ModelProto(doc_string=spec) for spec in ("8", "1", "toeplitz")}
+    ms = {"1": 4.0, "8": 2.0, "toeplitz": 3.0}  # clearly apart: one batch
+    timer, bench, config = _ort_timer(monkeypatch, lambda m, seed: [ms[m.doc_string]] * 5, InputOptions(batch=4),
+                                      warmup=2, iterations=7)
+    assert timer.layer(None, forms) == pytest.approx({"1": 0.004, "8": 0.002, "toeplitz": 0.003})
+    [call] = bench.calls
+    assert [m.doc_string for m in call["models"]] == ["1", "8", "toeplitz"]  # the reference first
+    assert call["config"] is config and call["inputs"] == InputOptions()  # the layer's input is sized already
+    assert (call["warmup"], call["iterations"], call["seed"]) == (2, 7, 0)
+
+
+def test_ort_timer_times_whole_models_with_the_users_inputs(monkeypatch):
+    models = [onnx.ModelProto(doc_string="original"), onnx.ModelProto(doc_string="tuned")]
+    ms = {"original": 10.0, "tuned": 8.0}
+    inputs = InputOptions(batch=4, dims={"T": 40})
+    timer, bench, config = _ort_timer(monkeypatch, lambda m, seed: [ms[m.doc_string]] * 5, inputs,
+                                      warmup=3, model_iterations=9)
+    assert timer.models(models) == pytest.approx([0.010, 0.008])
+    [call] = bench.calls
+    assert call["models"] == models and call["config"] is config and call["inputs"] is inputs
+    assert (call["warmup"], call["iterations"], call["seed"]) == (3, 9, 0)
+
+
+def test_ort_timer_runs_more_batches_only_while_the_medians_are_within_noise(monkeypatch):
+    models = [onnx.ModelProto(doc_string="original"), onnx.ModelProto(doc_string="tuned")]
+    # the two tie in the first batch, are within noise after the second, apart after the third
+    apart = lambda m, seed: [5.0 if (m.doc_string == "tuned" and seed) else 10.0] * 5
+    timer, bench, _ = _ort_timer(monkeypatch, apart, max_batches=4)
+    assert timer.models(models) == pytest.approx([0.010, 0.005])
+    assert [call["seed"] for call in bench.calls] == [0, 1, 2]  # another input seed per batch
+    # never apart: max_batches batches, then the medians of all samples
+    tied = lambda m, seed: [1.0 + seed] * 5
+    timer, bench, _ = _ort_timer(monkeypatch, tied)
+    assert timer.models(models) == pytest.approx([0.002, 0.002])
+    assert [call["seed"] for call in bench.calls] == [0, 1, 2]
+
+
+def test_ort_timer_defaults(monkeypatch):
+    models = [onnx.ModelProto(doc_string="original"), onnx.ModelProto(doc_string="tuned")]
+    timer, bench, _ = _ort_timer(monkeypatch, lambda m, seed: [1.0] * 5)
+    timer.models(models)
+    timer.layer(None, {"1": models[0], "8": models[1]})
+    assert [(c["warmup"], c["iterations"]) for c in bench.calls] == [(5, 30)] * 3 + [(5, 25)] * 3
+
+
+def test_ort_timer_context_names_what_timings_depend_on():
+    import onnxruntime
+
+    from onnx_diagwise.tuning import OrtTimer
+
+    context = OrtTimer(RuntimeConfig("cpu", threads=3, opt_level="basic"), InputOptions()).context()
+    assert context == {"provider": "CPUExecutionProvider", "provider_options": {}, "threads": 3, "opt_level": "basic",
+                       "device": RuntimeConfig("cpu").family.device({}), "onnxruntime": onnxruntime.__version__}
+
+
+def test_a_tuning_report_as_json_carries_every_result():
+    timer = FakeTimer(_mv1_times(winner_channels=(128,)), node_deltas={"dw7": 0.2, "dw8": -0.05})
+    report = tune(MV1, _options(timer))
+    data = json.loads(json.dumps(report.to_dict()))
+    assert set(data) == {"context", "min_speedup", "original_ms", "tuned_ms", "end_to_end_speedup", "dropped",
+                         "summary", "elapsed_s", "choices", "layers", "plan"}
+    assert data["context"] == {"provider": "fake", "device": "test"} and data["min_speedup"] == 0.05
+    assert (data["original_ms"], data["tuned_ms"]) == (report.original_ms, report.tuned_ms) != (None, None)
+    assert data["end_to_end_speedup"] == pytest.approx(report.original_ms / report.tuned_ms)
+    assert data["dropped"] == ["dw7"] and data["summary"] == report.summary and data["elapsed_s"] == report.elapsed_s
+    assert data["choices"] == report.choices and "dw9" in data["choices"]
+    assert [layer["node"] for layer in data["layers"]] == [f"dw{i}" for i in range(1, 14)]
+    assert data["layers"][6]["decision"] == report.layers[6].decision and data["layers"][6]["best"] == "4"
+    assert data["plan"] == json.loads(json.dumps(report.plan.to_dict()))
+    report.plan = None
+    assert report.to_dict()["plan"] is None
+
+
+EDGES = {  # five samples each, medians and quartiles close to the line of twice the combined standard error
+    "within noise": ([9.0, 9.0, 9.5, 9.5, 11.5], [10.0, 10.0, 12.0, 13.0, 13.5], False),
+    "apart, skewed reference": ([8.5, 10.0, 10.5, 11.0, 11.5], [10.2, 10.8, 14.2, 14.2, 14.2], True),
+    "apart, faster candidate": ([8.5, 10.0, 10.5, 11.5, 12.0], [7.5, 9.0, 9.0, 10.0, 10.0], True),
+    "within noise, faster candidate": ([8.0, 8.0, 9.5, 9.5, 11.0], [6.2, 7.2, 7.8, 8.8, 8.8], False),
+    "no noise, under 1% of 10": ([10.0] * 5, [9.95] * 5, False),
+    "no noise, 2% of 10": ([10.0] * 5, [9.8] * 5, True),
+}
+
+
+@pytest.mark.parametrize("reference, candidate, apart", EDGES.values(), ids=EDGES.keys())
+def test_separated_at_the_edge_of_the_noise(reference, candidate, apart):
+    from onnx_diagwise.tuning import separated
+
+    assert separated([reference, candidate]) is apart
+    assert separated([reference, [100.0] * 5, candidate]) is apart  # the fastest candidate decides
+
+
+def test_decisions_at_the_margins_name_the_measured_times():
+    times = _mv1_times()
+    times[128][4] = 0.8  # 1.25x: exactly the margin asked for, so rewritten
+    times[64][2] = 1.0  # exactly as fast as the original: kept, and said so
+    timer = FakeTimer(times, node_deltas={f"dw{i}": -0.01 for i in range(1, 14)})
+    report = tune(MV1, _options(timer, min_speedup=0.25))
+    dw7, dw5 = (next(layer for layer in report.layers if layer.node == n) for n in ("dw7", "dw5"))
+    assert (dw7.choice, dw7.best, dw7.original_ms, dw7.best_ms, dw7.speedup) == ("4", "4", 1000.0, 800.0, 1.25)
+    assert dw7.times_ms == {"2": 1500.0, "4": 800.0, "8": 1500.0, "16": 1500.0, "32": 1500.0, "64": 1500.0,
+                            "128": 1500.0, "toeplitz": 10000.0, "polyphase:4": 10000.0, "polyphase:8": 10000.0}
+    assert dw7.decision == "G=4: 1.25x faster than depthwise"
+    assert dw5.choice == "1" and dw5.decision == "kept original: best G=2 only 1.00x faster (margin 1.25x)"
+    assert (report.original_ms, report.tuned_ms) == (1000.0, pytest.approx(940.0))
+    assert report.summary == "6 of 13 depthwise node(s) rewritten; whole model 1.06x faster"
+
+
+def test_the_whole_model_check_drops_the_least_measured_benefit_first_and_needs_a_gain():
+    times = _mv1_times(winner_channels=(128,))  # 2x alone
+    times[256][4] = 0.8  # 1.25x alone: the least benefit, dropped first
+    report = tune(MV1, _options(FakeTimer(times, {"dw13": 0.5, **{f"dw{i}": -0.01 for i in range(7, 13)}})))
+    assert report.dropped == ["dw13"] and set(report.choices) == {f"dw{i}" for i in range(7, 13)}
+    dw13 = report.layers[12]
+    assert dw13.choice == "1" and dw13.decision == ("kept original: G=4 was faster alone (1.25x) but the whole model "
+                                                    "was not faster with it")
+    # a rewrite that leaves the whole model exactly as fast is no gain
+    times = _mv1_times(winner_channels=(256,))
+    report = tune(MV1, _options(FakeTimer(times, {"dw13": 0.0})))
+    assert report.choices == {} and report.dropped == ["dw13"]
+    assert report.summary == "kept the original: the rewritten model was not faster end to end (last measured 1.00x)"
+    report = tune(MV1, _options(FakeTimer(_mv1_times())))
+    assert report.summary == "kept the original: no layer was faster rewritten" and report.original_ms is None
+
+
+ENTRIES = {
+    "the plausible bounds": ({"1": 1e-7, "4": 3600}, {"1": 1e-7, "4": 3600.0}),
+    "ints and int forms": ({1: 2, 4: 1}, {"1": 2.0, "4": 1.0}),
+    "a lowering": ({"1": 1.0, "polyphase:8": 0.5}, {"1": 1.0, "polyphase:8": 0.5}),
+    "a time of True": ({"1": True, "4": 0.5}, None),
+    "a form misspelt": ({"1": 1.0, "08": 0.5}, None),
+    "no original": ({"4": 0.5}, None),
+    "over an hour": ({"1": 3600.5}, None),
+}
+
+
+@pytest.mark.parametrize("times, kept", ENTRIES.values(), ids=ENTRIES.keys())
+def test_the_cache_keeps_only_plausible_measurements(tmp_path, times, kept):
+    from onnx_diagwise.tuning import TuneCache
+
+    cache = TuneCache(tmp_path)
+    cache.put("k", times)
+    assert cache.get("k") == kept
+    cache.save()
+    assert TuneCache(tmp_path).get("k") == kept  # and so does the file
+    (tmp_path / "tune-cache.json").write_text(json.dumps({"version": 1, "entries": {"k": {str(s): t for s, t in times.items()}}}))
+    assert TuneCache(tmp_path).get("k") == kept  # what another run wrote is checked the same way
+
+
+def test_a_layer_measured_without_candidates_keeps_the_original_and_says_why():
+    class OriginalOnly(FakeTimer):  # as a cache entry of a layer whose every form was too large reads
+        def layer(self, signature, models):
+            return {"1": 1.0}
+
+    report = tune(MV1, _options(OriginalOnly({})))
+    assert all(layer.decision == "kept original: no candidate fits (weights too large)" and layer.best is None
+               and layer.original_ms == 1000.0 for layer in report.layers)
+    assert report.summary == "kept the original: no layer was faster rewritten"
