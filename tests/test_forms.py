@@ -177,3 +177,204 @@ def test_stats_count_every_form():
         after = model_stats(rewrite(model, group_size=4).model)
         assert (before.depthwise_convs, before.block_diagonal_convs, before.grouped_convs) == (1, 0, 0)
         assert (after.depthwise_convs, after.block_diagonal_convs, after.grouped_convs) == (0, 1, 0)
+
+
+def test_conv_transpose_whose_group_does_not_divide_its_channels_is_grouped():
+    """An (invalid) ConvTranspose with 10 input channels in 4 groups is listed as a grouped
+    convolution, never as a block-diagonal one, whatever its weight holds."""
+    weight = np.zeros((10, 2, 3, 3), np.float32)
+    weight[::2, 0] = 1.0  # even input channels read column 0, odd ones column 1: "block-diagonal" with G=2
+    weight[1::2, 1] = 1.0
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", group=4)
+    model = forms_model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10, 5, 5])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                        [numpy_helper.from_array(weight, "w")])
+    [decision] = inspect(model).nodes
+    assert decision.action == "skipped" and decision.group_size is None
+    assert decision.reason == "grouped ConvTranspose with 2 input channels per group, not depthwise"
+
+
+def _multiplier_of_block_diagonal_conv_transpose():
+    [decision] = inspect(rewrite(conv_transpose_model(m=2), group_size=4).model).nodes
+    assert decision.group_size == 4
+    return decision
+
+
+def _multiplier_of_dynamic():
+    from helpers import dynamic_weight_model
+
+    [decision] = inspect(dynamic_weight_model()).nodes
+    assert decision.form == "dynamic"
+    return decision
+
+
+def _lowered_model():
+    from helpers import depthwise_model
+
+    model = depthwise_model(channels=8, multiplier=2, kernel=(7, 7), spatial=(12, 12), pads=(3,) * 4)
+    return rewrite(model, group_size="toeplitz").model
+
+
+def _multiplier_of_lowered():
+    [decision] = inspect(_lowered_model()).nodes
+    assert decision.lowering == "toeplitz"
+    return decision
+
+
+@pytest.mark.parametrize("decision", [_multiplier_of_block_diagonal_conv_transpose, _multiplier_of_dynamic,
+                                      _multiplier_of_lowered], ids=["block_diagonal_conv_transpose", "dynamic",
+                                                                    "lowered"])
+def test_reported_depth_multiplier_is_a_whole_number(decision):
+    import json
+
+    assert json.dumps(decision().to_dict()["multiplier"]) == "2"
+
+
+def _dynamic_model(weight_dims, spatial):
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=8)
+    return forms_model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, *spatial]),
+                                helper.make_tensor_value_info("w", TensorProto.FLOAT, weight_dims)],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [])
+
+
+@pytest.mark.parametrize("weight_dims, spatial, action, code", [
+    ([8, 1, 3, 3, 3], [5, 5, 5], "rewritten", None),
+    ([0, 1, 3, 3], [9, 9], "skipped", "dynamic-shape"),
+    ([8, 1, 3, 3, 3, 3], [5, 5, 5, 5], "skipped", "dynamic-not-depthwise"),
+], ids=["3d", "empty", "4d"])
+def test_dynamic_weights_of_1d_to_3d_convolutions_with_a_known_shape_are_depthwise(weight_dims, spatial, action,
+                                                                                   code):
+    [decision] = rewrite(_dynamic_model(weight_dims, spatial), group_size=4).report.nodes
+    assert decision.action == action
+    if code:
+        assert str(decision.code) == code
+
+
+def test_a_lowered_group_changed_since_it_was_built_is_listed_as_damaged():
+    """The Conv that heads a lowered group still carries the marker, but its group lost a node:
+    inspect and revert list it, by name, as damaged, and revert leaves it as it is."""
+    from onnx_diagwise import revert
+
+    model = _lowered_model()
+    [last] = [n for n in model.graph.node if n.output[0] == "y"]
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    model.graph.node.remove(last)
+    conv.output[0] = "y"
+    for decisions in (inspect(model).nodes, revert(model).report.nodes):
+        [decision] = decisions
+        assert (decision.name, decision.graph, decision.action, decision.code, decision.form) == (
+            "dw", "main", "skipped", "lowered-damaged", "float")
+        assert decision.reason == ("carries a lowering's marker, but cannot be reverted: the lowered nodes were "
+                                   "changed since they were built")
+    assert revert(model).model == model
+
+
+def test_weight_computed_by_reshape_mul_reshape_that_is_no_expansion_is_dynamic():
+    """A weight scaled per output channel on its flattened form (Reshape -> Mul -> Reshape, the
+    shape of the expansion rewrite() inserts, but not it) is a dynamic depthwise weight: rewritten."""
+    inits = [numpy_helper.from_array(np.array([16, 9], np.int64), "flat_shape"),
+             numpy_helper.from_array(np.full((16, 1), 0.5, np.float32), "scale"),
+             numpy_helper.from_array(np.array([16, 1, 3, 3], np.int64), "weight_shape")]
+    nodes = [helper.make_node("Reshape", ["v", "flat_shape"], ["flat"], name="flatten"),
+             helper.make_node("Mul", ["flat", "scale"], ["scaled"], name="scale_mul"),
+             helper.make_node("Reshape", ["scaled", "weight_shape"], ["w"], name="unflatten"),
+             helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=8, pads=[1, 1, 1, 1])]
+    model = forms_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6]),
+                                helper.make_tensor_value_info("v", TensorProto.FLOAT, [16, 1, 3, 3])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    result = rewrite(model, group_size=4)
+    [decision] = result.report.nodes
+    assert (decision.action, decision.form, decision.weight_source, decision.multiplier) == (
+        "rewritten", "dynamic", "computed by Reshape", 2)
+    assert_same_outputs(model, result.model)
+
+
+def _chain_model(blocks_shape, final_shape, group, channels, dynamic=()):
+    """Conv(x, Reshape(Reshape(v, BLOCKS_SHAPE) * eye mask, FINAL_SHAPE)), the expansion's shape;
+    the constants named in DYNAMIC are graph inputs instead."""
+    from onnx_diagwise.weights import dynamic_mask
+
+    g = int(blocks_shape[1])
+    kernel_rank = len(blocks_shape) - 4
+    constants = {"blocks_shape": np.array(blocks_shape, np.int64), "mask": dynamic_mask(g, kernel_rank, np.float32),
+                 "final_shape": np.array(final_shape, np.int64)}
+    nodes = [helper.make_node("Reshape", ["v", "blocks_shape"], ["blocks"], name="reshape"),
+             helper.make_node("Mul", ["blocks", "mask"], ["masked"], name="mask_mul"),
+             helper.make_node("Reshape", ["masked", "final_shape"], ["w"], name="reshape_back"),
+             helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=group)]
+    size = int(np.prod(blocks_shape))  # kernels of 3
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels] + [6] * kernel_rank),
+              helper.make_tensor_value_info("v", TensorProto.FLOAT, [size // 3 ** kernel_rank, 1] + [3] * kernel_rank)]
+    inputs += [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(constants[n].dtype),
+                                             list(constants[n].shape)) for n in dynamic]
+    return forms_model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                       [numpy_helper.from_array(a, n) for n, a in constants.items() if n not in dynamic])
+
+
+@pytest.mark.parametrize("blocks_shape, final_shape, group, channels, dynamic", [
+    ([4, 2, 2, 1, 3, 3], [16, 2, 3, 3], 8, 16, ()),  # the expansion's C/G is not the Conv's group
+    ([4, 2, 2, 1, 3, 3], [16, 2, 3, 3], 4, 8, ("mask",)),  # a mask that is no constant
+    ([4, 2, 2, 1, 3, 3], [16, 2, 3, 3], 4, 8, ("blocks_shape",)),  # a shape that is no constant
+], ids=["other_group", "dynamic_mask", "dynamic_shape"])
+def test_reshape_mul_reshape_that_is_not_the_expansion_is_not_block_diagonal(blocks_shape, final_shape, group,
+                                                                          channels, dynamic):
+    [decision] = inspect(_chain_model(blocks_shape, final_shape, group, channels, dynamic)).nodes
+    assert decision.action == "skipped" and decision.group_size is None and not decision.block_diagonal
+    assert decision.reason.startswith("weight 'w' is a computed by Reshape")
+
+
+def test_run_time_expansion_of_a_1d_convolution_is_block_diagonal():
+    """rewrite()'s run-time expansion of a 1-D Conv's dynamic weight ([C/G, G, M, 1, k]) is listed
+    block-diagonal, and revert takes it back."""
+    model = _chain_model([4, 2, 2, 1, 3], [16, 2, 3], 4, 8)
+    [decision] = inspect(model).nodes
+    assert decision.block_diagonal and decision.group_size == 2 and decision.multiplier == 2
+    from onnx_diagwise import revert
+
+    [reverted] = revert(model).report.nodes
+    assert reverted.action == "reverted" and reverted.groups_after == 8
+
+
+def test_run_time_expansion_is_listed_with_its_geometry():
+    from helpers import dynamic_weight_model
+
+    [decision] = inspect(rewrite(dynamic_weight_model(), group_size=4).model).nodes
+    listed = {key: value for key, value in decision.to_dict().items()
+              if key in ("action", "code", "form", "channels", "multiplier", "kernel", "weight_source", "group_size")}
+    assert listed == {"action": "skipped", "code": "block-diagonal", "form": "float", "channels": 8, "multiplier": 2,
+                      "kernel": [3, 3], "weight_source": "computed by Reshape", "group_size": 4}
+    assert decision.reason == ("already block-diagonal (G=4, group=2): the run-time expansion of a dynamic weight; "
+                               "nothing to do")
+
+
+@pytest.mark.parametrize("op_type, domain, group, listed", [
+    ("DeformConv", "", 2, True),
+    ("DeformConv", "", 1, False),
+    ("DeformConv", "", None, False),
+    ("GroupedThing", "vendor", 2, False),
+], ids=["grouped", "group_1", "no_group", "not_a_conv"])
+def test_grouped_convolutions_of_other_kinds_are_listed(op_type, domain, group, listed):
+    """A grouped convolution this tool does not handle is listed with the reason; one that is not
+    grouped, or not a convolution, is not listed at all."""
+    attributes = {} if group is None else {"group": group}
+    node = helper.make_node(op_type, ["x", "w", "offset"], ["y"], name="other", domain=domain, **attributes)
+    model = forms_model([node], [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("x", "w", "offset")],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [],
+                        opset=[helper.make_opsetid("", 19), helper.make_opsetid("vendor", 1)])
+    nodes = inspect(model).nodes
+    if not listed:
+        assert nodes == []
+        return
+    [decision] = nodes
+    assert (decision.name, decision.action, decision.code, decision.form, decision.channels) == (
+        "other", "skipped", "unhandled-op", "ai.onnx.DeformConv", 2)
+    assert decision.reason == "ai.onnx.DeformConv (group=2) is not a form this tool handles; left as it is"
+
+
+def test_conv_of_the_ai_onnx_domain_spelled_out_is_depthwise():
+    from helpers import depthwise_model
+
+    model = depthwise_model(channels=8)
+    model.graph.node[0].domain = "ai.onnx"
+    [decision] = rewrite(model, group_size=4).report.nodes
+    assert (decision.form, decision.action) == ("float", "rewritten")

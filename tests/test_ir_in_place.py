@@ -364,3 +364,76 @@ def test_the_model_keeps_nothing_of_the_proto_view():
 def test_unknown_option_refused_when_made():
     with pytest.raises(TypeError):
         DiagonalwisePass(group_size=8, grup="x")
+
+
+@pytest.mark.parametrize("make_pass", [lambda: DiagonalwisePass(group_size=8), RevertPass], ids=["rewrite", "revert"])
+def test_a_pass_has_no_report_before_its_first_call(make_pass):
+    assert make_pass().report is None
+
+
+def test_nodes_an_edit_adds_to_an_empty_graph_are_carried_whole():
+    """A node the edit adds is carried with its domain, overload, name, doc string, metadata and
+    every output, also into a graph that had no node at all."""
+    from types import SimpleNamespace
+
+    from onnx_diagwise.passes import _edit_in_place
+
+    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])])
+    model = ir.serde.deserialize_model(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]))
+
+    def edit(proto):
+        node = helper.make_node("Pair", ["x"], ["p", "q"], domain="local", name="pair", doc_string="two halves")
+        node.overload = "v2"
+        node.metadata_props.add(key="origin", value="edit")
+        proto.graph.node.append(node)
+        return SimpleNamespace(report=SimpleNamespace(modified=True))
+
+    view = ir.serde.serialize_model(model)
+    edit(view)
+    _edit_in_place(model, edit)
+    [pair] = list(model.graph)
+    assert (pair.domain, pair.op_type, pair.overload, pair.name, pair.doc_string) == (
+        "local", "Pair", "v2", "pair", "two halves")
+    assert [v.name for v in pair.outputs] == ["p", "q"] and pair.inputs[0] is model.graph.inputs[0]
+    assert pair.metadata_props == {"origin": "edit"}
+    assert _proto(model) == view
+
+
+def test_external_references_an_edit_writes_are_read_from_the_models_folder(tmp_path):
+    """An initializer the edit points at other external bytes, and one it adds as an external
+    reference, are read from the folder of the model's own external data, wherever the caller runs."""
+    from types import SimpleNamespace
+
+    from onnx_diagwise.passes import _edit_in_place
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"], name="add")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(np.full((2, 3), 1, np.float32), "c")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path, save_as_external_data=True,
+              all_tensors_to_one_file=True, location="m.onnx.data", size_threshold=0)
+    (tmp_path / "extra.bin").write_bytes(np.concatenate([np.full(6, 9, np.float32),
+                                                         np.full(6, 5, np.float32)]).tobytes())
+    model = ir.load(path)
+
+    def external(tensor, offset):
+        tensor.data_location = TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        for key, value in (("location", "extra.bin"), ("offset", str(offset)), ("length", "24")):
+            tensor.external_data.add(key=key, value=value)
+        return tensor
+
+    def edit(proto):
+        [c] = proto.graph.initializer
+        external(c, 0)
+        d = external(TensorProto(name="d", data_type=TensorProto.FLOAT, dims=[2, 3]), 24)
+        proto.graph.initializer.append(d)
+        return SimpleNamespace(report=SimpleNamespace(modified=True))
+
+    _edit_in_place(model, edit)
+    values = {name: value.const_value.numpy().tolist() for name, value in model.graph.initializers.items()}
+    assert values == {"c": [[9.0] * 3] * 2, "d": [[5.0] * 3] * 2}

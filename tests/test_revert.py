@@ -155,3 +155,140 @@ def test_shared_weight_round_trip_is_exact():
     back = revert(rewritten)
     assert [n.action for n in back.report.nodes] == ["reverted"]
     assert back.model == model
+
+
+def test_revert_reason_names_the_group_a_dense_block_diagonal_conv_had():
+    """A Conv without a group attribute (group 1) whose weight is block-diagonal with G = C is
+    reverted, and its reason says group=1."""
+    from onnx_diagwise.weights import expand_depthwise
+
+    model = depthwise_model(channels=8, bias=False)
+    full = expand_depthwise(initializer(model, "w"), 8, 8)
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(full, "w"))
+    conv = model.graph.node[0]
+    del conv.attribute[:]
+    conv.attribute.append(helper.make_attribute("pads", [1, 1, 1, 1]))
+    del model.graph.value_info[:]
+    [decision] = revert(model).report.nodes
+    assert decision.action == "reverted"
+    assert decision.reason == "block-diagonal with G=8 (group=1) -> depthwise (group=8)"
+
+
+def test_revert_of_a_shared_block_diagonal_weight_adds_a_depthwise_copy():
+    """A block-diagonal weight this tool did not write, read by another node too, stays for that
+    reader; the reverted Conv reads a new tensor named <weight>_depthwise."""
+    from onnx_diagwise.weights import expand_depthwise
+
+    model = depthwise_model(channels=8, bias=False)
+    depthwise = initializer(model, "w")
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(expand_depthwise(depthwise, 8, 4), "w"))
+    conv = model.graph.node[0]
+    next(a for a in conv.attribute if a.name == "group").i = 2
+    model.graph.node.append(helper.make_node("ReduceSum", ["w"], ["s"], name="other_reader", keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, []))
+    del model.graph.value_info[:]
+    result = revert(model)
+    assert [n.action for n in result.report.nodes] == ["reverted"]
+    assert [t.name for t in result.model.graph.initializer] == ["w", "w_depthwise"]
+    assert list(result.model.graph.node[0].input) == ["x", "w_depthwise"]
+    np.testing.assert_array_equal(initializer(result.model, "w_depthwise"), depthwise)
+    assert_same_outputs(model, result.model)
+
+
+def _rewritten_dynamic():
+    from helpers import dynamic_weight_model
+
+    model = rewrite(dynamic_weight_model(), group_size=4).model
+    assert [n.op_type for n in model.graph.node] == ["Reshape", "Mul", "Reshape", "Conv"]
+    return model
+
+
+def test_revert_keeps_a_run_time_expansion_that_another_node_reads():
+    """The Conv reads the dynamic weight again, but the expansion stays for its other reader."""
+    model = _rewritten_dynamic()
+    expanded = model.graph.node[2].output[0]
+    model.graph.node.append(helper.make_node("ReduceSum", [expanded], ["s"], name="other_reader", keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, []))
+    result = revert(model)
+    assert [n.action for n in result.report.nodes] == ["reverted"]
+    assert [n.op_type for n in result.model.graph.node] == ["Reshape", "Mul", "Reshape", "Conv", "ReduceSum"]
+    assert list(result.model.graph.node[3].input) == ["x", "w"]
+    assert len(result.model.graph.initializer) == 3
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_same_outputs(model, result.model)
+
+
+def test_revert_keeps_an_expansion_constant_another_node_reads():
+    """The expansion nodes go, and the shape constants with them, but the mask stays for its other reader."""
+    model = _rewritten_dynamic()
+    mask = model.graph.node[1].input[1]
+    model.graph.node.append(helper.make_node("Identity", [mask], ["mask_copy"], name="mask_reader"))
+    model.graph.output.append(helper.make_tensor_value_info("mask_copy", onnx.TensorProto.FLOAT, None))
+    result = revert(model)
+    assert [n.action for n in result.report.nodes] == ["reverted"]
+    assert [n.op_type for n in result.model.graph.node] == ["Conv", "Identity"]
+    assert [t.name for t in result.model.graph.initializer] == [mask]
+    assert_same_outputs(model, result.model)
+
+
+def test_revert_removes_a_run_time_expansion_of_the_outer_graph():
+    """A Conv in an If branch whose weight is expanded in the outer graph: the expansion is removed
+    from the outer graph and the Conv reads the dynamic weight."""
+    model = _rewritten_dynamic()
+    conv = model.graph.node.pop()
+    conv.output[0] = "t_out"
+    then_g = helper.make_graph([conv], "then", [], [helper.make_tensor_value_info("t_out", onnx.TensorProto.FLOAT,
+                                                                                  None)])
+    else_g = helper.make_graph([helper.make_node("Conv", ["x", model.graph.node[2].output[0]], ["e_out"],
+                                                 name="else_dw", group=2)], "else", [],
+                               [helper.make_tensor_value_info("e_out", onnx.TensorProto.FLOAT, None)])
+    model.graph.input.append(helper.make_tensor_value_info("flag", onnx.TensorProto.BOOL, []))
+    model.graph.node.append(helper.make_node("If", ["flag"], ["y"], name="branch", then_branch=then_g,
+                                             else_branch=else_g))
+    result = revert(model)
+    assert sorted((n.name, n.action) for n in result.report.nodes) == [("dw", "reverted"), ("else_dw", "reverted")]
+    assert [n.op_type for n in result.model.graph.node] == ["If"]
+    assert len(result.model.graph.initializer) == 0
+    branches = {a.name: a.g for a in result.model.graph.node[0].attribute}
+    assert list(branches["then_branch"].node[0].input) == ["x", "w"]
+    assert list(branches["else_branch"].node[0].input) == ["x", "w"]
+
+
+def _nchwc_model(weight, inputs=("x", "w"), group=2):
+    from onnx import TensorProto
+
+    node = helper.make_node("Conv", list(inputs), ["y"], domain="com.microsoft.nchwc", group=group, name="fused")
+    graph_inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])]
+    initializers = []
+    if isinstance(weight, np.ndarray):
+        initializers.append(numpy_helper.from_array(weight, "w"))
+    elif weight == "input":
+        graph_inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 4, 3, 3]))
+    graph = helper.make_graph([node], "g", graph_inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("com.microsoft.nchwc", 1)])
+
+
+@pytest.mark.parametrize("weight, inputs", [
+    (None, ("x",)),
+    ("input", ("x", "w")),
+    (np.ones(8, np.float32), ("x", "w")),
+    (np.ones((8, 4, 3, 3), np.int8), ("x", "w")),
+    (np.eye(2, dtype=np.float32)[[0, 1, 0, 1, 0, 1]].reshape(6, 2, 1, 1), ("x", "w")),
+    (np.eye(2, dtype=np.float32)[[0, 0, 1, 1, 0, 0, 1, 1]].reshape(8, 2, 1, 1, 1, 1), ("x", "w")),
+], ids=["no_weight", "graph_input", "rank_1", "int8", "channels_not_a_multiple", "rank_6"])
+def test_unhandled_convolutions_without_a_constant_float_weight_are_not_warned_about(weight, inputs):
+    """Only a constant float [C*M, G, k...] weight can be block-diagonal: others are listed, no warning."""
+    result = revert(_nchwc_model(weight, inputs))
+    assert [(n.name, n.action) for n in result.report.nodes] == [("fused", "skipped")]
+    assert not any("remain" in w for w in result.report.warnings)
+
+
+def test_unhandled_convolution_with_two_channels_per_group_is_warned_about():
+    """A block-diagonal weight with G=2 in a convolution revert does not handle is named in a warning."""
+    from onnx_diagwise.weights import expand_depthwise
+
+    weight = expand_depthwise(np.random.default_rng(0).standard_normal((8, 1, 3, 3)).astype(np.float32), 8, 2)
+    result = revert(_nchwc_model(weight, group=4))
+    assert any("block-diagonal weights remain in 1 node(s)" in w and "fused" in w for w in result.report.warnings)

@@ -428,3 +428,64 @@ def test_revert_adds_the_group_attribute_a_dense_conv_lacked():
     assert attr(back.model.graph.node[0], "group") == 8
     assert [a.name for a in back.model.graph.node[0].attribute].count("group") == 1
     assert_same_outputs(model, back.model)
+
+
+def test_identity_alias_read_by_two_depthwise_convs_goes_with_the_weight():
+    """Two depthwise Convs read one weight through one Identity: both read the shared expansion,
+    and the Identity and the original weight, unread now, are removed."""
+    model = depthwise_model(channels=8, bias=False, weight_source="Identity")
+    model.graph.node.append(helper.make_node("Conv", ["y", "w_alias"], ["z"], name="dw2", group=8,
+                                             kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    model.graph.output[0].name = "z"
+    del model.graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    result = rewrite(model, group_size=4).model
+    assert [n.op_type for n in result.graph.node] == ["Conv", "Conv"]
+    assert [c.input[1] for c in conv_nodes(result)] == ["w_diagwise_g4", "w_diagwise_g4"]
+    assert [t.name for t in result.graph.initializer] == ["w_diagwise_g4"]
+    assert_same_outputs(model, result)
+
+
+def test_revert_reads_one_collapsed_weight_for_expansions_of_the_same_weight():
+    """Two block-diagonal Convs whose weights (named as rewrite() names them) expand one depthwise
+    weight 'k': the first, whose expansion another node reads too, gets 'k' back beside it; the
+    second finds that 'k' and reads it too, its own expansion gone."""
+    depthwise = np.random.default_rng(0).standard_normal((8, 1, 3, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(expand_depthwise(depthwise, 8, 4), "k_diagwise_g4"),
+             numpy_helper.from_array(expand_depthwise(depthwise, 8, 2), "k_diagwise_g2")]
+    nodes = [helper.make_node("Conv", ["x", "k_diagwise_g4"], ["y1"], name="dw1", group=2, pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["y1", "k_diagwise_g2"], ["y"], name="dw2", group=4, pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceSum", ["k_diagwise_g4"], ["s"], name="other_reader", keepdims=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = revert(model)
+    assert [n.action for n in result.report.nodes] == ["reverted", "reverted"]
+    assert [c.input[1] for c in conv_nodes(result.model)] == ["k", "k"]
+    assert [t.name for t in result.model.graph.initializer] == ["k_diagwise_g4", "k"]
+    np.testing.assert_array_equal(initializer(result.model, "k"), depthwise)
+    assert_same_outputs(model, result.model)
+
+
+def test_revert_keeps_a_reused_original_weight_for_its_other_reader():
+    """'k' is a ConvTranspose's depthwise weight and, as it happens, a block-diagonal Conv's weight:
+    rewrite() gives the ConvTranspose an expanded copy; revert() points it back at 'k' and gives
+    the Conv a collapsed copy of its own, so 'k' stays as the ConvTranspose reads it."""
+    depthwise = np.random.default_rng(0).standard_normal((8, 1, 3, 3)).astype(np.float32)
+    k = expand_depthwise(depthwise, 8, 2)  # [8, 2, 3, 3]
+    nodes = [helper.make_node("ConvTranspose", ["x", "k"], ["up"], name="up", group=8),
+             helper.make_node("Conv", ["x", "k"], ["dw"], name="dw", group=4)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [helper.make_tensor_value_info("up", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("dw", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(k, "k")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rewritten = rewrite(model, group_size=2).model
+    assert [n.input[1] for n in rewritten.graph.node] == ["k_diagwise_g2", "k"]
+    result = revert(rewritten)
+    assert [n.action for n in result.report.nodes] == ["reverted", "reverted"]
+    assert [n.input[1] for n in result.model.graph.node] == ["k", "k_depthwise"]
+    np.testing.assert_array_equal(initializer(result.model, "k"), k)
+    np.testing.assert_array_equal(initializer(result.model, "k_depthwise"), depthwise)
+    assert_same_outputs(model, result.model)
