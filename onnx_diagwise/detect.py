@@ -351,7 +351,7 @@ def block_diagonal_multiplier(tensor: TensorProto, group: int, fill: np.ndarray 
 def _grouped(node, label, scope, form, group, dims, source: WeightSource, info, zero_point_at, reader,
              shaped) -> SkippedConv:
     in_channels = group * dims[1]
-    if dims[0] % in_channels == 0:
+    if in_channels and dims[0] % in_channels == 0:  # a weight with 0 input channels is no block-diagonal one
         zp_node, zp_index, zp_scope = zero_point_at
         fill = weight_zero_point(zp_scope, zp_node, zp_index, dims[0]) if form in ("QLinearConv", "ConvInteger", "QDQ") \
             else None

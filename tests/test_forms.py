@@ -378,3 +378,14 @@ def test_conv_of_the_ai_onnx_domain_spelled_out_is_depthwise():
     model.graph.node[0].domain = "ai.onnx"
     [decision] = rewrite(model, group_size=4).report.nodes
     assert (decision.form, decision.action) == ("float", "rewritten")
+
+
+def test_a_weight_with_no_input_channels_is_a_reason_not_a_crash():
+    """A Conv weight of shape [8, 0, 3, 3] (an invalid model) is listed as a grouped conv, not a
+    ZeroDivisionError."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="empty", group=2)
+    model = forms_model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 0, 6, 6])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                        [numpy_helper.from_array(np.zeros((8, 0, 3, 3), np.float32), "w")])
+    [decision] = inspect(model).nodes
+    assert (decision.action, decision.code, decision.channels) == ("skipped", "grouped", 0)
