@@ -328,3 +328,107 @@ def test_the_process_exits_with_the_code_and_prints_the_one_line(tmp_path):
 def test_a_plot_into_a_missing_folder_is_refused_by_its_own_flag(tmp_path):
     r = cli("bench", SAMPLE, "-n", "1", "--plot", tmp_path / "missing" / "plot.png")
     assert_one_line_error(r, 2, f"error: --plot: directory '{tmp_path / 'missing'}' does not exist")
+
+
+# --- How main() maps what goes wrong to one line and an exit code (onnx_diagwise.cli.main) ---
+
+from onnx_diagwise import cli as cli_module  # noqa: E402
+from onnx_diagwise.errors import CheckFailed, DiagwiseError  # noqa: E402
+
+
+def _raising(exc):
+    def app(*args, **kwargs):
+        raise exc
+    return app
+
+
+FAILURES = {
+    "library error": (DiagwiseError("bad --thing", "thing"), 2, "error: bad --thing"),
+    "check failed": (CheckFailed("outputs differ"), 1, "check failed: outputs differ"),
+    "check failed, headline only": (CheckFailed("outputs differ", None, "not written"), 1,
+                                    "check failed: outputs differ"),
+    "out of memory": (MemoryError(), 2, "error: out of memory"),
+    "bug": (RuntimeError("boom"), 3, "internal error: RuntimeError: boom (set ONNX_DIAGWISE_DEBUG=1 for a traceback)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_each_failure_is_one_line_on_stderr_with_its_exit_code(monkeypatch, case):
+    exc, code, line = FAILURES[case]
+    monkeypatch.setattr(cli_module, "app", _raising(exc))
+    r = cli("inspect", SAMPLE)
+    assert r.returncode == code and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [line]
+
+
+@pytest.mark.parametrize("exc, line", [("abort", "aborted"), ("interrupt", "interrupted")])
+def test_an_interrupted_run_says_so_on_stderr_and_exits_130(monkeypatch, exc, line):
+    import typer
+
+    monkeypatch.setattr(cli_module, "app", _raising(typer.Abort() if exc == "abort" else KeyboardInterrupt()))
+    r = cli("inspect", SAMPLE)
+    assert (r.returncode, r.stdout, r.stderr.strip()) == (130, "", line)
+
+
+def test_the_debug_variable_lets_a_bug_raise_its_traceback(monkeypatch):
+    monkeypatch.setattr(cli_module, "app", _raising(RuntimeError("boom")))
+    monkeypatch.setenv("ONNX_DIAGWISE_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        cli_module.main(["inspect", str(SAMPLE)])
+
+
+@pytest.mark.parametrize("args, command", [(["rewrite", "--bogus"], "onnx-diagwise rewrite"),
+                                           (["--bogus"], "onnx-diagwise"),
+                                           (["cache", "info", "--bogus"], "onnx-diagwise cache info")])
+def test_a_usage_error_points_at_the_commands_help(args, command):
+    r = cli(*args)
+    assert r.returncode == 2 and r.stdout == ""
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: No such option: --bogus") and line.endswith(f"(see '{command} --help')"), line
+
+
+def test_no_arguments_prints_the_help_and_exits_2():
+    r = cli()
+    assert r.returncode == 2 and "Usage: onnx-diagwise" in r.stdout + r.stderr
+    assert "rewrite" in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
+def test_verbose_rewrite_lists_every_node_and_plain_does_not(tmp_path):
+    verbose = cli("rewrite", SAMPLE, tmp_path / "v.onnx", "-v", "--no-check")
+    plain = cli("rewrite", SAMPLE, tmp_path / "p.onnx", "--no-check")
+    assert verbose.returncode == plain.returncode == 0
+    assert "Depthwise and grouped convolutions" in verbose.stdout
+    assert "Depthwise and grouped convolutions" not in plain.stdout
+
+
+def test_rewrite_output_fits_a_narrow_terminal(tmp_path):
+    r = cli("rewrite", SAMPLE, tmp_path / "out.onnx", "-v", "--no-check", columns=60)
+    assert r.returncode == 0, r.stderr
+    assert max(len(line) for line in r.stdout.splitlines() if str(tmp_path) not in line) <= 60, r.stdout
+
+
+def test_unsized_dims_error_gives_one_flag_per_input_to_paste(monkeypatch):
+    from onnx_diagwise.errors import UnsizedDims
+
+    example = {"x": [1, 3, 64, 64], "my input": [1, 8]}
+    exc = UnsizedDims(f"size them: InputOptions.shapes={example}", "InputOptions.shapes", example=example)
+    monkeypatch.setattr(cli_module, "app", _raising(exc))
+    r = cli("rewrite", SAMPLE, "out.onnx")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: size them: --overwrite-input-shape x:1,3,64,64 "
+                                "--overwrite-input-shape 'my input:1,8'")
+
+
+def test_a_usage_error_raised_outside_any_command_points_at_the_main_help(monkeypatch):
+    import typer
+
+    monkeypatch.setattr(cli_module, "app", _raising(typer.BadParameter("bad value")))  # no context attached
+    r = cli("inspect", SAMPLE)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.strip() == "error: Invalid value: bad value (see 'onnx-diagwise --help')"
+
+
+def test_verbose_rewrite_names_flags_in_each_nodes_reason(tmp_path):
+    r = cli("rewrite", SAMPLE, tmp_path / "out.onnx", "-v", "--no-check", "--min-channels", "100")
+    assert r.returncode == 0, r.stderr
+    assert "C=96 is below --min-channels 100" in r.stdout and "min_channels" not in r.stdout
