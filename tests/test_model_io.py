@@ -1,5 +1,6 @@
 """Loading and saving: external data, models past 2 GiB, atomic writes."""
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -260,3 +261,378 @@ def test_output_keeps_the_mode_of_the_file_it_replaces(tmp_path, external):
     finally:
         os.umask(umask)
     assert (fresh.stat().st_mode & 0o777) == 0o644
+
+
+# ---------------------------------------------------------------- loading: every refusal names the file
+
+
+def _write(path: Path, model) -> Path:
+    path.write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
+    return path
+
+
+def _refusal(path: Path) -> str:
+    with pytest.raises(DiagwiseError) as refused:
+        load_model(path)
+    return str(refused.value)
+
+
+def test_load_refuses_what_is_not_a_model_file(tmp_path):
+    assert _refusal(tmp_path / "missing.onnx") == f"input model '{tmp_path / 'missing.onnx'}' does not exist"
+    assert _refusal(tmp_path) == f"input model '{tmp_path}' is a directory, not a file"
+    empty = _write(tmp_path / "empty.onnx", b"")
+    assert _refusal(empty) == f"'{empty}' is empty, not an ONNX model"
+    garbage = _write(tmp_path / "garbage.onnx", b"\xff\xff\xff\xff not protobuf")
+    assert _refusal(garbage) == (f"'{garbage}' is not an ONNX model (protobuf parse failed: truncated or another "
+                                 "format)")
+    no_graph = _write(tmp_path / "no_graph.onnx", onnx.ModelProto(ir_version=8, producer_name="x"))
+    assert _refusal(no_graph) == f"'{no_graph}' is not an ONNX model (no graph or IR version)"
+    no_ir = weights_model(1.0)
+    no_ir.ir_version = 0
+    no_ir = _write(tmp_path / "no_ir.onnx", no_ir)
+    assert _refusal(no_ir) == f"'{no_ir}' is not an ONNX model (no graph or IR version)"
+
+
+def test_load_refuses_a_model_the_checker_refuses_in_one_line(tmp_path):
+    old_ir = weights_model(1.0)
+    old_ir.ir_version = 1
+    old_ir = _write(tmp_path / "old_ir.onnx", old_ir)
+    assert _refusal(old_ir) == (f"'{old_ir}' is not a valid ONNX model: model with IR version < 3 cannot have "
+                                "opset_import specified")
+    unknown_op = weights_model(1.0)
+    unknown_op.graph.node[0].op_type = "NoSuchOp"
+    unknown_op = _write(tmp_path / "unknown_op.onnx", unknown_op)
+    assert _refusal(unknown_op) == (f"'{unknown_op}' is not a valid ONNX model: No Op registered for NoSuchOp with "
+                                    "domain_version of 17")
+    damaged = weights_model(1.0)
+    damaged.graph.name = "graphname"
+    damaged = _write(tmp_path / "damaged.onnx", damaged.SerializeToString().replace(b"graphname", b"gra\xff\xfename"))
+    assert _refusal(damaged) == (f"'{damaged}' is not a valid ONNX model: a name or string in it is not UTF-8 "
+                                 "(a damaged file?)")
+
+
+def test_load_accepts_inputs_and_outputs_without_a_shape(tmp_path):
+    model = weights_model(1.0)
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.ClearField("shape")
+    path = _write(tmp_path / "unshaped.onnx", model)
+    loaded = load_model(path)
+    assert loaded.model == model and loaded.path == path and loaded.file_bytes == path.stat().st_size
+    assert loaded.external_files == [] and not loaded.has_external_data
+
+
+def test_opsets_newer_than_onnx_are_refused_older_than_onnxruntime_warned(tmp_path, monkeypatch):
+    from onnx_diagwise import model_io
+    from onnx_diagwise.model_io import MAX_OPSET, MIN_OPSET, as_model, check_opsets
+
+    newest = weights_model(1.0)
+    newest.opset_import[0].version = MAX_OPSET
+    assert load_model(_write(tmp_path / "newest.onnx", newest)).model == newest
+    too_new = weights_model(1.0)
+    too_new.opset_import.insert(0, helper.make_opsetid("com.microsoft", MAX_OPSET + 5))
+    too_new.opset_import[1].domain = "ai.onnx"
+    too_new.opset_import[1].version = MAX_OPSET + 1
+    path = _write(tmp_path / "too_new.onnx", too_new)
+    expected = (f"uses ai.onnx opset {MAX_OPSET + 1}; onnx {onnx.__version__} knows opsets up to {MAX_OPSET} "
+                "(a newer onnx may)")
+    assert _refusal(path) == f"'{path}' {expected}"
+    with pytest.raises(DiagwiseError) as as_given:
+        as_model(too_new)
+    assert str(as_given.value) == f"'the model' {expected}"
+    custom_only = weights_model(1.0)
+    custom_only.opset_import.append(helper.make_opsetid("com.microsoft", MAX_OPSET + 5))
+    check_opsets(custom_only, "custom")  # other domains are not ai.onnx's
+
+    # a handler of our own: the command line, run in process by other tests, changes the logger's
+    # propagation and handlers, so caplog may see a record never or twice
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("onnx_diagwise")
+    monkeypatch.setattr(logger, "level", logging.WARNING)
+    monkeypatch.setattr(model_io, "_warned_old", set())  # warned once per process: this test may run again in it
+    logger.addHandler(handler)
+    try:
+        at_min = weights_model(1.0)
+        at_min.graph.name = "at_min_opset"
+        at_min.opset_import[0].version = MIN_OPSET
+        check_opsets(at_min, "at min")
+        assert records == []
+        old = weights_model(1.0)
+        old.graph.name = "old_opset_warned_once"
+        old.opset_import[0].version = MIN_OPSET - 1
+        check_opsets(old, "old")
+        check_opsets(old, "old")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == [
+        f"'old' uses ai.onnx opset {MIN_OPSET - 1}, older than the {MIN_OPSET} onnxruntime guarantees; going on "
+        "with the opset unchanged (Conv has meant the same since opset 1)"]
+
+
+def test_loading_external_data_reads_it_into_the_model(tmp_path):
+    path = _external(tmp_path)  # every tensor in one file, weights.bin
+    loaded = load_model(path)
+    data = tmp_path / "weights.bin"
+    assert loaded.external_files == [data] and loaded.has_external_data
+    assert loaded.file_bytes == path.stat().st_size + data.stat().st_size
+    expected = {t.name: numpy_helper.to_array(t) for t in onnx.load(SAMPLE).graph.initializer}
+    got = {t.name: numpy_helper.to_array(t) for t in loaded.model.graph.initializer}
+    assert sorted(got) == sorted(expected) and all(np.array_equal(got[n], expected[n]) for n in expected)
+    assert all(t.data_location == TensorProto.DEFAULT and not t.external_data for t in loaded.model.graph.initializer)
+
+
+def test_as_model_copies_only_when_asked(tmp_path):
+    from onnx_diagwise.model_io import as_model
+
+    model = weights_model(1.0)
+    assert as_model(model) is model
+    copied = as_model(model, copy=True)
+    assert copied is not model and copied == model
+    assert as_model(_write(tmp_path / "m.onnx", model)) == model
+    assert as_model(str(tmp_path / "m.onnx")) == model
+    with pytest.raises(DiagwiseError) as refused:
+        as_model(3)
+    assert str(refused.value) == "expected an onnx.ModelProto or a path, got int"
+
+
+# ---------------------------------------------------------------- where output may go
+
+
+def test_check_output_path_refusals(tmp_path):
+    from onnx_diagwise.model_io import check_output_path
+
+    def refusal(output, protected=None):
+        with pytest.raises(DiagwiseError) as refused:
+            check_output_path(output, protected)
+        return str(refused.value)
+
+    assert refusal(tmp_path) == f"output '{tmp_path}' is a directory"
+    missing = tmp_path / "missing" / "out.onnx"
+    assert refusal(missing) == f"output directory '{tmp_path / 'missing'}' does not exist"
+    (tmp_path / "file").write_bytes(b"")
+    assert refusal(tmp_path / "file" / "out.onnx") == f"output directory '{tmp_path / 'file'}' is not a directory"
+    model, data = tmp_path / "in.onnx", tmp_path / "in.data"
+    model.write_bytes(b"m")
+    data.write_bytes(b"d")
+    assert refusal(model, [model, data]) == (f"output '{model}' is the input model; writing it would destroy the "
+                                             "input, choose another path")
+    assert refusal(data, [model, data]) == (f"output '{data}' is the input's external data file '{data}'; writing "
+                                            "it would destroy the input, choose another path")
+    check_output_path(tmp_path / "new.onnx", [model, data])
+    check_output_path(model)  # nothing protected
+
+
+def test_check_output_path_of_a_bare_file_name_is_the_working_directory(tmp_path, monkeypatch):
+    from onnx_diagwise.model_io import check_output_path
+
+    monkeypatch.chdir(tmp_path)
+    check_output_path("out.onnx")
+    (tmp_path / "in.onnx").write_bytes(b"m")
+    with pytest.raises(DiagwiseError, match="^output 'in.onnx' is the input model"):
+        check_output_path("in.onnx", [tmp_path / "in.onnx"])
+
+
+# ---------------------------------------------------------------- saving: the bytes written
+
+
+def _saved_bytes(model, tmp_path, name="m.onnx") -> bytes:
+    assert save_model(model, tmp_path / name, external_data=False) is None
+    return (tmp_path / name).read_bytes()
+
+
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 4095, 4096, 2**20])
+def test_streamed_write_is_byte_for_byte_what_protobuf_writes(tmp_path, size):
+    model = weights_model(1.0)
+    del model.graph.initializer[:]
+    for i, n in enumerate((size, 3)):
+        model.graph.initializer.append(numpy_helper.from_array(np.arange(n, dtype=np.float32), f"w{i}"))
+    onnx.helper.set_model_props(model, {"after": "the graph"})
+    assert _saved_bytes(model, tmp_path) == model.SerializeToString()
+
+
+def test_streamed_write_of_a_model_without_a_graph(tmp_path):
+    model = onnx.ModelProto(ir_version=8, producer_name="p", doc_string="no graph")
+    assert _saved_bytes(model, tmp_path) == model.SerializeToString()
+
+
+def test_streamed_write_of_the_sample_models_is_onnx_save_s_bytes(tmp_path):
+    for name in ("if_branch", "mobilenet_v1_025"):
+        model = onnx.load(SAMPLE.parent / f"{name}.onnx")
+        assert _saved_bytes(model, tmp_path, f"{name}.onnx") == model.SerializeToString()
+
+
+def test_varint_encoding():
+    from onnx_diagwise.model_io import _varint
+
+    assert [_varint(n) for n in (0, 1, 127, 128, 300, 16383, 16384, 2**31 - 1)] == [
+        b"\x00", b"\x01", b"\x7f", b"\x80\x01", b"\xac\x02", b"\xff\x7f", b"\x80\x80\x01", b"\xff\xff\xff\xff\x07"]
+
+
+def test_a_model_past_the_protobuf_limit_is_refused_without_external_data(tmp_path, monkeypatch):
+    from onnx_diagwise import model_io
+
+    model = weights_model(1.0)
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", model.ByteSize() - 1)
+    out = tmp_path / "out.onnx"
+    with pytest.raises(DiagwiseError) as refused:
+        save_model(model, out, external_data=False)
+    assert str(refused.value) == (f"cannot write '{out}': the model passes protobuf's 2 GiB limit; save it with "
+                                  "external data")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", model.ByteSize())
+    save_model(model, out, external_data=False)
+    assert out.read_bytes() == model.SerializeToString()
+
+
+@pytest.mark.parametrize("margin, external", [(0, False), (-1, True)])
+def test_external_data_is_chosen_past_the_limit_less_64_mib(tmp_path, monkeypatch, margin, external):
+    from onnx_diagwise import model_io
+    from onnx_diagwise.tensors import weight_bytes
+
+    model = weights_model(2.0)
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", weight_bytes(model) + 64 * 2**20 + margin)
+    data = save_model(model, tmp_path / "out.onnx")
+    assert (data is not None) == external
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"] + ([data.name] if external else [])
+
+
+def test_external_data_file_is_named_by_its_hash_and_aligned(tmp_path):
+    import hashlib
+
+    model = weights_model(1.0)
+    model.graph.initializer.append(numpy_helper.from_array(np.full(256, 5, np.float32), "exactly_1024_bytes"))
+    model.graph.initializer.append(numpy_helper.from_array(np.full(255, 6, np.float32), "just_below"))
+    model.graph.initializer.append(numpy_helper.from_array(np.full(300, 7, np.float32), "third"))
+    model.graph.initializer.append(onnx.helper.make_tensor("as_floats", TensorProto.FLOAT, [400], [1.0] * 400))
+    out = tmp_path / "out.onnx"
+    data = save_model(model, out, external_data=True)
+    assert data == tmp_path / f"out.onnx.{hashlib.blake2b(data.read_bytes(), digest_size=8).hexdigest()}.data"
+    written = onnx.load(out, load_external_data=False)
+    where = {t.name: {e.key: e.value for e in t.external_data} for t in written.graph.initializer
+             if t.data_location == TensorProto.EXTERNAL}
+    assert sorted(where) == ["exactly_1024_bytes", "third", "w"]
+    assert all(info["location"] == data.name and int(info["offset"]) % 4096 == 0 for info in where.values())
+    assert [int(where[n]["offset"]) for n in ("w", "exactly_1024_bytes", "third")] == [0, 4096, 8192]
+    assert data.stat().st_size == 8192 + 1200
+    loaded = {t.name: numpy_helper.to_array(t) for t in load_model(out).model.graph.initializer}
+    for tensor in model.graph.initializer:
+        np.testing.assert_array_equal(loaded[tensor.name], numpy_helper.to_array(tensor))
+
+
+def test_save_can_leave_the_written_tensors_out_of_the_model(tmp_path):
+    model = weights_model(1.0)
+    save_model(model, tmp_path / "out.onnx", external_data=True, keep_model=False)
+    assert model.graph.initializer[0].data_location == TensorProto.EXTERNAL
+    assert not model.graph.initializer[0].HasField("raw_data")
+    kept = weights_model(1.0)
+    save_model(kept, tmp_path / "kept.onnx", external_data=True)
+    assert kept == weights_model(1.0)
+
+
+def test_before_commit_sees_the_complete_model_and_can_stop_the_write(tmp_path):
+    out = tmp_path / "out.onnx"
+    seen = []
+
+    def check(path):
+        seen.append((path.name, numpy_helper.to_array(onnx.load(path).graph.initializer[0]).tolist() == [1.0] * 1024))
+
+    assert save_model(weights_model(1.0), out, external_data=True, before_commit=check).parent == tmp_path
+    assert seen == [("out.onnx", True)]
+
+    def refuse(path):
+        raise RuntimeError("the check failed")
+
+    with pytest.raises(RuntimeError, match="the check failed"):
+        save_model(weights_model(2.0), out, external_data=False, before_commit=refuse)
+    assert _value_of(out) == 1.0
+
+
+def test_write_errors_say_why_in_the_system_s_words(tmp_path, monkeypatch):
+    missing = tmp_path / "missing" / "out.onnx"
+    with pytest.raises(DiagwiseError) as no_folder:
+        save_model(weights_model(1.0), missing)
+    assert str(no_folder.value) == f"cannot write '{missing}': No such file or directory"
+    out = tmp_path / "out.onnx"
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(dst) == out:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(DiagwiseError) as full:
+        save_model(weights_model(1.0), out)
+    assert str(full.value) == f"cannot write '{out}': No space left on device"
+
+
+def test_load_accepts_a_sequence_input(tmp_path):
+    sequence = helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("SequenceLength", ["s"], ["n"])], "g", [sequence],
+                              [helper.make_tensor_value_info("n", TensorProto.INT64, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert load_model(_write(tmp_path / "seq.onnx", model)).model == model
+
+
+def test_load_reports_a_file_it_cannot_read(tmp_path, monkeypatch):
+    path = _write(tmp_path / "m.onnx", weights_model(1.0))
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    assert _refusal(path) == f"cannot read '{path}': Permission denied"
+
+
+def test_a_checker_error_without_words_still_says_validation_failed(tmp_path, monkeypatch):
+    path = _write(tmp_path / "m.onnx", weights_model(1.0))
+
+    def silent(model):
+        raise onnx.checker.ValidationError("  ")
+
+    monkeypatch.setattr(onnx.checker, "check_model", silent)
+    assert _refusal(path) == f"'{path}' is not a valid ONNX model: validation failed"
+
+
+def test_each_old_model_is_warned_of_once(monkeypatch):
+    from onnx_diagwise import model_io
+    from onnx_diagwise.model_io import MIN_OPSET, check_opsets
+
+    records: list[logging.LogRecord] = []  # a handler of our own, as in the test above
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("onnx_diagwise")
+    monkeypatch.setattr(logger, "level", logging.WARNING)
+    monkeypatch.setattr(model_io, "_warned_old", set())  # warned once per process: this test may run again in it
+    first, second = weights_model(1.0), weights_model(2.0)
+    first.graph.name, second.graph.name = "first_old_model", "second_old_model"
+    for model in (first, second):
+        model.opset_import[0].version = MIN_OPSET - 1
+    logger.addHandler(handler)
+    try:
+        for model in (first, second, first, second):
+            check_opsets(model, model.graph.name)
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage().split(" uses")[0] for r in records] == ["'first_old_model'", "'second_old_model'"]
+
+
+def test_check_output_path_refuses_a_folder_it_cannot_write(tmp_path, monkeypatch):
+    from onnx_diagwise.model_io import check_output_path
+
+    def read_only(path, mode):  # a folder one may enter and read, not write (root would pass os.access)
+        return not mode & os.W_OK
+
+    monkeypatch.setattr(os, "access", read_only)
+    with pytest.raises(DiagwiseError) as refused:
+        check_output_path(tmp_path / "out.onnx")
+    assert str(refused.value) == f"output '{tmp_path / 'out.onnx'}': directory '{tmp_path}' is not writable"
+
+
+def test_a_model_without_a_graph_is_measured_without_one(tmp_path, monkeypatch):
+    from onnx_diagwise import model_io
+
+    model = onnx.ModelProto(ir_version=8, producer_name="p", doc_string="no graph")
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", model.ByteSize())  # exactly at the limit: still written
+    assert _saved_bytes(model, tmp_path) == model.SerializeToString()
