@@ -439,3 +439,15 @@ def loop_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         weights + [numpy_helper.from_array(np.array(2, np.int64), "trip")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def spy_sessions(monkeypatch, module) -> list:
+    """The RuntimeConfig of every session MODULE creates (its create_session, spied), in order."""
+    real, seen = module.create_session, []
+
+    def spy(model, config):
+        seen.append(config)
+        return real(model, config)
+
+    monkeypatch.setattr(module, "create_session", spy)
+    return seen

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import SAMPLE_DIR, cli
+from helpers import SAMPLE_DIR, cli, spy_sessions
 from onnx_diagwise import DiagwiseError
 from onnx_diagwise.dims import candidates, resolve_input_shapes, total_stride
 from onnx_diagwise.errors import UnsizedDims
@@ -352,13 +352,7 @@ def test_sizes_are_tried_on_the_configuration_given_and_kept_in_the_options(monk
     from onnx_diagwise.dims import with_input_shapes
     from onnx_diagwise.runtime import RuntimeConfig
 
-    real, seen = dims_module.create_session, []
-
-    def spy(model, config):
-        seen.append(config)
-        return real(model, config)
-
-    monkeypatch.setattr(dims_module, "create_session", spy)
+    seen = spy_sessions(monkeypatch, dims_module)
     model = identity(("x", FLOAT, ["N", "T"]))
     single = RuntimeConfig("cpu", threads=1)
     options, resolved = with_input_shapes(model, InputOptions(batch=2), single)

@@ -16,6 +16,18 @@ from onnx_diagwise import DiagwiseError
 from onnx_diagwise.model_io import load_model, save_model
 
 
+
+def _disk_full_at(monkeypatch, out: Path) -> None:
+    """The rename that would put OUT in place fails as a full disk does."""
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(dst) == out:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+
 def _external(tmp_path: Path, location: str = "weights.bin") -> Path:
     path = tmp_path / "in.onnx"
     onnx.save_model(onnx.load(SAMPLE), path, save_as_external_data=True, location=location, size_threshold=0)
@@ -61,14 +73,7 @@ def test_save_leaves_model_unchanged(tmp_path):
 def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, external):
     out = tmp_path / "out.onnx"
     out.write_bytes(b"previous")
-    real_replace = os.replace
-
-    def failing_replace(src, dst):
-        if Path(dst) == out:
-            raise OSError(28, "No space left on device")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", failing_replace)
+    _disk_full_at(monkeypatch, out)
     with pytest.raises(DiagwiseError, match="cannot write .*No space left on device"):
         save_model(onnx.load(SAMPLE), out, external_data=external)
     assert out.read_bytes() == b"previous"
@@ -554,14 +559,7 @@ def test_write_errors_say_why_in_the_system_s_words(tmp_path, monkeypatch):
         save_model(weights_model(1.0), missing)
     assert str(no_folder.value) == f"cannot write '{missing}': No such file or directory"
     out = tmp_path / "out.onnx"
-    real_replace = os.replace
-
-    def failing_replace(src, dst):
-        if Path(dst) == out:
-            raise OSError(28, "No space left on device")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", failing_replace)
+    _disk_full_at(monkeypatch, out)
     with pytest.raises(DiagwiseError) as full:
         save_model(weights_model(1.0), out)
     assert str(full.value) == f"cannot write '{out}': No space left on device"

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import SAMPLE, SAMPLE_DIR, attr, cli, depthwise_model, scaled_outputs
+from helpers import SAMPLE, SAMPLE_DIR, attr, cli, depthwise_model, scaled_outputs, spy_sessions
 from onnx_diagwise import DiagwiseError, rewrite
 from onnx_diagwise.dims import make_inputs, resolve_input_shapes
 from onnx_diagwise.runtime import InputOptions, RuntimeConfig, parse_input_shapes, input_specs
@@ -615,15 +615,10 @@ def test_run_k_uses_seed_plus_k_and_the_report_keeps_the_worst():
 def test_noise_floor_is_measured_on_the_original_at_another_optimization_level(monkeypatch, opt_level, noise_level):
     import onnx_diagwise.validation as validation_module
 
-    real, levels = validation_module.create_session, []
-
-    def spy(model, config):
-        levels.append(config.opt_level)
-        return real(model, config)
-
-    monkeypatch.setattr(validation_module, "create_session", spy)
+    seen = spy_sessions(monkeypatch, validation_module)
     model = _passthrough(("x", [2, 3]))
     report = validate(model, model, RuntimeConfig("cpu", opt_level=opt_level), check_n=1)
+    levels = [config.opt_level for config in seen]
     if noise_level is None:  # no other level to compare with: not measured
         assert levels == [opt_level, opt_level] and report.noise_config is None and report.outputs[0].noise is None
         assert report.to_dict()["noise_floor"] is None
@@ -659,13 +654,7 @@ def test_tf32_is_turned_off_for_the_check_unless_allowed(monkeypatch):
 def test_symbolic_dims_are_sized_once_on_the_configuration_checked(monkeypatch):
     import onnx_diagwise.dims as dims_module
 
-    real, seen = dims_module.create_session, []
-
-    def spy(model, config):
-        seen.append(config)
-        return real(model, config)
-
-    monkeypatch.setattr(dims_module, "create_session", spy)
+    seen = spy_sessions(monkeypatch, dims_module)
     model = _passthrough(("x", ["N", "T"]))
     config = RuntimeConfig("cpu", threads=1)
     report = validate(model, model, config, InputOptions(batch=2), check_n=3)
