@@ -43,9 +43,14 @@ def wilson(detected: int, judged: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def main() -> int:
+    global DETECTED
     parser = argparse.ArgumentParser()
     parser.add_argument("--sample", type=Path, help="the names of the sampled mutants, one per line")
+    parser.add_argument("--killed-only", action="store_true",
+                        help="count timeouts as not detected (a forked test can also hang on a lock)")
     args = parser.parse_args()
+    if args.killed_only:
+        DETECTED = ("killed",)
     sample = set(args.sample.read_text().split()) if args.sample else set()
     full: dict[str, Counter] = defaultdict(Counter)
     sampled: dict[str, Counter] = defaultdict(Counter)
