@@ -400,7 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except typer.TyperException as exc:  # usage errors: unknown option, bad int, missing argument
-        if not exc.format_message():  # no arguments at all: typer already printed the help
+        if type(exc).__name__ == "NoArgsIsHelpError" or not exc.format_message():
+            # no arguments at all: the help as it is (newer click gives it as the message; older printed it)
+            if exc.format_message():
+                say(exc.format_message(), stderr=True)
             return 2
         ctx = getattr(exc, "ctx", None)
         command = ctx.command_path if ctx is not None else "onnx-diagwise"

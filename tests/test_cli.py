@@ -391,6 +391,7 @@ def test_no_arguments_prints_the_help_and_exits_2():
     r = cli()
     assert r.returncode == 2 and "Usage: onnx-diagwise" in r.stdout + r.stderr
     assert "rewrite" in r.stdout + r.stderr and "Traceback" not in r.stderr
+    assert "error" not in r.stderr and "(see" not in r.stderr  # the help, not a usage error
 
 
 def test_verbose_rewrite_lists_every_node_and_plain_does_not(tmp_path):

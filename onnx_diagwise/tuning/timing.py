@@ -67,7 +67,7 @@ class OrtTimer:
 def separated(samples: list[list[float]]) -> bool:
     """Is the fastest of samples[1:] clearly apart from samples[0]?  Apart means the medians
     differ by more than twice their combined standard error (estimated from the IQRs), and
-    by at least 1%."""
+    by more than 1%."""
     if len(samples) < 2:
         return True
 
