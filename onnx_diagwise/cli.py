@@ -400,14 +400,15 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except typer.TyperException as exc:  # usage errors: unknown option, bad int, missing argument
-        if type(exc).__name__ == "NoArgsIsHelpError" or not exc.format_message():
+        message = exc.format_message()
+        if type(exc).__name__ == "NoArgsIsHelpError" or not message:
             # no arguments at all: the help as it is (newer click gives it as the message; older printed it)
-            if exc.format_message():
-                say(exc.format_message(), stderr=True)
+            if message:
+                say(message, stderr=True)
             return 2
         ctx = getattr(exc, "ctx", None)
         command = ctx.command_path if ctx is not None else "onnx-diagwise"
-        error("error", f"{exc.format_message()} (see '{command} --help')")
+        error("error", f"{message} (see '{command} --help')")
         return 2
     except typer.Abort:
         say("aborted", stderr=True)

@@ -175,8 +175,11 @@ def compare(name: str, expected: np.ndarray | None, actual: np.ndarray | None,
     exact = text or expected.dtype.kind == "b" or (expected.dtype.kind in "iu" and atol is None and rtol is None)
     e = expected if exact else expected.astype(np.float64)
     a = actual if exact else actual.astype(np.float64)
-    finite = np.abs(e[np.isfinite(e)]) if not exact else np.zeros(0) if text else np.abs(e.astype(np.float64))
-    scale = float(finite.max()) if finite.size else 0.0
+    if text:
+        scale = 0.0
+    else:
+        finite = np.abs(e.astype(np.float64)) if exact else np.abs(e[np.isfinite(e)])
+        scale = float(finite.max()) if finite.size else 0.0
     lower = precision if precision and not exact and precision != expected.dtype.name else None
     a_tol, r_tol = tolerance_for(expected.dtype, scale, atol, rtol, tf32, lower)
     noise = None if exact else noise

@@ -42,15 +42,17 @@ def wilson(detected: int, judged: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def count(counter: Counter, kinds: tuple[str, ...]) -> int:
+    return sum(counter[kind] for kind in kinds)
+
+
 def main() -> int:
-    global DETECTED
     parser = argparse.ArgumentParser()
     parser.add_argument("--sample", type=Path, help="the names of the sampled mutants, one per line")
     parser.add_argument("--killed-only", action="store_true",
                         help="count timeouts as not detected (a forked test can also hang on a lock)")
     args = parser.parse_args()
-    if args.killed_only:
-        DETECTED = ("killed",)
+    detected_kinds = ("killed",) if args.killed_only else DETECTED
     sample = set(args.sample.read_text().split()) if args.sample else set()
     full: dict[str, Counter] = defaultdict(Counter)
     sampled: dict[str, Counter] = defaultdict(Counter)
@@ -63,14 +65,14 @@ def main() -> int:
     for module in sorted(full.keys() | sampled.keys()):
         c, s = full[module], sampled[module]
         both = c + s
-        detected, judged = sum(both[k] for k in DETECTED), sum(both[k] for k in JUDGED)
+        detected, judged = count(both, detected_kinds), count(both, JUDGED)
         score = f"{detected / judged:.0%}" if judged else "-"
         row = (f"| {module} | {sum(both.values())} | {both['killed']} | {both['timeout']} | {both['survived']} | "
                f"{both['no tests']} | {both['not checked']} | {score} |")
         if sample:
             unchecked = c["not checked"] + sum(s.values())  # the rest when the sample was drawn
-            s_detected, s_judged = sum(s[k] for k in DETECTED), sum(s[k] for k in JUDGED)
-            c_detected, c_judged = sum(c[k] for k in DETECTED), sum(c[k] for k in JUDGED)
+            s_detected, s_judged = count(s, detected_kinds), count(s, JUDGED)
+            c_detected, c_judged = count(c, detected_kinds), count(c, JUDGED)
             if not unchecked:
                 row += f" - | {c_detected / c_judged:.0%} (all checked) |"
             elif s_judged:

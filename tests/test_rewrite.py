@@ -120,15 +120,19 @@ def test_weight_shared_by_two_depthwise_convs_is_expanded_once():
     assert_same_outputs(model, result)
 
 
-def test_unused_initializer_removed_and_a_private_identity_kept():
-    """dw reads the weight through its own Identity, dw2 reads it directly: the expansion is
-    shared, dw's Identity now reads it (so revert gives back these nodes), the old weight goes."""
-    model = depthwise_model(channels=8, weight_source="Identity")
-    model.graph.node.append(helper.make_node("Conv", ["y", "w"], ["z"], name="dw2", group=8,
+def _with_second_reader(model: onnx.ModelProto, weight: str) -> onnx.ModelProto:
+    """MODEL (a depthwise Conv of 8 channels, output y) followed by a second one, dw2, reading WEIGHT."""
+    model.graph.node.append(helper.make_node("Conv", ["y", weight], ["z"], name="dw2", group=8,
                                              kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
     model.graph.output[0].name = "z"
     del model.graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model)
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def test_unused_initializer_removed_and_a_private_identity_kept():
+    """dw reads the weight through its own Identity, dw2 reads it directly: the expansion is
+    shared, dw's Identity now reads it (so revert gives back these nodes), the old weight goes."""
+    model = _with_second_reader(depthwise_model(channels=8, weight_source="Identity"), "w")
     result = rewrite(model, group_size=8).model
     identity = next(n for n in result.graph.node if n.op_type == "Identity")
     assert list(identity.input) == ["w_diagwise_g8"]
@@ -433,12 +437,7 @@ def test_revert_adds_the_group_attribute_a_dense_conv_lacked():
 def test_identity_alias_read_by_two_depthwise_convs_goes_with_the_weight():
     """Two depthwise Convs read one weight through one Identity: both read the shared expansion,
     and the Identity and the original weight, unread now, are removed."""
-    model = depthwise_model(channels=8, bias=False, weight_source="Identity")
-    model.graph.node.append(helper.make_node("Conv", ["y", "w_alias"], ["z"], name="dw2", group=8,
-                                             kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
-    model.graph.output[0].name = "z"
-    del model.graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model)
+    model = _with_second_reader(depthwise_model(channels=8, bias=False, weight_source="Identity"), "w_alias")
     result = rewrite(model, group_size=4).model
     assert [n.op_type for n in result.graph.node] == ["Conv", "Conv"]
     assert [c.input[1] for c in conv_nodes(result)] == ["w_diagwise_g4", "w_diagwise_g4"]
