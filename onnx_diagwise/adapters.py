@@ -88,7 +88,8 @@ def _ir_to_proto(model) -> tuple[ModelProto, Callable[[ModelProto], Any], str | 
     folders = {os.path.abspath(t.base_dir) if t.base_dir else None for t in lazy.values()}
     if len(folders) > 1:
         raise DiagwiseError(f"the model's external tensors live in {len(folders)} different folders "
-                            f"({', '.join(sorted(map(str, folders)))}); save it with its data in one folder first")
+                            f"({', '.join(sorted(folder or 'none: a tensor without a base_dir' for folder in folders))}); "
+                            "save it with its data in one folder first")
     proto = ir.serde.serialize_model(model)
 
     def back(result: ModelProto):

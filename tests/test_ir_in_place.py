@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import SAMPLE_DIR, depthwise_model, loop_model, random_inputs, run
-from onnx_diagwise import revert, rewrite
+from onnx_diagwise import DiagwiseError, adapters, inspect, revert, rewrite
 
 ir = pytest.importorskip("onnx_ir")
 from onnx_diagwise.passes import DiagonalwisePass, RevertPass  # noqa: E402
@@ -439,3 +439,267 @@ def test_external_references_an_edit_writes_are_read_from_the_models_folder(tmp_
     _edit_in_place(model, edit)
     values = {name: value.const_value.numpy().tolist() for name, value in model.graph.initializers.items()}
     assert values == {"c": [[9.0] * 3] * 2, "d": [[5.0] * 3] * 2}
+
+
+# --- onnx_diagwise.adapters: the model types export pipelines hand us come back as that type ---
+# (an onnx_ir.Model, an onnx_graphsurgeon.Graph, a torch.onnx.ONNXProgram; a ModelProto and a path
+# come back as a ModelProto; the lazy external tensors of an onnx_ir model are kept, not read)
+
+# Stands in for torch.onnx.ONNXProgram (importing torch takes seconds): what the adapter relies on,
+# the class's module and name, `.model`, `.exported_program` and the constructor cls(model, program).
+TorchProgram = type("ONNXProgram", (), {
+    "__module__": "torch.onnx._internal.exporter._onnx_program",
+    "__init__": lambda self, model, exported_program: self.__dict__.update(model=model,
+                                                                           exported_program=exported_program)})
+
+
+def _rewritten_weight(model: onnx.ModelProto) -> np.ndarray:
+    return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
+
+
+def test_a_model_proto_and_a_path_come_back_as_a_new_model_proto_leaving_the_input_alone(tmp_path, monkeypatch):
+    original = depthwise_model(channels=8)
+    proto, saved = depthwise_model(channels=8), original.SerializeToString()
+    onnx.save(original, tmp_path / "m.onnx")
+    by_proto = rewrite(proto, group_size=4)
+    assert isinstance(by_proto.model, onnx.ModelProto) and by_proto.model is not proto
+    assert proto.SerializeToString() == saved  # copied first: the caller's model is not rewritten
+    assert _rewritten_weight(by_proto.model).shape == (8, 4, 3, 3)
+    monkeypatch.chdir(tmp_path)  # a relative path
+    by_path = rewrite("m.onnx", group_size=4)
+    assert isinstance(by_path.model, onnx.ModelProto)
+    assert by_path.model.SerializeToString() == by_proto.model.SerializeToString()
+    rewritten = by_proto.model.SerializeToString()
+    reverted = revert(by_proto.model)
+    assert isinstance(reverted.model, onnx.ModelProto) and reverted.model is not by_proto.model
+    assert by_proto.model.SerializeToString() == rewritten and reverted.model.SerializeToString() == saved
+    onnx.save(by_proto.model, tmp_path / "r.onnx")
+    assert revert("r.onnx").model.SerializeToString() == saved
+    assert [(n.name, n.action) for n in inspect("m.onnx").nodes] == [("dw", "rewrite")]
+
+
+def test_to_proto_gives_each_type_s_folder_and_way_back(tmp_path, monkeypatch):
+    """The folder external data is read from: a path's own folder (made absolute), an onnx_ir
+    model's tensors' folder, none for a ModelProto, a graphsurgeon graph or an IR model without
+    external data; a ModelProto or a path comes back as the very ModelProto the rewrite made."""
+    proto = depthwise_model(channels=8)
+    got, back, folder = adapters.to_proto(proto)
+    assert got is proto and folder is None and back(proto) is proto
+    (tmp_path / "sub").mkdir()
+    onnx.save(proto, tmp_path / "sub" / "m.onnx")
+    monkeypatch.chdir(tmp_path)
+    got, back, folder = adapters.to_proto(os.path.join("sub", "m.onnx"))
+    assert got == os.path.join("sub", "m.onnx") and folder == str(tmp_path / "sub") and back(proto) is proto
+    got, back, folder = adapters.to_proto(ir.serde.deserialize_model(proto))
+    assert folder is None and got == ir.serde.serialize_model(ir.serde.deserialize_model(proto))
+    assert isinstance(back(got), ir.Model)
+    lazy = _lazy_copy(depthwise_model(channels=8), tmp_path / "sub", "lazy")
+    assert adapters.to_proto(lazy)[2] == str(tmp_path / "sub")
+    gs = pytest.importorskip("onnx_graphsurgeon")
+    got, back, folder = adapters.to_proto(gs.import_onnx(proto))
+    assert folder is None and isinstance(got, onnx.ModelProto) and isinstance(back(got), gs.Graph)
+    assert [n.name for n in got.graph.node] == ["dw"]
+
+
+def test_an_onnx_ir_model_comes_back_as_a_new_onnx_ir_model():
+    original = depthwise_model(channels=8)
+    model = ir.serde.deserialize_model(original)
+    result = rewrite(model, group_size=4)
+    assert isinstance(result.model, ir.Model) and result.model is not model
+    assert _same_model(result.model, rewrite(original, group_size=4).model)
+    assert _same_model(model, original)  # the input is left as it was
+    assert [(n.name, n.action) for n in result.report.nodes] == [("dw", "rewritten")]
+    reverted = revert(result.model)
+    assert isinstance(reverted.model, ir.Model) and _same_model(reverted.model, original)
+    assert [(n.name, n.action) for n in inspect(model).nodes] == [("dw", "rewrite")]
+
+
+def test_a_graphsurgeon_graph_comes_back_as_a_graph_even_with_an_untyped_output():
+    """Edited graphs often leave an output without a dtype: exported without graphsurgeon's type
+    check, not refused."""
+    gs = pytest.importorskip("onnx_graphsurgeon")
+    original = depthwise_model(channels=8)
+    graph = gs.import_onnx(original)
+    graph.outputs[0].dtype = None
+    result = rewrite(graph, group_size=4)
+    assert isinstance(result.model, gs.Graph) and result.model is not graph
+    assert [(n.name, n.action) for n in result.report.nodes] == [("dw", "rewritten")]
+    assert result.model.tensors()["w"].values.shape == (8, 4, 3, 3)
+    assert graph.tensors()["w"].values.shape == (8, 1, 3, 3) and graph.nodes[0].attrs["group"] == 8
+    reverted = revert(result.model)
+    assert isinstance(reverted.model, gs.Graph) and [n.action for n in reverted.report.nodes] == ["reverted"]
+    np.testing.assert_array_equal(reverted.model.tensors()["w"].values, _rewritten_weight(original))
+    assert [(n.name, n.action) for n in inspect(graph).nodes] == [("dw", "rewrite")]
+
+
+def test_a_torch_onnx_program_comes_back_as_a_program_of_its_class_with_the_same_exported_program():
+    original = depthwise_model(channels=8)
+    exported = object()
+    program = TorchProgram(ir.serde.deserialize_model(original), exported)
+    result = rewrite(program, group_size=4)
+    assert type(result.model) is TorchProgram and result.model is not program
+    assert result.model.exported_program is exported
+    assert isinstance(result.model.model, ir.Model) and result.model.model is not program.model
+    assert _same_model(result.model.model, rewrite(original, group_size=4).model)
+    assert _same_model(program.model, original)  # the input is left as it was
+    assert [(n.name, n.action) for n in result.report.nodes] == [("dw", "rewritten")]
+    reverted = revert(result.model)
+    assert type(reverted.model) is TorchProgram and reverted.model.exported_program is exported
+    assert _same_model(reverted.model.model, original)
+    assert [(n.name, n.action) for n in inspect(program).nodes] == [("dw", "rewrite")]
+
+
+def _unsupported():
+    """Objects of other types, some with a supported type's module or name: (object, what the error names)."""
+    gs = pytest.importorskip("onnx_graphsurgeon")
+    model = ir.serde.deserialize_model(depthwise_model(channels=8))
+    return [(model.graph, "onnx_ir.Graph"),  # onnx_ir's, but not a Model
+            (gs.import_onnx(depthwise_model(channels=8)).nodes[0], "onnx_graphsurgeon.ir.node.Node"),
+            (type("Model", (), {"__module__": "onnx"})(), "onnx.Model"),
+            (type("Graph", (), {"__module__": "onnx.onnx_ml_pb2"})(), "onnx.onnx_ml_pb2.Graph"),
+            (type("ONNXProgram", (), {"__module__": "torchvision"})(), "torchvision.ONNXProgram"),
+            (type("ExportedProgram", (), {"__module__": "torch.onnx._internal"})(),
+             "torch.onnx._internal.ExportedProgram"),
+            (3.5, "builtins.float")]
+
+
+@pytest.mark.parametrize("entry", [rewrite, revert, inspect], ids=["rewrite", "revert", "inspect"])
+def test_other_types_are_refused_naming_their_module_and_class(entry):
+    for obj, got in _unsupported():
+        with pytest.raises(DiagwiseError) as raised:
+            entry(obj)
+        assert str(raised.value) == ("expected an onnx.ModelProto, a path, an onnx_ir.Model, an onnx_graphsurgeon.Graph"
+                                     f" or a torch.onnx.ONNXProgram; got {got}"), got
+
+
+def _external_w_and_b(folder, name: str = "m"):
+    """depthwise_model(8) saved in FOLDER with its weight and bias as external data, loaded lazily."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return _lazy_copy(depthwise_model(channels=8), folder, name)
+
+
+def test_an_onnx_ir_model_keeps_the_lazy_tensors_it_did_not_change(tmp_path, read_by_onnx_ir):
+    model = _external_w_and_b(tmp_path / "model")
+    tensors = {name: value.const_value for name, value in model.graph.initializers.items()}
+    result = rewrite(model, group_size=4).model
+    assert result.graph.initializers["b"].const_value is tensors["b"]  # the very object, never read
+    new_w = result.graph.initializers["w"].const_value
+    assert not isinstance(new_w, ir.ExternalTensor) and new_w.numpy().shape == (8, 4, 3, 3)
+    assert all(value.const_value is tensors[name] for name, value in model.graph.initializers.items())
+    reverted = revert(result).model
+    assert reverted.graph.initializers["b"].const_value is tensors["b"]
+    np.testing.assert_array_equal(reverted.graph.initializers["w"].const_value.numpy(),
+                                  _rewritten_weight(depthwise_model(channels=8)))
+    assert not read_by_onnx_ir  # the library reads the weight itself; the bias is never read
+    unchanged = rewrite(model, group_size=1).model  # nothing rewritten: every tensor is the one it was
+    assert all(unchanged.graph.initializers[name].const_value is tensor for name, tensor in tensors.items())
+
+
+def test_the_way_back_keeps_a_lazy_tensor_only_where_its_reference_is_unchanged(tmp_path):
+    """The model that comes back holds the original tensor object for a reference the edit left
+    alone; a reference it moved, and an external tensor it added, are new tensors with their own
+    references."""
+    model = _external_w_and_b(tmp_path)
+    w, b = (model.graph.initializers[name].const_value for name in ("w", "b"))
+    proto, back, folder = adapters._ir_to_proto(model)
+    assert folder == str(tmp_path)
+    tensors = {t.name: t for t in proto.graph.initializer}
+    assert [e.value for e in tensors["b"].external_data if e.key == "offset"] == [str(b.offset)]
+    offset = next(e for e in tensors["b"].external_data if e.key == "offset")
+    offset.value = str(b.offset + 4)  # the bias now starts one float further
+    tensors["b"].dims[0] = 7
+    for e in tensors["b"].external_data:
+        if e.key == "length":
+            e.value = "28"
+    added = proto.graph.initializer.add()
+    added.CopyFrom(tensors["w"])
+    added.name = "w2"
+    new = back(proto)
+    assert isinstance(new, ir.Model)
+    assert new.graph.initializers["w"].const_value is w
+    moved = new.graph.initializers["b"].const_value
+    assert moved is not b and isinstance(moved, ir.ExternalTensor)
+    assert (moved.location, moved.offset, moved.length) == (b.location, b.offset + 4, 28)
+    copy = new.graph.initializers["w2"].const_value
+    assert copy is not w and isinstance(copy, ir.ExternalTensor)
+    assert (copy.location, copy.offset, copy.length) == (w.location, w.offset, w.length)
+    again = back(proto)  # each call gives a model of its own
+    assert again is not new and again.graph.initializers["w"].const_value is w
+
+
+def test_an_onnx_ir_model_whose_external_tensors_live_in_two_folders_is_refused_naming_both(tmp_path):
+    model = _external_w_and_b(tmp_path / "one")
+    other = _external_w_and_b(tmp_path / "two")
+    model.graph.initializers["b"].const_value = other.graph.initializers["b"].const_value
+    with pytest.raises(DiagwiseError) as raised:
+        rewrite(model, group_size=4)
+    assert str(raised.value) == (f"the model's external tensors live in 2 different folders ({tmp_path / 'one'}, "
+                                 f"{tmp_path / 'two'}); save it with its data in one folder first")
+    third = _external_w_and_b(tmp_path / "three")
+    model.graph.initializers["w"].const_value = third.graph.initializers["w"].const_value
+    with pytest.raises(DiagwiseError) as raised:
+        adapters.to_proto(model)
+    assert str(raised.value) == (f"the model's external tensors live in 2 different folders ({tmp_path / 'three'}, "
+                                 f"{tmp_path / 'two'}); save it with its data in one folder first")
+
+
+def _without_base_dir(model, name: str):
+    """MODEL's initializer NAME made an external tensor with no base directory (its bytes in
+    NAME.bin, where only the working directory would find them)."""
+    value = model.graph.initializers[name]
+    array = value.const_value.numpy()
+    value.const_value = ir.ExternalTensor(f"{name}.bin", 0, array.nbytes, ir.DataType.FLOAT,
+                                          shape=ir.Shape(array.shape), name=name, base_dir="")
+    return array
+
+
+def test_an_external_tensor_without_a_base_directory_is_never_read_from_the_working_directory(tmp_path, monkeypatch):
+    model = ir.serde.deserialize_model(depthwise_model(channels=8))
+    w = _without_base_dir(model, "w")
+    (tmp_path / "w.bin").write_bytes(w.tobytes())
+    monkeypatch.chdir(tmp_path)
+    assert adapters._ir_to_proto(model)[2] is None
+    with pytest.raises(DiagwiseError) as raised:
+        rewrite(model, group_size=4)
+    assert str(raised.value) == ("external data of tensor 'w' ('w.bin') cannot be read: the model came without its "
+                                 "folder (pass the model's path, or load it with onnx.load, which reads external data)")
+
+
+def test_an_external_tensor_without_a_base_directory_beside_others_with_one_is_refused(tmp_path, monkeypatch):
+    """A tensor with no base directory has no folder: beside tensors with one, that is two places,
+    even when the working directory is their folder."""
+    model = _external_w_and_b(tmp_path)
+    b = _without_base_dir(model, "b")
+    (tmp_path / "b.bin").write_bytes(b.tobytes())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DiagwiseError) as raised:
+        rewrite(model, group_size=4)
+    assert str(raised.value) == (f"the model's external tensors live in 2 different folders ({tmp_path}, none: a tensor without a base_dir); "
+                                 "save it with its data in one folder first")
+
+
+def test_lazy_tensors_in_subgraphs_are_kept_too(tmp_path):
+    """An If's branches hold external initializers of their own: they come back as the same objects."""
+    def branch(name: str, value: float):
+        return helper.make_graph([helper.make_node("Add", ["y", f"k_{name}"], [f"out_{name}"], name=f"add_{name}")],
+                                 name, [], [helper.make_tensor_value_info(f"out_{name}", TensorProto.FLOAT, None)],
+                                 [numpy_helper.from_array(np.full(8, value, np.float32), f"k_{name}")])
+
+    outer = depthwise_model(channels=8)
+    outer.graph.input.append(helper.make_tensor_value_info("flag", TensorProto.BOOL, []))
+    outer.graph.node.append(helper.make_node("If", ["flag"], ["z"], name="if", then_branch=branch("then", 1.0),
+                                             else_branch=branch("else", 2.0)))
+    del outer.graph.output[:]
+    outer.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    path = tmp_path / "m.onnx"
+    onnx.save(outer, path, save_as_external_data=True, all_tensors_to_one_file=True, location="m.onnx.data",
+              size_threshold=0)
+    model = ir.load(path)
+    [if_node] = [n for n in model.graph if n.op_type == "If"]
+    held = {key: if_node.attributes[key].value.initializers[f"k_{key[:4]}"].const_value
+            for key in ("then_branch", "else_branch")}
+    assert all(isinstance(t, ir.ExternalTensor) for t in held.values())
+    result = rewrite(model, group_size=4).model
+    [if_after] = [n for n in result.graph if n.op_type == "If"]
+    for key, tensor in held.items():
+        assert if_after.attributes[key].value.initializers[f"k_{key[:4]}"].const_value is tensor, key
