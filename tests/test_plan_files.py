@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-from helpers import SAMPLE_DIR, cli, depthwise_model
+from helpers import SAMPLE_DIR, cli, depthwise_model, dynamic_weight_model, qlinearconv_model
 from onnx_diagwise import DiagwiseError, Selection, TuneOptions, rewrite, tune
 from onnx_diagwise.reasons import Reason
-from onnx_diagwise.tuning.planfile import FORMAT, PlanPolicy, TunedPlan
+from onnx_diagwise.tuning import planfile
+from onnx_diagwise.tuning.planfile import FORMAT, PlanPolicy, PlannedLayer, TunedPlan
 
 MV1 = SAMPLE_DIR / "mobilenet_v1_025.onnx"
 CONFORMER = SAMPLE_DIR / "conformer_conv1d.onnx"
@@ -314,3 +317,192 @@ def test_a_plan_records_the_cuda_and_cudnn_versions_the_onnxruntime_build_names(
     monkeypatch.setattr(build, "cudnn_version", "9.1.0", raising=False)
     assert _tuned().plan.measured_on == {"provider": "fake", "device": "test device", "cuda_version": "12.4",
                                          "cudnn_version": "9.1.0"}
+
+
+# ---------------------------------------------------------------- what a plan records, field by field
+
+
+def _little_endian_sha256(tensor) -> str:
+    array = numpy_helper.to_array(tensor)
+    return hashlib.sha256(array.astype(array.dtype.newbyteorder("<")).tobytes()).hexdigest()
+
+
+MV1_SIGNATURE = {"form": "float", "multiplier": 1, "kernel": [3, 3], "dilations": [1, 1], "pads": [1, 1, 1, 1],
+                 "auto_pad": "NOTSET", "dtype": "float32"}
+
+
+def test_a_plan_records_every_layer_as_tuning_decided_it():
+    report = _tuned(min_speedup=0.25)
+    plan, model = report.plan, onnx.load(MV1)
+    assert [layer.name for layer in plan.layers] == [f"dw{i}" for i in range(1, 14)]
+    for planned, layer in zip(plan.layers, report.layers):
+        assert planned == PlannedLayer(
+            layer.node, "main", planned.signature, _little_endian_sha256(_weight(model, layer.node)), layer.input_shape,
+            layer.choice if layer.rewritten else "keep", layer.decision, layer.times_ms, layer.original_ms)
+        assert planned.times_ms is not layer.times_ms  # the plan's own copy
+    dw1, dw9 = plan.layers[0], plan.layers[8]
+    assert dw9 == PlannedLayer("dw9", "main", {**MV1_SIGNATURE, "channels": 128, "strides": [1, 1]},
+                               _little_endian_sha256(_weight(model, "dw9")), [1, 128, 14, 14], "4",
+                               "G=4: 2.00x faster than depthwise",
+                               {"2": 2000.0, "4": 500.0, "8": 2000.0, "16": 2000.0, "32": 2000.0, "64": 2000.0,
+                                "128": 2000.0, "toeplitz": 2000.0, "polyphase:4": 2000.0, "polyphase:8": 2000.0},
+                               1000.0)
+    assert dw1.signature == {**MV1_SIGNATURE, "channels": 8, "strides": [1, 1]}
+    assert plan.layers[1].signature == {**MV1_SIGNATURE, "channels": 16, "strides": [2, 2]}
+    assert (dw1.choice, dw1.reason, dw1.input_shape) == ("keep", "kept original: every candidate slower (best G=2: 0.50x)",
+                                                         [1, 8, 112, 112])
+    assert plan.measured_on == planfile.measured_on({"provider": "fake", "device": "test device"})
+    assert plan.input_shapes == {"input": [1, 3, 224, 224]}
+    assert (plan.original_ms, plan.tuned_ms) == (report.original_ms, report.tuned_ms) == (1000.0, pytest.approx(910.0))
+    assert plan.min_speedup == 0.25 and plan.summary == report.summary
+    assert plan.summary == "9 of 13 depthwise node(s) rewritten; whole model 1.10x faster"
+    assert plan.end_to_end_speedup == pytest.approx(1000.0 / 910.0)
+
+
+def test_a_plan_lists_the_nodes_tuning_could_not_measure():
+    report = tune(dynamic_weight_model(), TuneOptions(timer=Timer(), use_cache=False))
+    assert report.plan.layers == [PlannedLayer(
+        "dw", "main", {"form": "dynamic", "channels": 8, "multiplier": 2, "kernel": [3, 3], "strides": [1, 1],
+                       "dilations": [1, 1], "pads": None, "auto_pad": "NOTSET", "dtype": "float32"},
+        None, None, "keep", "kept original: auto tunes float Conv layers only, not dynamic", {}, None)]
+    assert (report.plan.original_ms, report.plan.tuned_ms, report.plan.min_speedup) == (None, None, 0.05)
+    assert report.plan.summary == "kept the original: no layer was faster rewritten"
+    assert report.plan.end_to_end_speedup is None
+    model = qlinearconv_model(c=8)
+    [layer] = tune(model, TuneOptions(timer=Timer(), use_cache=False)).plan.layers
+    weight = next(t for t in model.graph.initializer if t.name == "w")
+    assert (layer.signature["form"], layer.signature["dtype"], layer.weight_sha256) == (
+        "QLinearConv", "int8", _little_endian_sha256(weight))
+
+
+def test_weight_digests_are_of_the_values_whatever_their_byte_order(monkeypatch):
+    from onnx_diagwise.detect import detect
+    from onnx_diagwise.shapes import infer_value_types
+
+    for dtype, big in (("float32", ">f4"), ("float16", ">f2")):
+        model = depthwise_model(channels=8, dtype=dtype)
+        [conv] = detect(model, infer_value_types(model)).candidates
+        values = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
+        assert planfile.weight_digest(conv) == hashlib.sha256(values.astype("<" + big[1:]).tobytes()).hexdigest()
+        native = planfile.weight_digest(conv)
+        with monkeypatch.context() as patch:  # the same values, read as a big-endian array
+            patch.setattr(planfile, "tensor_array", lambda tensor: values.astype(big))
+            assert planfile.weight_digest(conv) == native
+            patch.setattr(planfile, "tensor_array", lambda tensor: values[::-1].copy())
+            assert planfile.weight_digest(conv) != native
+    [conv] = detect(dynamic_weight_model(), infer_value_types(dynamic_weight_model())).candidates
+    assert planfile.weight_digest(conv) is None
+
+
+def test_a_plan_signature_names_auto_pad_and_no_pads():
+    from onnx_diagwise.detect import detect
+    from onnx_diagwise.shapes import infer_value_types
+
+    model = depthwise_model(channels=4, multiplier=3, kernel=(3, 5), strides=(2, 1), dilations=(1, 2),
+                            auto_pad="SAME_UPPER", dtype="float16")
+    [conv] = detect(model, infer_value_types(model)).candidates
+    assert planfile.signature(conv) == {"form": "float", "channels": 4, "multiplier": 3, "kernel": [3, 5],
+                                        "strides": [2, 1], "dilations": [1, 2], "pads": None,
+                                        "auto_pad": "SAME_UPPER", "dtype": "float16"}
+
+
+def test_a_saved_plan_is_its_dict_as_indented_json_and_loads_back_equal(tmp_path):
+    plan = _tuned().plan
+    path = plan.save(tmp_path / "p.json")
+    assert path == tmp_path / "p.json" and sorted(os.listdir(tmp_path)) == ["p.json"]
+    data = plan.to_dict()
+    assert list(data) == ["format", "version", "layers", "measured_on", "input_shapes", "original_ms", "tuned_ms",
+                          "min_speedup", "summary", "end_to_end_speedup"]
+    assert (data["format"], data["version"], data["min_speedup"]) == ("onnx-diagwise plan", 1, 0.05)
+    assert data["end_to_end_speedup"] == plan.original_ms / plan.tuned_ms
+    assert data["layers"][8] == {"name": "dw9", "graph": "main", "signature": plan.layers[8].signature,
+                                 "weight_sha256": plan.layers[8].weight_sha256, "input_shape": [1, 128, 14, 14],
+                                 "choice": "4", "reason": "G=4: 2.00x faster than depthwise",
+                                 "times_ms": plan.layers[8].times_ms, "original_ms": 1000.0}
+    assert path.read_text() == json.dumps(data, indent=1) + "\n"
+    loaded = TunedPlan.load(path)
+    assert loaded == plan and loaded.min_speedup == 0.05 and loaded.summary == plan.summary
+    path.write_text(json.dumps({**data, "summary": "edited"}))  # a plan file as written elsewhere
+    assert TunedPlan.load(path).summary == "edited"
+
+
+def test_a_plan_saved_over_a_folder_is_refused_and_leaves_nothing(tmp_path):
+    (tmp_path / "p.json").mkdir()
+    with pytest.raises(DiagwiseError) as refused:
+        _tuned().plan.save(tmp_path / "p.json")
+    assert str(refused.value) == f"cannot write the plan '{tmp_path / 'p.json'}': Is a directory"
+    assert sorted(os.listdir(tmp_path)) == ["p.json"]
+
+
+def test_plan_files_from_elsewhere_are_read_with_defaults_and_refused_naming_what_is_wrong(tmp_path):
+    path = tmp_path / "p.json"
+    layer = {"name": "dw1", "graph": "main", "signature": {}, "weight_sha256": None, "input_shape": None,
+             "choice": "polyphase:16:2d", "reason": "why"}
+    path.write_text(json.dumps({"format": FORMAT, "version": 1, "layers": [{**layer, "comment": "ignored"}],
+                                "measured_on": {"device": "d"}, "input_shapes": {}, "note": "ignored"}))
+    plan = TunedPlan.load(path)
+    assert plan == TunedPlan([PlannedLayer("dw1", "main", {}, None, None, "polyphase:16:2d", "why")], {"device": "d"}, {})
+    assert (plan.original_ms, plan.tuned_ms, plan.min_speedup, plan.summary) == (None, None, None, "")
+    assert (plan.layers[0].times_ms, plan.layers[0].original_ms) == ({}, None)
+    refusals = {
+        "no layers": ({"format": FORMAT, "version": 1, "measured_on": {}, "input_shapes": {}}, "'layers'"),
+        "no input shapes": ({"format": FORMAT, "version": 1, "layers": [], "measured_on": {}},
+                            "TunedPlan.__init__() missing 1 required positional argument: 'input_shapes'"),
+        "no version": ({"format": FORMAT, "layers": []}, "format version None, this version reads 1"),
+        "version as text": ({"format": FORMAT, "version": "1", "layers": []},
+                            "format version '1', this version reads 1"),
+        "no format": ({"version": 1, "layers": []}, 'no "format": "onnx-diagwise plan"'),
+        "a layer without its reason": ({"format": FORMAT, "version": 1, "measured_on": {}, "input_shapes": {},
+                                        "layers": [{k: v for k, v in layer.items() if k != "reason"}]},
+                                       "PlannedLayer.__init__() missing 1 required positional argument: 'reason'"),
+    }
+    for content, words in refusals.values():
+        path.write_text(json.dumps(content))
+        with pytest.raises(DiagwiseError) as refused:
+            TunedPlan.load(path)
+        assert str(refused.value) == f"'{path}' is not a plan file this version reads: {words}"
+    path.write_text(json.dumps({"format": FORMAT, "version": 1, "measured_on": {}, "input_shapes": {},
+                                "layers": [layer, {**layer, "name": "dw2", "choice": "keep"},
+                                           {**layer, "name": "dw3", "choice": "Dense"}]}))
+    with pytest.raises(DiagwiseError) as refused:
+        TunedPlan.load(path)
+    assert str(refused.value) == ("node 'dw3': choice takes a positive integer G, 'toeplitz', 'polyphase[:B][:2d]' "
+                                  "(B >= 2) or 'conv2d'; got 'Dense'")
+    assert refused.value.parameters == ("node 'dw3': choice",)
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(DiagwiseError) as refused:
+        TunedPlan.load(tmp_path / "binary.json")
+    assert str(refused.value) == f"'{tmp_path / 'binary.json'}' is not a plan file (not JSON)"
+
+
+def test_a_lenient_plan_lists_every_difference_in_order():
+    from onnx_diagwise.detect import detect
+    from onnx_diagwise.shapes import infer_value_types
+
+    plan = _without(_without(_tuned().plan, "dw13"), "dw2")
+    plan.layers.append(PlannedLayer("ghost", "main", {}, None, None, "keep", ""))
+    plan.layers.append(PlannedLayer("another", "main", {}, None, None, "keep", ""))
+    model = onnx.load(MV1)
+    found = detect(model, infer_value_types(model))
+    problems = ["node 'another' (main) of the plan is not a depthwise Conv of the model",
+                "node 'ghost' (main) of the plan is not a depthwise Conv of the model",
+                "node 'dw13' (main) of the model is not in the plan",
+                "node 'dw2' (main) of the model is not in the plan"]
+    assert PlanPolicy(plan, lenient=True).check(found) == problems
+    with pytest.raises(DiagwiseError) as refused:
+        PlanPolicy(plan).check(found)
+    assert str(refused.value) == (f"the plan does not fit the model: {problems[0]} (and 3 more difference(s); "
+                                  "plan_lenient applies what fits)")
+    assert PlanPolicy(_tuned().plan).check(found) == [] and str(PlanPolicy(plan)) == "plan"
+
+
+def test_planned_nodes_say_the_plans_reason_and_keep_their_tuned_size_only_where_static():
+    plan = _tuned().plan
+    nodes = {n.name: n for n in rewrite(MV1, plan).report.nodes}
+    assert (nodes["dw9"].code, nodes["dw9"].reason) == (Reason.PLANNED,
+                                                        "G=4, group=32 (plan: G=4: 2.00x faster than depthwise)")
+    assert (nodes["dw1"].code, nodes["dw1"].reason) == (
+        Reason.KEPT_BY_MEASUREMENT, "plan: kept original: every candidate slower (best G=2: 0.50x)")
+    for layer in plan.layers:  # tuned at batch 8: MV1's batch is symbolic, so any fits
+        layer.input_shape = [8] + layer.input_shape[1:]
+    assert {n.name for n in rewrite(MV1, plan).report.rewritten} == {f"dw{i}" for i in range(5, 14)}

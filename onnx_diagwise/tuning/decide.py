@@ -129,7 +129,7 @@ def tune(
     untuned = [c for c in convs if c.form != "float"]
     convs = [c for c in convs if c.form == "float"]
     layers: list[LayerTuning] = []
-    measured: dict[LayerSignature, tuple[dict[str, float], bool]] = {}
+    measured: dict[LayerSignature, list[tuple[dict[str, float], bool]]] = {}  # (times by spec, cached)
     for index, conv in enumerate(convs):
         signature = signature_of(conv, shapes)
         layer = LayerTuning(conv.name, conv.graph, conv.channels, conv.kernel,
@@ -141,22 +141,27 @@ def tune(
             layer.decision = "kept original: input shape unknown (size it with InputOptions.dims or InputOptions.shapes)"
             layer.parameters = ("InputOptions.dims", "InputOptions.shapes")
             continue
-        if signature not in measured:
+        # Nodes of one signature share their times, but each is offered only the forms it can take
+        # (a weight that other nodes also read cannot be lowered): a measurement covering them is reused.
+        base = layer_model(conv, signature, opset_of(model))
+        candidates, skipped = layer_candidates(base, signature, conv)
+        earlier = next((m for m in measured.get(signature, []) if m[0].keys() >= candidates.keys()), None)
+        if earlier is None:
             if time_budget is not None and clock() - start > time_budget:
                 layer.decision = f"kept original: not tuned, time_budget {time_budget:g}s spent"
                 layer.parameters = ("time_budget",)
                 continue
-            base = layer_model(conv, signature, opset_of(model))
-            candidates, layer.skipped_forms = layer_candidates(base, signature, conv)
             key = TuneCache.key(context, signature, list(candidates))
             times = cache.get(key)
             cached = times is not None
-            if times is None:
+            if not cached:
                 times = timer.layer(signature, layer_variants(base, candidates))
                 cache.put(key, times)
-            measured[signature] = (times, cached)
-        times, layer.cached = measured[signature]
-        _decide(layer, times, min_speedup)
+            earlier = (times, cached)
+            measured.setdefault(signature, []).append(earlier)
+        times, layer.cached = earlier
+        layer.skipped_forms = skipped
+        _decide(layer, {spec: t for spec, t in times.items() if spec == "1" or spec in candidates}, min_speedup)
     if progress:
         progress(len(convs), len(convs), "")
     cache.save()
