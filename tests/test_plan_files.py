@@ -506,3 +506,24 @@ def test_planned_nodes_say_the_plans_reason_and_keep_their_tuned_size_only_where
     for layer in plan.layers:  # tuned at batch 8: MV1's batch is symbolic, so any fits
         layer.input_shape = [8] + layer.input_shape[1:]
     assert {n.name for n in rewrite(MV1, plan).report.rewritten} == {f"dw{i}" for i in range(5, 14)}
+
+
+def test_a_plan_saved_beside_a_folder_of_its_old_temporary_name_is_written(tmp_path):
+    """Each save writes through a temporary file of its own: whatever sits beside the target under a
+    name like one is left alone."""
+    (tmp_path / ".p.json.tmp").mkdir()
+    plan = _tuned().plan
+    plan.save(tmp_path / "p.json")
+    assert TunedPlan.load(tmp_path / "p.json") == plan
+    assert sorted(os.listdir(tmp_path)) == [".p.json.tmp", "p.json"]
+
+
+def test_a_plan_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(DiagwiseError) as refused:
+        _tuned().plan.save(tmp_path / "p.json")
+    assert str(refused.value) == f"cannot write the plan '{tmp_path / 'p.json'}': No space left on device"
+    assert os.listdir(tmp_path) == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
@@ -89,12 +90,16 @@ class TunedPlan:
         """Write the plan as JSON, atomically."""
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=1) + "\n"
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = None
         try:
-            tmp.write_text(text)
+            # a temporary file of its own, so two saves beside each other never share one
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
             os.replace(tmp, path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             raise DiagwiseError(f"cannot write the plan '{path}': {exc.strerror or exc}") from None
         return path
 
