@@ -386,7 +386,7 @@ def _classify_transposed(node, label, scope, group, dims, source, info, reader) 
 
 
 def _dynamic(node, label, scope, form, group, source: DynamicWeight, value_types, spec) -> DepthwiseConv | SkippedConv:
-    reason_base = f"weight '{source.name}' is a {source.description}"
+    reason_base = f"weight '{source.name}' is {source.what_it_is}"
     if form != "float":
         return SkippedConv(label, node, scope, f"{reason_base}; dynamic {form} weights are not supported",
                            Reason.DYNAMIC_FORM,

@@ -283,7 +283,7 @@ class Selection:
             return Leave(Reason.FEW_CHANNELS, f"C={conv.channels} is below min_channels {self.min_channels}",
                          ("min_channels",))
         if conv.dynamic and not self.dynamic:
-            return Leave(Reason.DYNAMIC_LEFT, f"weight is a {conv.dynamic.description}; {self.why_not_dynamic}",
+            return Leave(Reason.DYNAMIC_LEFT, f"weight is {conv.dynamic.what_it_is}; {self.why_not_dynamic}",
                          ("dynamic=False",))
         return None
 

@@ -33,7 +33,12 @@ class DynamicWeight:
     """A weight that is a graph input (possibly with a default) or computed by a node."""
 
     name: str
-    description: str
+    description: str  # "graph input", "graph input with a default", "computed by Reshape"
+
+    @property
+    def what_it_is(self) -> str:
+        """The description as it follows "weight 'w' is": 'a graph input', 'computed by Reshape'."""
+        return f"a {self.description}" if self.description.startswith("graph input") else self.description
 
 
 def attribute(node: NodeProto, name: str, default=None):

@@ -320,7 +320,7 @@ def test_reshape_mul_reshape_that_is_not_the_expansion_is_not_block_diagonal(blo
                                                                           channels, dynamic):
     [decision] = inspect(_chain_model(blocks_shape, final_shape, group, channels, dynamic)).nodes
     assert decision.action == "skipped" and decision.group_size is None and not decision.block_diagonal
-    assert decision.reason.startswith("weight 'w' is a computed by Reshape")
+    assert decision.reason.startswith("weight 'w' is computed by Reshape")
 
 
 def test_run_time_expansion_of_a_1d_convolution_is_block_diagonal():

@@ -322,8 +322,8 @@ def test_dynamic_weights_are_left_when_asked():
     (conv,) = found.candidates
     assert Selection().reason_to_leave(conv) is None
     left = Selection(dynamic=False).reason_to_leave(conv)
-    assert left == Leave(Reason.DYNAMIC_LEFT, f"weight is a {conv.dynamic.description}; dynamic weights left alone "
-                         "(dynamic=False)", ("dynamic=False",))
+    assert left == Leave(Reason.DYNAMIC_LEFT, "weight is a graph input; dynamic weights left alone (dynamic=False)",
+                         ("dynamic=False",))
     assert Selection(dynamic=False, why_not_dynamic="not now").reason_to_leave(conv).text.endswith("; not now")
     assert Selection(dynamic=False).reason_to_leave(detect(two_layers()).candidates[0]) is None
 
@@ -531,3 +531,22 @@ def test_plan_counts_flops_of_a_length_one_output():
     found, _ = one_d()
     (node,) = plan(found, 2, shapes={"y": [1, 4, 1]}).nodes
     assert (node.decision.flops_before, node.decision.flops_after) == (2 * 4 * 3, 2 * 2 * 4 * 3)
+
+
+def test_a_computed_weight_is_named_by_what_computes_it():
+    """'computed by X' takes no article: 'weight is computed by Reshape', in the selection's reason too."""
+    import numpy as np
+    from helpers import dynamic_weight_model
+    from onnx import helper, numpy_helper
+
+    from onnx_diagwise.shapes import infer_value_types
+
+    model = dynamic_weight_model()  # its weight 'w' is its last graph input: compute 'w' from it instead
+    shape = [d.dim_value for d in model.graph.input[-1].type.tensor_type.shape.dim]
+    model.graph.input[-1].name = "w_in"
+    model.graph.node.insert(0, helper.make_node("Reshape", ["w_in", "w_shape"], ["w"], name="reshape"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array(shape, np.int64), "w_shape"))
+    [conv] = detect(model, infer_value_types(model)).candidates
+    assert conv.dynamic.what_it_is == "computed by Reshape"
+    assert Selection(dynamic=False).reason_to_leave(conv).text == ("weight is computed by Reshape; dynamic weights "
+                                                                   "left alone (dynamic=False)")
