@@ -634,3 +634,106 @@ def test_a_model_without_a_graph_is_measured_without_one(tmp_path, monkeypatch):
     model = onnx.ModelProto(ir_version=8, producer_name="p", doc_string="no graph")
     monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", model.ByteSize())  # exactly at the limit: still written
     assert _saved_bytes(model, tmp_path) == model.SerializeToString()
+
+
+# ---------------------------------------------------------------- external data in more than one file, and in nodes
+
+
+def _three_weights() -> onnx.ModelProto:
+    """y = x + a + b + c: a and b initializers, c a Constant node's tensor, 1 KiB each."""
+    a, b, c = (numpy_helper.from_array(np.full(256, v, np.float32), n) for n, v in (("a", 1), ("b", 2), ("c", 3)))
+    graph = helper.make_graph([helper.make_node("Constant", [], ["c"], name="c_const", value=c),
+                               helper.make_node("Sum", ["x", "a", "b", "c"], ["y"], name="sum")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256])], [a, b])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _values(model: onnx.ModelProto) -> dict:
+    from onnx_diagwise.tensors import iter_tensors
+
+    return {t.name: numpy_helper.to_array(t).tolist() for t in iter_tensors(model)}
+
+
+def test_loading_reads_each_external_file_once_and_counts_every_byte(tmp_path):
+    from onnx_diagwise.tensors import iter_tensors
+
+    model = _three_weights()
+    expected = _values(model)
+    layout = {"a": "one.bin", "c": "two.bin", "b": "one.bin"}  # b after a in one.bin, c alone in two.bin
+    for tensor in iter_tensors(model):
+        path = tmp_path / layout[tensor.name]
+        offset = path.stat().st_size if path.exists() else 0
+        with open(path, "ab") as f:
+            f.write(tensor.raw_data)
+        onnx.external_data_helper.set_external_data(tensor, layout[tensor.name], offset=offset,
+                                                    length=len(tensor.raw_data))
+        tensor.ClearField("raw_data")
+    path = _write(tmp_path / "m.onnx", model)
+    loaded = load_model(path)
+    one, two = tmp_path / "one.bin", tmp_path / "two.bin"
+    assert (one.stat().st_size, two.stat().st_size) == (2048, 1024)
+    assert loaded.external_files == [one, two] and loaded.has_external_data
+    assert loaded.file_bytes == path.stat().st_size + 3072
+    assert _values(loaded.model) == expected
+    assert all(t.data_location == TensorProto.DEFAULT and not t.external_data for t in iter_tensors(loaded.model))
+
+
+def test_large_tensors_of_constant_nodes_go_to_the_data_file_too(tmp_path):
+    model = _three_weights()
+    before = model.SerializeToString()
+    out = tmp_path / "out.onnx"
+    data = save_model(model, out, external_data=True)
+    assert model.SerializeToString() == before
+    written = onnx.load(out, load_external_data=False)
+    where = {t.name: {e.key: e.value for e in t.external_data}
+             for t in [*written.graph.initializer, written.graph.node[0].attribute[0].t]}
+    assert where == {"a": {"location": data.name, "offset": "0", "length": "1024"},
+                     "b": {"location": data.name, "offset": "4096", "length": "1024"},
+                     "c": {"location": data.name, "offset": "8192", "length": "1024"}}
+    assert data.stat().st_size == 8192 + 1024
+    loaded = load_model(out)
+    assert loaded.external_files == [data] and _values(loaded.model) == _values(model)
+
+
+def test_opset_7_is_the_oldest_one_without_a_warning(monkeypatch):
+    from onnx_diagwise import model_io
+    from onnx_diagwise.model_io import check_opsets
+
+    records: list[logging.LogRecord] = []  # a handler of our own, as in the tests above
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("onnx_diagwise")
+    monkeypatch.setattr(logger, "level", logging.WARNING)
+    monkeypatch.setattr(model_io, "_warned_old", set())
+    seven, six = weights_model(1.0), weights_model(2.0)
+    seven.graph.name, six.graph.name = "opset_seven", "opset_six"
+    seven.opset_import[0].version, six.opset_import[0].version = 7, 6
+    logger.addHandler(handler)
+    try:
+        check_opsets(seven, "seven")
+        check_opsets(six, "six")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == [
+        "'six' uses ai.onnx opset 6, older than the 7 onnxruntime guarantees; going on with the opset unchanged "
+        "(Conv has meant the same since opset 1)"]
+
+
+@pytest.mark.parametrize("weights, external", [(2**31 - 1 - 64 * 2**20, False), (2**31 - 64 * 2**20, True)])
+def test_external_data_is_chosen_for_weights_past_2_gib_less_64_mib(tmp_path, monkeypatch, weights, external):
+    """Protobuf's limit is 2 GiB - 1 byte; weights past that less 64 MiB (for the graph) go to a data file."""
+    from onnx_diagwise import model_io
+
+    monkeypatch.setattr(model_io, "weight_bytes", lambda model: weights)  # as if the weights were that large
+    data = save_model(weights_model(1.0), tmp_path / "out.onnx")
+    assert (data is not None) == external
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"] + ([data.name] if external else [])
+
+
+def test_a_loaded_model_made_by_hand_has_no_external_files(tmp_path):
+    from onnx_diagwise.model_io import LoadedModel
+
+    loaded = LoadedModel(weights_model(1.0), tmp_path / "m.onnx", 10)
+    assert loaded.external_files == [] and not loaded.has_external_data
+    assert LoadedModel(weights_model(1.0), tmp_path / "m.onnx", 10).external_files is not loaded.external_files

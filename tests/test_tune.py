@@ -1040,8 +1040,6 @@ def test_opset_of_reads_the_default_domain():
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no bias"])
 def test_a_layer_model_is_the_node_alone_fed_by_an_input_of_its_shape(bias):
-    from onnx_diagwise.model_io import BUILT_IR_VERSION
-
     model = depthwise_model(channels=8, multiplier=2, strides=(2, 2), pads=(1, 1, 1, 1), dtype="float16", bias=bias)
     weight = next(t for t in model.graph.initializer if t.name == "w")
     weight.name = "dw_weight"  # the layer model names it 'w' whatever it is called
@@ -1049,7 +1047,7 @@ def test_a_layer_model_is_the_node_alone_fed_by_an_input_of_its_shape(bias):
     conv = _conv_of(model)
     signature = signature_of(conv, {"x": [3, 8, 9, 9]})
     base = layer_model(conv, signature, 13)
-    assert base.ir_version == BUILT_IR_VERSION
+    assert base.ir_version == 8  # what onnxruntime 1.14 and later read, whatever onnx's helper defaults to
     assert [(o.domain, o.version) for o in base.opset_import] == [("", 13)]
     graph = base.graph
     assert graph.name == "layer"
