@@ -527,3 +527,13 @@ def test_a_plan_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkey
         _tuned().plan.save(tmp_path / "p.json")
     assert str(refused.value) == f"cannot write the plan '{tmp_path / 'p.json'}': No space left on device"
     assert os.listdir(tmp_path) == []
+
+
+def test_a_plan_is_written_through_a_hidden_file_beside_it(tmp_path, monkeypatch):
+    """Beside the target, so the final rename stays on one file system and is atomic."""
+    moves, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (moves.append((src, dst)), real_replace(src, dst)))
+    _tuned().plan.save(tmp_path / "p.json")
+    [(src, dst)] = moves
+    assert os.path.dirname(src) == str(tmp_path) and os.path.basename(src).startswith(".p.json.")
+    assert dst == tmp_path / "p.json" and os.listdir(tmp_path) == ["p.json"]
