@@ -326,8 +326,25 @@ def test_load_accepts_inputs_and_outputs_without_a_shape(tmp_path):
     assert loaded.external_files == [] and not loaded.has_external_data
 
 
-def test_opsets_newer_than_onnx_are_refused_older_than_onnxruntime_warned(tmp_path, monkeypatch):
+@pytest.fixture
+def warnings_logged(monkeypatch):
+    """The warnings onnx_diagwise logs during the test, caught by a handler of our own (the command line,
+    run in process by other tests, changes the logger's propagation and handlers, so caplog may see a
+    record never or twice); each old model is warned of once per process, so that memory starts empty."""
     from onnx_diagwise import model_io
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("onnx_diagwise")
+    monkeypatch.setattr(logger, "level", logging.WARNING)
+    monkeypatch.setattr(model_io, "_warned_old", set())
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def test_opsets_newer_than_onnx_are_refused_older_than_onnxruntime_warned(tmp_path, warnings_logged):
     from onnx_diagwise.model_io import MAX_OPSET, MIN_OPSET, as_model, check_opsets
 
     newest = weights_model(1.0)
@@ -348,28 +365,17 @@ def test_opsets_newer_than_onnx_are_refused_older_than_onnxruntime_warned(tmp_pa
     custom_only.opset_import.append(helper.make_opsetid("com.microsoft", MAX_OPSET + 5))
     check_opsets(custom_only, "custom")  # other domains are not ai.onnx's
 
-    # a handler of our own: the command line, run in process by other tests, changes the logger's
-    # propagation and handlers, so caplog may see a record never or twice
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("onnx_diagwise")
-    monkeypatch.setattr(logger, "level", logging.WARNING)
-    monkeypatch.setattr(model_io, "_warned_old", set())  # warned once per process: this test may run again in it
-    logger.addHandler(handler)
-    try:
-        at_min = weights_model(1.0)
-        at_min.graph.name = "at_min_opset"
-        at_min.opset_import[0].version = MIN_OPSET
-        check_opsets(at_min, "at min")
-        assert records == []
-        old = weights_model(1.0)
-        old.graph.name = "old_opset_warned_once"
-        old.opset_import[0].version = MIN_OPSET - 1
-        check_opsets(old, "old")
-        check_opsets(old, "old")
-    finally:
-        logger.removeHandler(handler)
+    records = warnings_logged
+    at_min = weights_model(1.0)
+    at_min.graph.name = "at_min_opset"
+    at_min.opset_import[0].version = MIN_OPSET
+    check_opsets(at_min, "at min")
+    assert records == []
+    old = weights_model(1.0)
+    old.graph.name = "old_opset_warned_once"
+    old.opset_import[0].version = MIN_OPSET - 1
+    check_opsets(old, "old")
+    check_opsets(old, "old")
     assert [r.getMessage() for r in records] == [
         f"'old' uses ai.onnx opset {MIN_OPSET - 1}, older than the {MIN_OPSET} onnxruntime guarantees; going on "
         "with the opset unchanged (Conv has meant the same since opset 1)"]
@@ -593,26 +599,16 @@ def test_a_checker_error_without_words_still_says_validation_failed(tmp_path, mo
     assert _refusal(path) == f"'{path}' is not a valid ONNX model: validation failed"
 
 
-def test_each_old_model_is_warned_of_once(monkeypatch):
-    from onnx_diagwise import model_io
+def test_each_old_model_is_warned_of_once(warnings_logged):
     from onnx_diagwise.model_io import MIN_OPSET, check_opsets
 
-    records: list[logging.LogRecord] = []  # a handler of our own, as in the test above
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("onnx_diagwise")
-    monkeypatch.setattr(logger, "level", logging.WARNING)
-    monkeypatch.setattr(model_io, "_warned_old", set())  # warned once per process: this test may run again in it
+    records = warnings_logged
     first, second = weights_model(1.0), weights_model(2.0)
     first.graph.name, second.graph.name = "first_old_model", "second_old_model"
     for model in (first, second):
         model.opset_import[0].version = MIN_OPSET - 1
-    logger.addHandler(handler)
-    try:
-        for model in (first, second, first, second):
-            check_opsets(model, model.graph.name)
-    finally:
-        logger.removeHandler(handler)
+    for model in (first, second, first, second):
+        check_opsets(model, model.graph.name)
     assert [r.getMessage().split(" uses")[0] for r in records] == ["'first_old_model'", "'second_old_model'"]
 
 
@@ -696,25 +692,15 @@ def test_large_tensors_of_constant_nodes_go_to_the_data_file_too(tmp_path):
     assert loaded.external_files == [data] and _values(loaded.model) == _values(model)
 
 
-def test_opset_7_is_the_oldest_one_without_a_warning(monkeypatch):
-    from onnx_diagwise import model_io
+def test_opset_7_is_the_oldest_one_without_a_warning(warnings_logged):
     from onnx_diagwise.model_io import check_opsets
 
-    records: list[logging.LogRecord] = []  # a handler of our own, as in the tests above
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("onnx_diagwise")
-    monkeypatch.setattr(logger, "level", logging.WARNING)
-    monkeypatch.setattr(model_io, "_warned_old", set())
+    records = warnings_logged
     seven, six = weights_model(1.0), weights_model(2.0)
     seven.graph.name, six.graph.name = "opset_seven", "opset_six"
     seven.opset_import[0].version, six.opset_import[0].version = 7, 6
-    logger.addHandler(handler)
-    try:
-        check_opsets(seven, "seven")
-        check_opsets(six, "six")
-    finally:
-        logger.removeHandler(handler)
+    check_opsets(seven, "seven")
+    check_opsets(six, "six")
     assert [r.getMessage() for r in records] == [
         "'six' uses ai.onnx opset 6, older than the 7 onnxruntime guarantees; going on with the opset unchanged "
         "(Conv has meant the same since opset 1)"]
