@@ -97,7 +97,7 @@ class Staging:
     def commit(self, model_file: Path, data_file: Path | None, protected: list[Path]) -> None:
         """Rename DATA_FILE (its name final already) and then MODEL_FILE into place, with the mode of
         the OUT they replace; then remove data files of OUT's earlier versions (never a PROTECTED one)."""
-        mode = _mode_for(self.output)
+        mode = mode_for(self.output)
         with locked(self.parent):
             for path in (data_file, model_file):
                 if path is not None:
@@ -126,7 +126,7 @@ class Staging:
         os.close(self._hold)
 
 
-def _mode_for(output: Path) -> int:
+def mode_for(output: Path) -> int:
     """The mode of the file OUTPUT replaces, else what a new file gets under the umask."""
     try:
         return stat.S_IMODE(os.stat(output).st_mode)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 
 import numpy as np
 import onnx
@@ -537,3 +538,16 @@ def test_a_plan_is_written_through_a_hidden_file_beside_it(tmp_path, monkeypatch
     [(src, dst)] = moves
     assert os.path.dirname(src) == str(tmp_path) and os.path.basename(src).startswith(".p.json.")
     assert dst == tmp_path / "p.json" and os.listdir(tmp_path) == ["p.json"]
+
+
+def test_a_plan_file_gets_the_mode_of_a_new_file_or_keeps_the_one_it_replaces(tmp_path):
+    path = tmp_path / "p.json"
+    umask = os.umask(0o022)
+    try:
+        _tuned().plan.save(path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644  # as any new file, not mkstemp's 0600
+        path.chmod(0o640)
+        _tuned().plan.save(path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(umask)

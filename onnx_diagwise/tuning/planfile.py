@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ..commit import mode_for
 from ..detect import DepthwiseConv, Detection
 from ..errors import DiagwiseError
 from ..plan import parse_choice
@@ -94,6 +95,7 @@ class TunedPlan:
         try:
             # a temporary file of its own, so two saves beside each other never share one
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            os.fchmod(fd, mode_for(path))  # mkstemp's 0600 would hide a plan meant to be shared
             with os.fdopen(fd, "w") as f:
                 f.write(text)
             os.replace(tmp, path)
