@@ -126,6 +126,22 @@ class Staging:
         os.close(self._hold)
 
 
+def write_text(path: Path, text: str, mode: int | None = None) -> None:
+    """Replace PATH with TEXT at once: written to a temporary file of its own beside PATH (so two
+    writers never share one, and the rename stays on one file system), given MODE (mkstemp's 0600
+    when None), renamed over PATH; on any failure the temporary file is removed and the error raised."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def mode_for(output: Path) -> int:
     """The mode of the file OUTPUT replaces, else what a new file gets under the umask."""
     try:

@@ -6,11 +6,10 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..commit import locked
+from ..commit import locked, write_text
 from ..errors import DiagwiseError
 from ..plan import parse_choice
 from .layers import LayerSignature
@@ -104,14 +103,7 @@ class TuneCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with locked(self.path.parent):
                 merged = {**self._read(warn=False), **self.new}
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tune-cache.")
-                try:
-                    with os.fdopen(fd, "w") as f:
-                        json.dump({"version": 1, "entries": merged}, f)
-                    os.replace(tmp, self.path)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+                write_text(self.path, json.dumps({"version": 1, "entries": merged}))
             self.entries = merged
         except OSError as exc:
             log.warning(f"cannot write the tuning cache '{self.path}': {exc.strerror or exc}; "

@@ -17,13 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..commit import mode_for
+from ..commit import mode_for, write_text
 from ..detect import DepthwiseConv, Detection
 from ..errors import DiagwiseError
 from ..plan import parse_choice
@@ -91,17 +90,9 @@ class TunedPlan:
         """Write the plan as JSON, atomically."""
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=1) + "\n"
-        tmp = None
         try:
-            # a temporary file of its own, so two saves beside each other never share one
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            os.fchmod(fd, mode_for(path))  # mkstemp's 0600 would hide a plan meant to be shared
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            write_text(path, text, mode_for(path))  # mkstemp's 0600 would hide a plan meant to be shared
         except OSError as exc:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
             raise DiagwiseError(f"cannot write the plan '{path}': {exc.strerror or exc}") from None
         return path
 
