@@ -34,7 +34,7 @@ say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
 started=$(date +%s)
 
 # 1. onnxruntime-gpu, staged in parts (cat p1 p2 ... | xz -d | tar -x)
-if [ ! -d "$SITE/onnxruntime" ]; then
+if [ "$PROVIDER" != cpu ] && [ ! -d "$SITE/onnxruntime" ]; then
   parts=$(ls -1 /tmp/ort-stage/p*/part "$STAGE"/p*/part 2>/dev/null | awk -F/ '{print $(NF-1)" "$0}' \
           | sort -V -u -k1,1 | cut -d' ' -f2)
   if [ -z "$parts" ]; then
@@ -50,7 +50,7 @@ if [ ! -d "$SITE/onnxruntime" ]; then
     fi
   fi
 fi
-if [ -d "$SITE/onnxruntime" ]; then
+if [ "$PROVIDER" != cpu ] && [ -d "$SITE/onnxruntime" ]; then
   export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
 else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}

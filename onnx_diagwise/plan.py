@@ -16,6 +16,7 @@ part of a model), so one plan can be applied to any copy of the model it was mad
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -78,8 +79,9 @@ def parse_choice(value: int | str | Choice, parameter: str = "node_group_sizes")
     or 'conv2d'."""
     if isinstance(value, Choice):
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return Choice(group_size=value)
+    number = _integer(value)
+    if number is not None and number >= 1:
+        return Choice(group_size=number)
     text = str(value).strip().lower()
     if text.isdigit() and int(text) >= 1:
         return Choice(group_size=int(text))
@@ -93,6 +95,14 @@ def parse_choice(value: int | str | Choice, parameter: str = "node_group_sizes")
             return Choice("polyphase", block=int(block), as_2d=as_2d == "2d")
     raise DiagwiseError(f"{parameter} takes a positive integer G, 'toeplitz', 'polyphase[:B][:2d]' (B >= 2) or "
                         f"'conv2d'; got '{value}'", parameter)
+
+
+def _integer(value: Any) -> int | None:
+    """VALUE as a Python int when it is an integer of any kind (numpy's too), else None; bools are
+    not integers here."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return None
 
 
 # ---------------------------------------------------------------- the built-in policies
@@ -133,8 +143,10 @@ class GroupSize:
     name: str = ""
 
     def __post_init__(self):
-        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+        limit = _integer(self.limit)
+        if limit is None or limit < 1:
             raise DiagwiseError(f"group_size must be {POLICY_HELP}; got {self.limit!r}", "group_size")
+        object.__setattr__(self, "limit", limit)  # numpy's integers are taken as Python ints
 
     def __str__(self) -> str:
         return self.name or str(self.limit)
@@ -212,12 +224,13 @@ AUTO = Auto()
 def parse_policy(value: Any, parameter: str = "group_size") -> Policy | Auto:
     """A policy from what a user writes: an integer N, 'paper', 'full', 'auto', a lowering
     ('toeplitz', 'polyphase[:B][:2d]', 'conv2d'), or a policy (any callable) as it is."""
-    if isinstance(value, Auto) or (callable(value) and not isinstance(value, (str, int))):
+    if isinstance(value, Auto) or (callable(value) and not isinstance(value, (str, numbers.Integral))):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise DiagwiseError(f"{parameter} must be {POLICY_HELP}; got {value}", parameter)
-        return GroupSize(value)
+    number = _integer(value)
+    if number is not None:
+        if number < 1:
+            raise DiagwiseError(f"{parameter} must be {POLICY_HELP}; got {number}", parameter)
+        return GroupSize(number)
     text = str(value).strip().lower() if isinstance(value, str) else None
     named = {"paper": PAPER, "full": FULL, "auto": AUTO}
     if text in named:

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from helpers import depthwise_model
@@ -253,6 +254,22 @@ def test_group_size_policy_refuses_a_bad_limit(limit):
                                   f"'polyphase[:B][:2d]' or 'conv2d'; got {limit!r}")
     assert refused.value.parameters == ("group_size",)
     assert GroupSize(1).limit == 1
+
+
+@pytest.mark.parametrize("integer", [np.int64, np.int32, np.uint8])
+def test_numpy_integers_are_taken_as_python_ints(integer):
+    # A G computed with numpy (a divisor from np.arange, a value from a config array) is as good as an int.
+    policy = GroupSize(integer(4))
+    assert policy == GroupSize(4) and type(policy.limit) is int and str(policy) == "4"
+    assert parse_policy(integer(4)) == GroupSize(4) and type(parse_policy(integer(4)).limit) is int
+    assert parse_choice(integer(16)) == Choice(group_size=16) and type(parse_choice(integer(16)).group_size) is int
+    assert parse_group_size(integer(8)) == 8
+    with pytest.raises(DiagwiseError, match="got 0$"):
+        parse_policy(integer(0))
+    with pytest.raises(DiagwiseError, match="got np.True_$"):
+        parse_policy(np.bool_(True))
+    found = detect(depthwise_model(channels=12))
+    assert choose(found, parse_policy(integer(4))) == choose(found, GroupSize(4))
 
 
 @pytest.mark.parametrize("channels, limit, best", [(1, 1, 1), (1, 8, 1), (2, 2, 2), (4, 2, 2), (4, 4, 4), (9, 3, 3),
