@@ -132,8 +132,7 @@ def _given_sizes(specs: list[InputSpec], options: InputOptions) -> tuple[dict, d
             if len(shape) != len(spec.dims):
                 raise DiagwiseError(f"InputOptions.shapes {spec.name}: rank {len(shape)} does not match "
                                     f"the model's rank {len(spec.dims)}", "InputOptions.shapes")
-            fixed = [(a, d, s) for a, (d, s) in enumerate(zip(spec.dims, shape)) if isinstance(d, int) and d > 0
-                     and d != s]
+            fixed = [(a, d, s) for a, (d, s) in enumerate(zip(spec.dims, shape)) if _declared(d) and d != s]
             if fixed:
                 axis, declared, asked = fixed[0]
                 raise DiagwiseError(f"InputOptions.shapes {spec.name}: dim {axis} is fixed at {declared} in the "
@@ -143,7 +142,7 @@ def _given_sizes(specs: list[InputSpec], options: InputOptions) -> tuple[dict, d
             continue
         shape = []
         for axis, dim in enumerate(spec.dims):
-            if isinstance(dim, int) and dim > 0:
+            if _declared(dim):
                 shape.append(dim)
             elif isinstance(dim, str) and dim in dims_by_name:
                 shape.append(dims_by_name[dim])
@@ -161,8 +160,14 @@ def _given_sizes(specs: list[InputSpec], options: InputOptions) -> tuple[dict, d
     return shapes, how, values, list(unknown.values())
 
 
+def _declared(dim: int | str | None) -> bool:
+    """A size the model fixes, 0 included: onnxruntime requires exactly it (input_specs reads a
+    negative size as free)."""
+    return isinstance(dim, int)
+
+
 def _shape_text(dims) -> str:
-    return "[" + ", ".join(str(d) if isinstance(d, int) and d > 0 else (d or "?") for d in dims) + "]"
+    return "[" + ", ".join(str(d) if _declared(d) else (d or "?") for d in dims) + "]"
 
 
 def _fill(shapes: dict, specs: list[InputSpec], sizes: dict[str, int]) -> dict[str, list[int]]:
@@ -257,7 +262,7 @@ def _check_data(spec: InputSpec, array: np.ndarray) -> np.ndarray:
             raise DiagwiseError(f"input data for '{spec.name}' is {array.dtype}, the model wants {spec.dtype}")
         array = array.astype(spec.dtype)
     if len(array.shape) != len(spec.dims) or any(
-            isinstance(d, int) and d > 0 and d != a for d, a in zip(spec.dims, array.shape)):
+            _declared(d) and d != a for d, a in zip(spec.dims, array.shape)):
         raise DiagwiseError(f"input data for '{spec.name}' has shape {list(array.shape)}, the model wants "
-                            f"{[d if d else '?' for d in spec.dims]}")
+                            f"{_shape_text(spec.dims)}")
     return array

@@ -186,7 +186,9 @@ def input_specs(model: ModelProto) -> list[InputSpec]:
         t = value.type.tensor_type
         dims: list[int | str | None] = []
         for d in t.shape.dim:
-            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+            # a negative size is free, as onnxruntime reads it; 0 is a size (an empty axis)
+            fixed = d.HasField("dim_value") and d.dim_value >= 0
+            dims.append(d.dim_value if fixed else (d.dim_param or None))
         specs.append(InputSpec(value.name, t.elem_type, dims))
     return specs
 

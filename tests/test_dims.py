@@ -214,7 +214,7 @@ def test_real_input_data_is_cast_within_its_kind_and_checked_against_fixed_dims(
     assert str(caught.value) == "input data for 'x' is int64, the model wants float32"
     with pytest.raises(DiagwiseError) as caught:
         make_inputs(model, InputOptions(data={"x": np.zeros((2, 2, 3), np.float32)}))
-    assert str(caught.value) == "input data for 'x' has shape [2, 2, 3], the model wants ['N', 1, '?']"
+    assert str(caught.value) == "input data for 'x' has shape [2, 2, 3], the model wants [N, 1, ?]"
     with pytest.raises(DiagwiseError) as caught:
         make_inputs(identity(("x", FLOAT, [2]), ("b", FLOAT, [2])), InputOptions(data={"z": np.zeros(2, np.float32)}))
     assert str(caught.value) == "input data names 'z', which is not a model input (inputs: b, x)"
@@ -320,6 +320,19 @@ def test_a_shape_for_one_input_leaves_the_others_to_the_rule():
 def test_declared_sizes_are_kept():
     resolved = resolve_input_shapes(identity(("x", FLOAT, ["N", 1, None])))
     assert resolved.shapes == {"x": [1, 1, 128]} and resolved.sizes == {"N": 1, "x[2]": 128}
+
+
+def test_a_declared_zero_is_a_size_and_a_negative_dim_is_free():
+    # onnxruntime requires a declared 0 exactly (an empty axis) and reads a negative dim as free.
+    resolved = resolve_input_shapes(identity(("x", FLOAT, ["N", 0, -1])))
+    assert resolved.shapes == {"x": [1, 0, 128]} and resolved.sizes == {"N": 1, "x[2]": 128}
+    with pytest.raises(DiagwiseError) as caught:
+        resolve_input_shapes(identity(("x", FLOAT, ["N", 0, -1])), InputOptions(shapes={"x": [1, 4, 8]}))
+    assert str(caught.value) == ("InputOptions.shapes x: dim 1 is fixed at 0 in the model, not 4 (the model expects "
+                                 "[N, 0, ?])")
+    with pytest.raises(DiagwiseError) as data:
+        resolve_input_shapes(identity(("x", FLOAT, ["N", 0, -1])), InputOptions(data={"x": np.zeros((1, 3, 2))}))
+    assert str(data.value) == "input data for 'x' has shape [1, 3, 2], the model wants [N, 0, ?]"
 
 
 @pytest.mark.parametrize("elements, sizes", [(128 * 4 + 32 * 8, {"N": 1, "K": 128, "H": 32}), (100 * 4, None)])
