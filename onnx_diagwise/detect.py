@@ -226,7 +226,7 @@ def _classify_grouped(node: NodeProto, label: str, scope: Scope, spec: FormSpec,
     scope_for_weight = scope
     shaped: tuple[str, ...] = ()
     if spec.form in ("float", "FusedConv"):
-        expansion = _expansion(node, label, scope, form, weight_name, group)
+        expansion = _expansion(node, label, scope, form, weight_name, group, value_types)
         if expansion is not None:
             return expansion
         dq = dequantize_source(scope, weight_name, reads)
@@ -288,9 +288,10 @@ def _classify_grouped(node: NodeProto, label: str, scope: Scope, spec: FormSpec,
 
 
 def _expansion(node: NodeProto, label: str, scope: Scope, form: str, weight_name: str,
-               group: int) -> SkippedConv | None:
+               group: int, value_types: dict) -> SkippedConv | None:
     """The block-diagonal record of a Conv whose weight is the run-time expansion rewrite() inserts
-    for a dynamic weight: Reshape(W, [C/G, G, M, 1, k...]) -> Mul(eye mask) -> Reshape [C*M, G, k...]."""
+    for a dynamic weight: Reshape(W, [C/G, G, M, 1, k...]) -> Mul(eye mask) -> Reshape [C*M, G, k...],
+    W shaped [C*M, 1, k...] (what revert points the Conv at again)."""
     chain = []
     name = weight_name
     for op in ("Reshape", "Mul", "Reshape"):
@@ -311,6 +312,9 @@ def _expansion(node: NodeProto, label: str, scope: Scope, form: str, weight_name
     if not np.array_equal(mask, dynamic_mask(g, len(kernel), mask.dtype)):
         return None
     c = c_over_g * g
+    _, source_dims = value_types.get(reshape_in.input[0], (None, None))
+    if list(source_dims or ()) != [c * m, 1, *kernel]:
+        return None  # W is not the depthwise weight itself (or its shape is unknown): not rewrite()'s
     return SkippedConv(label, node, scope, f"already block-diagonal (G={g}, group={group}): the run-time "
                        "expansion of a dynamic weight; nothing to do", Reason.BLOCK_DIAGONAL, form=form, channels=c, multiplier=m,
                        kernel=kernel, weight_source="computed by Reshape",

@@ -703,3 +703,45 @@ def test_lazy_tensors_in_subgraphs_are_kept_too(tmp_path):
     [if_after] = [n for n in result.graph if n.op_type == "If"]
     for key, tensor in held.items():
         assert if_after.attributes[key].value.initializers[f"k_{key[:4]}"].const_value is tensor, key
+
+
+def _graphs_attribute() -> onnx.ModelProto:
+    """A custom node in a function: an attribute that refers to the function's own, then a list
+    of two graphs (a GRAPHS attribute), each with a depthwise Conv and its weight."""
+    rng = np.random.default_rng(5)
+
+    def branch(name: str):
+        weight = numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), f"w_{name}")
+        return helper.make_graph([helper.make_node("Conv", ["x", f"w_{name}"], [f"y_{name}"], name=f"dw_{name}",
+                                                   group=8, pads=[1, 1, 1, 1])],
+                                 name, [], [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, None)],
+                                 [weight])
+
+    custom = helper.make_node("Branches", ["x"], ["y"], name="branches", domain="custom")
+    alpha = onnx.AttributeProto(name="alpha", ref_attr_name="alpha", type=onnx.AttributeProto.FLOAT)
+    custom.attribute.extend([alpha, helper.make_attribute("bodies", [branch("first"), branch("second")])])
+    function = helper.make_function("local", "Wrap", ["x"], ["y"], [custom], attributes=["alpha"],
+                                    opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)])
+    graph = helper.make_graph([helper.make_node("Wrap", ["x"], ["y"], name="call", domain="local", alpha=0.5)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, functions=[function], opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("local", 1), helper.make_opsetid("custom", 1)])
+
+
+def test_graphs_in_a_list_attribute_after_a_reference_are_rewritten_and_reverted_in_place():
+    """Each graph of a GRAPHS attribute is paired with its own body, also behind an attribute that
+    refers to the function's: both Convs are edited, as the library edits the ModelProto."""
+    original = _graphs_attribute()
+    expected = rewrite(original, group_size=4)
+    assert sorted(n.name for n in expected.report.rewritten) == ["dw_first", "dw_second"]
+    model = ir.serde.deserialize_model(original)
+    bodies = model.functions["local", "Wrap", ""][0].attributes["bodies"].value
+    convs = [next(iter(body)) for body in bodies]
+    assert DiagonalwisePass(group_size=4)(model).modified
+    assert _same_model(model, expected.model)
+    assert [body.initializers[f"w_{name}"].shape.dims for body, name in zip(bodies, ("first", "second"))] == \
+        [(8, 4, 3, 3)] * 2
+    assert [next(iter(body)) for body in bodies] == convs and [c.attributes["group"].value for c in convs] == [2, 2]
+    assert RevertPass()(model).modified
+    assert _same_model(model, original)

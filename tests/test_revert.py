@@ -61,6 +61,39 @@ def test_block_diagonal_from_elsewhere_and_mixing_weights():
     assert_same_outputs(model, result.model)
 
 
+def test_a_mixing_conv_before_a_block_diagonal_one_does_not_stop_the_revert():
+    rng = np.random.default_rng(1)
+    model = depthwise_model(channels=8, bias=False)
+    model.graph.initializer.append(numpy_helper.from_array(rng.standard_normal((8, 4, 1, 1)).astype(np.float32),
+                                                           "wm"))
+    model.graph.node.insert(0, helper.make_node("Conv", ["x", "wm"], ["mixed"], name="mixing", group=2))
+    model.graph.node[1].input[0] = "mixed"
+    rewritten = rewrite(model, group_size=4).model
+    result = revert(rewritten)
+    assert [(n.name, n.action) for n in result.report.nodes] == [("mixing", "skipped"), ("dw", "reverted")]
+    assert result.model == model and result.report.warnings == []
+    assert 0 < result.report.elapsed_s < 60
+
+
+@pytest.mark.parametrize("policy, params", [("polyphase:4:2d", {"block": 4, "as_2d": True}), ("conv2d", None)])
+def test_a_reverted_lowering_is_reported_with_its_parameters(policy, params):
+    model = depthwise_model(channels=8, kernel=(5,), spatial=(20,))
+    result = revert(rewrite(model, group_size=policy).model)
+    [node] = result.report.nodes
+    assert (node.action, node.code, node.lowering, node.lowering_params) == (
+        "reverted", "undone", policy.split(":")[0], params)
+    assert result.model == model
+
+
+def test_a_model_without_grouped_convolutions_is_copied_with_one_warning():
+    model = depthwise_model(channels=8)
+    model.graph.node[0].ClearField("attribute")  # group=1: an ordinary Conv of 8 input channels
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((8, 8, 3, 3), np.float32), "w"))
+    result = revert(model)
+    assert result.report.nodes == [] and result.model == model
+    assert result.report.warnings == ["no block-diagonal convolutions to revert: the output is a copy of the input"]
+
+
 def test_almost_block_diagonal_is_left_alone():
     rewritten = rewrite(depthwise_model(channels=8), group_size=4).model
     w = initializer(rewritten, "w").copy()
@@ -115,7 +148,11 @@ def test_convolutions_of_other_domains_are_listed_and_revert_warns():
     assert "not a form this tool handles" in listed.reason
     result = revert(model)
     assert [n.name for n in result.report.nodes] == ["fused_dw"]
-    assert any("block-diagonal weights remain in 1 node(s)" in w and "fused_dw" in w for w in result.report.warnings)
+    assert result.report.warnings == [
+        "block-diagonal weights remain in 1 node(s) of a form revert does not handle (fused_dw): revert the model "
+        "before onnxruntime's optimizer rewrites its convolutions",
+        "no block-diagonal convolutions to revert: the output is a copy of the input (1 grouped convolution(s) left "
+        "alone, reasons with -v)"]
     weight[0, 3, 0, 0] = 1.0  # mixes channels: not block-diagonal, so nothing to warn about
     model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "w"))
     assert not any("remain" in w for w in revert(model).report.warnings)
@@ -229,6 +266,25 @@ def test_revert_keeps_an_expansion_constant_another_node_reads():
     assert [n.op_type for n in result.model.graph.node] == ["Conv", "Identity"]
     assert [t.name for t in result.model.graph.initializer] == [mask]
     assert_same_outputs(model, result.model)
+
+
+@pytest.mark.parametrize("source_dims", [[2, 4, 2, 1, 3, 3], [16, 3, 3], None])
+def test_an_expansion_whose_source_is_not_the_depthwise_weight_is_left(source_dims):
+    """A hand-built expansion of a W not shaped [C*M, 1, k...] (or of unknown shape): pointing the Conv
+    at W would give it a weight it cannot read, so the node is left as it is."""
+    model = _rewritten_dynamic()
+    declared = next(v for v in model.graph.input if v.name == "w").type.tensor_type
+    declared.ClearField("shape")
+    for size in source_dims or ():
+        declared.shape.dim.add().dim_value = size
+    result = revert(model)
+    assert result.model == model
+    assert [(n.action, n.code, n.reason) for n in result.report.nodes] == [
+        ("skipped", "dynamic-not-depthwise", "weight 'w_diagwise_g4' is computed by Reshape of shape [16, 4, 3, 3], "
+                                             "not depthwise")]
+    if source_dims:
+        onnx.checker.check_model(result.model, full_check=True)
+        assert_same_outputs(model, result.model)
 
 
 def test_revert_removes_a_run_time_expansion_of_the_outer_graph():
