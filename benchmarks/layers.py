@@ -9,7 +9,8 @@ Each layer is a one-node model (input fixed at the layer's shape), measured as b
 measures a network, all in one interleaved benchmark: onnxruntime's original under every
 configuration a user could pick (on CUDA prefer_nhwc {0,1} x cudnn_conv_algo_search {EXHAUSTIVE,
 HEURISTIC}, x cudnn_conv1d_pad_to_nc1d {0,1} for 1-D), block-diagonal G in {2, 4, 8, 16, 32, 64, full}
-under the fastest original's configuration and its other layout, and PyTorch's own conv of the same
+and every lowering `auto` would measure for the layer (toeplitz, polyphase:B[:2d], conv2d; --no-forms
+leaves them out) under the fastest original's configuration and its other layout, and PyTorch's own conv of the same
 weight (groups = C: its depthwise kernel) in NCHW and channels_last, cudnn.benchmark on.  Every time
 is also shown as "x of bound", bound = max(activation bytes / copy bandwidth measured in this run,
 depthwise FLOPs / the CUDA-core peak of the dtype).  The outputs of all timed sessions are compared
@@ -35,9 +36,12 @@ import networks  # noqa: E402
 import zoo  # noqa: E402
 from _common import RESULTS, md_table, write_result_files  # noqa: E402
 
-from onnx_diagwise import InputOptions  # noqa: E402
+from onnx_diagwise import InputOptions, lowerings  # noqa: E402
+from onnx_diagwise.detect import detect  # noqa: E402
 from onnx_diagwise.dims import make_inputs  # noqa: E402
 from onnx_diagwise.model_io import BUILT_IR_VERSION  # noqa: E402
+from onnx_diagwise.plan import LOWERING_NAMES, Choice  # noqa: E402
+from onnx_diagwise.shapes import infer_value_types  # noqa: E402
 
 GROUP_SIZES = [2, 4, 8, 16, 32, 64, "full"]
 DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
@@ -73,13 +77,29 @@ def group_sizes_for(channels: int) -> list[tuple[str, int]]:
     return sizes + [("full", channels)]
 
 
+def forms_for(model: onnx.ModelProto) -> list[tuple[str, float]]:
+    """(policy, arithmetic over the depthwise layer's) of every lowering `auto` would measure for
+    the one-layer MODEL: toeplitz, polyphase:B[:2d], conv2d, as lowerings.candidates offers them."""
+    [conv] = detect(model, infer_value_types(model)).candidates
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    forms = []
+    for name, params in lowerings.candidates(conv, shape, opset=lowerings.opset_of(model)):
+        choice = Choice(name, block=params.get("block"), as_2d=params.get("as_2d", False))
+        forms.append((choice.spec, lowerings.cost(conv, name, params, shape).flops_factor))
+    return forms
+
+
 def run_layer(layer: zoo.Layer, batch: int, precision: str, args, device, max_gflop) -> dict:
     dtype = baselines.precision_dtype(precision)
     model = layer_model(layer, batch, dtype)
     base_flop = 2 * batch * layer.channels * layer.multiplier * layer.kernel ** layer.rank * int(np.prod(layer.out_size))
+    # each G divides C, so the policy gives exactly G
+    offered = [(label, float(g)) for label, g in group_sizes_for(layer.channels)]
+    if not args.no_forms:
+        offered += forms_for(model)
     policies, skipped = [], []
-    for label, g in group_sizes_for(layer.channels):  # each G divides C, so the policy gives exactly G
-        if max_gflop is not None and base_flop * g / 1e9 > max_gflop:
+    for label, factor in offered:
+        if max_gflop is not None and base_flop * factor / 1e9 > max_gflop:
             skipped.append(label)
         else:
             policies.append(label)
@@ -88,6 +108,10 @@ def run_layer(layer: zoo.Layer, batch: int, precision: str, args, device, max_gf
     row = networks.measure("layer", model, factory, feeds, batch, precision, policies, args, device)
     row.update(layer=dataclasses.asdict(layer), skipped_over_flop_budget=skipped)
     return row
+
+
+def is_lowering(policy: str) -> bool:
+    return policy.split(":")[0] in LOWERING_NAMES
 
 
 def markdown(result: dict) -> list[str]:
@@ -101,21 +125,26 @@ def markdown(result: dict) -> list[str]:
             v = r["variants"]
             original = v[r["best_original"]]
             torch_best = v.get(r["best_pytorch"]) if r["best_pytorch"] else None
-            rewrites = {g: v[name] for g, name in r["best_by_policy"].items()}
-            best = min(rewrites, key=lambda g: rewrites[g]["median_ms"]) if rewrites else None
+            rewrites = {p: v[name] for p, name in r["best_by_policy"].items()}
+            best = min(rewrites, key=lambda p: rewrites[p]["median_ms"]) if rewrites else None
             size = "x".join(map(str, r["layer"]["size"]))
+
+            def speedups(lowered: bool) -> str:
+                return " ".join(f"{p}:{e['vs_best_original']:.2f}" for p, e in rewrites.items()
+                                if is_lowering(p) == lowered) or "-"
             table.append([
                 f"{r['table']} #{r['index']}" + (f" (also {', '.join(r['same_as'])})" if r["same_as"] else ""),
                 r["layer"]["channels"], size, r["layer"]["stride"], r["layer"]["kernel"],
                 f"{networks._ms(original)} {original.get('ort_config', '')}",
                 f"{networks._ms(torch_best)} {torch_best.get('layout', '')}" if torch_best else (r["pytorch_note"] or "-"),
-                f"G={best}: {networks._ms(rewrites[best])}; {networks.verdict(rewrites[best])}" if best else "-",
-                " ".join(f"{g}:{e['vs_best_original']:.2f}" for g, e in rewrites.items()),
+                f"{networks.title(best)}: {networks._ms(rewrites[best])}; {networks.verdict(rewrites[best])}"
+                if best else "-",
+                speedups(False), speedups(True),
                 f"{r['bound']['bound_ms']:.3f} ({r['bound']['limited_by']})",
                 f"{max(e['max_rel_diff'] or 0 for e in v.values()):.1e}"
                 + ("" if all(e["same_result"] for e in v.values()) else " DIFFERS")])
         lines += md_table(["layer", "C", "size", "s", "k", "ORT original, best config", "PyTorch, best layout",
-                           "best rewrite", "every G vs ORT", "bound ms", "max diff"], table)
+                           "best rewrite", "every G vs ORT", "every lowering vs ORT", "bound ms", "max diff"], table)
     if result["not_run"]:
         lines += [f"Not run (time budget): {', '.join(result['not_run'])}", ""]
     return lines
@@ -126,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     networks.add_common_flags(parser)
     parser.add_argument("--network", nargs="+", default=None, choices=[*zoo.NETWORKS, *zoo.EXTRA_LAYERS],
                         help="zoo networks and/or extra layer sets, in the order to run (default: all)")
+    parser.add_argument("--no-forms", action="store_true",
+                        help="block-diagonal G only: leave out the lowerings (toeplitz, polyphase, conv2d)")
     parser.add_argument("--max-gflop", type=float, default=None,
                         help="skip variants above this many GFLOP per run (default: 2 on CPU, no limit elsewhere)")
     args = networks.parse(argv, parser, "layers.py")
@@ -133,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     table = zoo.layer_table(args.network)
     device = networks.device_for(args)
     base = args.out or RESULTS / f"layers-{args.provider}"
-    result = {"title": "Depthwise layers: onnxruntime original (best configuration) vs block-diagonal vs PyTorch",
+    result = {"title": "Depthwise layers: onnxruntime original (best configuration) vs block-diagonal and "
+                       "lowerings vs PyTorch",
               "command": args.command, "environment": networks.environment(args), "device": device.to_dict(),
               "precision_labels": {p: baselines.PRECISION_LABELS[p] for p in args.precision}, "rows": [],
               "not_run": []}
@@ -158,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} #{index} C={layer.channels} {'x'.join(map(str, layer.size))} s{layer.stride} "
                       f"k{layer.kernel} b{batch} {precision}: orig {original['median_ms']:.3f} ms "
                       f"({original.get('ort_config')}); " + "; ".join(
-                          f"G={g} {networks.verdict(row['variants'][n])}" for g, n in row["best_by_policy"].items()
+                          f"{networks.title(p)} {networks.verdict(row['variants'][n])}"
+                          for p, n in row["best_by_policy"].items()
                           if n == min(row["best_by_policy"].values(), key=lambda k: row["variants"][k]["median_ms"])),
                       flush=True)
                 save(result, base)

@@ -41,6 +41,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ from _common import md_table, write_result_files  # noqa: E402
 from onnx_diagwise import InputOptions, RuntimeConfig, TuneOptions, rewrite  # noqa: E402
 from onnx_diagwise.dims import make_inputs, with_input_shapes  # noqa: E402
 from onnx_diagwise.errors import DiagwiseError  # noqa: E402
+from onnx_diagwise.plan import LOWERING_NAMES, Choice, parse_policy  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / ".zoo"  # generated models, git-ignored
 DEFAULT_POLICIES = ["auto"]
@@ -126,20 +128,21 @@ def model_dtype(model: onnx.ModelProto) -> str:
 # ---------------------------------------------------------------- one measurement
 
 
-def _policy_kwargs(policy: str) -> dict:
-    return {"group_size": policy if policy in ("auto", "paper", "full") else int(policy)}
-
-
-def _label(policy: str) -> str:
-    return policy
+def title(policy: str) -> str:
+    """How a policy is shown: G=8, G=full, G=auto; a lowering as it is spelled (toeplitz, polyphase:16:2d)."""
+    return policy if policy.split(":")[0] in LOWERING_NAMES else f"G={policy}"
 
 
 def _decision(node) -> dict:
-    """What rewrite decided for one node (the fields the report has)."""
-    fields = ("name", "action", "form", "group_size", "reason", "channels", "kernel")
+    """What rewrite decided for one node (the fields the report has), and the new form in words:
+    G=8, toeplitz, polyphase B=16 (None where the node was left)."""
+    fields = ("name", "action", "form", "group_size", "lowering", "lowering_params", "reason", "channels", "kernel")
     out = {f: getattr(node, f, None) for f in fields}
     out["reason"] = str(out["reason"]) if out["reason"] is not None else None
     out["node"], out["G"] = out.pop("name"), out.pop("group_size")
+    params = out["lowering_params"] or {}
+    out["choice"] = (Choice(out["lowering"], block=params.get("block"), as_2d=params.get("as_2d", False)).label
+                     if out["lowering"] else f"G={out['G']}" if out["G"] else None)
     return out
 
 
@@ -194,11 +197,11 @@ def measure(name: str, model: onnx.ModelProto, torch_factory, feeds: dict[str, n
                 result = rewrite(model, group_size="auto", tune_options=options)
                 _save_plan(result, args, f"{name}-b{batch}-{precision}")
             else:
-                result = rewrite(model, **_policy_kwargs(policy))
+                result = rewrite(model, group_size=policy)
         except DiagwiseError as exc:
-            notes.append(f"{_label(policy)}: not rewritten: {exc}")
+            notes.append(f"{title(policy)}: not rewritten: {exc}")
             continue
-        decisions[_label(policy)] = {
+        decisions[policy] = {
             "seconds": round(time.perf_counter() - started, 2),
             "nodes": [_decision(d) for d in result.report.nodes], "tuning": _tuning(result)}
         layouts = {best_label: tuned_on}
@@ -206,8 +209,7 @@ def measure(name: str, model: onnx.ModelProto, torch_factory, feeds: dict[str, n
             other = best_label.replace("nchw", "#").replace("nhwc", "nchw").replace("#", "nhwc")
             layouts[other] = grid[other]
         for label, cfg in layouts.items():
-            add_ort(f"onnxruntime G={_label(policy)} {label}", result.model, cfg, ort_config=label,
-                    policy=_label(policy))
+            add_ort(f"onnxruntime {title(policy)} {label}", result.model, cfg, ort_config=label, policy=policy)
         del result
     torch_note = ""
     if getattr(args, "no_torch", False):
@@ -248,7 +250,7 @@ def measure(name: str, model: onnx.ModelProto, torch_factory, feeds: dict[str, n
                  if best_torch else None}
         results[v.name] = entry
     best_by_policy = {}
-    for policy in [_label(p) for p in policies]:
+    for policy in policies:
         names = [n for n, r in results.items() if r.get("policy") == policy]
         if names:
             best_by_policy[policy] = min(names, key=medians.get)
@@ -410,7 +412,7 @@ def markdown(result: dict) -> list[str]:
         v = r["variants"]
         original, torch_best = v[r["best_original"]], v.get(r["best_pytorch"]) if r["best_pytorch"] else None
         cells = []
-        for policy in [_label(p) for p in policies]:
+        for policy in policies:
             name = r["best_by_policy"].get(policy)
             cells.append(f"{_ms(v[name])}: {verdict(v[name])}" if name else "not rewritten")
         ok = all(e["same_result"] for e in v.values())
@@ -423,14 +425,16 @@ def markdown(result: dict) -> list[str]:
                                                          r["best_pytorch"]] if n),
                      f"{worst:.1e}" + ("" if ok else " DIFFERS"), r["rounds"]])
     lines += md_table(["network", "batch", "precision", "ORT original, best config", "PyTorch eager, best layout",
-                       *[f"G={_label(p)}" for p in policies], "bound ms", "memory MiB (orig / policies / torch)",
+                       *[title(p) for p in policies], "bound ms", "memory MiB (orig / policies / torch)",
                        "max diff", "rounds"], rows)
     for r in result["rows"]:
         if "auto" in r["decisions"]:
             d = r["decisions"]["auto"]
-            chosen = [f"{n['node']}: G={n['G']}" for n in d["nodes"] if n["action"] in ("rewritten", "rewrite")]
-            lines.append(f"- auto, {r['network']} b{r['batch']} {r['precision']}: {len(chosen)} of {len(d['nodes'])} "
-                         f"grouped convs rewritten; tuned in {d['seconds']:.0f} s"
+            chosen = Counter(n["choice"] for n in d["nodes"] if n["action"] in ("rewritten", "rewrite"))
+            forms = ", ".join(f"{choice} x{count}" for choice, count in sorted(chosen.items()))
+            lines.append(f"- auto, {r['network']} b{r['batch']} {r['precision']}: {sum(chosen.values())} of "
+                         f"{len(d['nodes'])} grouped convs rewritten{f' ({forms})' if forms else ''}; tuned in "
+                         f"{d['seconds']:.0f} s"
                          + (f" ({d['tuning']['summary']})" if d.get("tuning") and d["tuning"].get("summary") else ""))
         for note in r["notes"] + ([r["pytorch_note"]] if r["pytorch_note"] else []):
             lines.append(f"- {r['network']} b{r['batch']} {r['precision']}: {note}")
@@ -479,7 +483,7 @@ def merge(paths: list[Path], base: Path) -> None:
     for run in runs:
         keys += [(r["network"], r["batch"], r["precision"]) for r in run["rows"]]
     keys = list(dict.fromkeys(keys))
-    policies = list(dict.fromkeys(_label(p) for run in runs for p in run["policies"]))
+    policies = list(dict.fromkeys(p for run in runs for p in run["policies"]))
     rows = []
     for key in keys:
         cells = []
@@ -492,7 +496,7 @@ def merge(paths: list[Path], base: Path) -> None:
                 name = row["best_by_policy"].get(policy)
                 cells.append(verdict(row["variants"][name]) + f" ({row['rounds']} rounds)" if name else "-")
         rows.append([*key, *cells])
-    columns = ["network", "batch", "precision"] + [f"run {i + 1}: G={p}" for i in range(len(runs)) for p in policies]
+    columns = ["network", "batch", "precision"] + [f"run {i + 1}: {title(p)}" for i in range(len(runs)) for p in policies]
     text = ["# Headlines from separate processes", "", "Each run is its own process (its own sessions, cuDNN "
             "algorithm choices and tuning); the same network's speedups side by side.", "",
             *[f"- run {i + 1}: `{run['command']}` ({p})" for i, (run, p) in enumerate(zip(runs, paths))], "",
@@ -559,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="auto", choices=["auto", "package", "plain"],
                         help="families: from their PyPI package, or this project's PyTorch modules")
     parser.add_argument("--tiny", action="store_true", help="families at test size")
-    parser.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES, help="auto, paper, full or an integer G")
+    parser.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES,
+                        help="auto, paper, full, an integer G, or a lowering for every layer it applies to: "
+                             "toeplitz, polyphase:B[:2d], conv2d")
     parser.add_argument("--tune-budget", type=float, default=None, help="seconds of tuning per model for auto")
     parser.add_argument("--cache-dir", type=Path, default=None, help="tuning cache for auto")
     parser.add_argument("--plans-dir", type=Path, default=None,
@@ -576,6 +582,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--models {args.models}: no .onnx files there")
     if not (args.family or args.zoo or args.models):
         parser.error("give --family, --zoo and/or --models")
+    for policy in args.policies:
+        try:
+            parse_policy(policy, "--policies")
+        except DiagwiseError as exc:
+            parser.error(str(exc))
     skipped = []
     if args.family:
         problem = baselines.torch_problem()
@@ -631,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["rows"].append(row)
                 result["memory_kind"] = row["memory_kind"]
                 write(result, base)
-                policies = "; ".join(f"G={p}: {verdict(row['variants'][n])}" for p, n in row["best_by_policy"].items())
+                policies = "; ".join(f"{title(p)}: {verdict(row['variants'][n])}" for p, n in row["best_by_policy"].items())
                 print(f"{key}: original {row['variants'][row['best_original']]['median_ms']:.3f} ms "
                       f"({row['variants'][row['best_original']].get('ort_config')}); {policies} "
                       f"[{time.perf_counter() - began:.0f} s]", flush=True)

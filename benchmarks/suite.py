@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
+import layers  # noqa: E402
 import zoo  # noqa: E402
 
 PY = sys.executable
@@ -100,18 +101,23 @@ def plan(provider: str, out: Path, quick: bool, models: Path | None = None) -> l
 
     if quick:
         size = ["--batch", "1", "--precision", "float32-strict", "--rounds", "3", "--warmup", "1"]
-        layer_args = ["--network", "conformer", *size]
-        layers, precisions, batches = 1, 1, 1
+        tables = ["conformer"]
+        layer_args = ["--network", *tables, *size]
+        precisions, batches = 1, 1
     else:
-        layer_args = ["--network", "replknet_31b", "conformer", "--batch", "64", "1", "--precision", *PRECISIONS,
+        tables = ["replknet_31b", "conformer"]
+        layer_args = ["--network", *tables, "--batch", "64", "1", "--precision", *PRECISIONS,
                       "--rounds", "10", "--warmup", "2"]
-        layers, precisions, batches = len(zoo.EXTRA_LAYERS["replknet_31b"]) + 1, 3, 2
-    sessions = grid + 2 * 7 + 2
+        precisions, batches = 3, 2
+    large = [layer for _, _, layer in zoo.layer_table(tables)]
+    # per layer: the original's configurations, 7 G and its lowerings in two layouts each, PyTorch in two
+    sessions = sum(grid + 2 * (7 + len(layers.forms_for(layers.layer_model(layer, 1, "float32")))) + 2
+                   for layer in large)
     steps.append(Step("layers-large", [PY, str(BENCH / "layers.py"), *common, *layer_args,
                                        "--out", str(out / f"layers-large-{provider}")],
-                      layers * precisions * batches * sessions * (ASSUMED["ort_layer_session"] + 14 * 5e-3),
-                      f"{layers} layers x {precisions} precisions x {batches} batches x {sessions} variants at "
-                      f"{ASSUMED['ort_layer_session']} s + 14 runs of up to 5 ms", 0.16))
+                      precisions * batches * sessions * (ASSUMED["ort_layer_session"] + 14 * 5e-3),
+                      f"{len(large)} layers x {precisions} precisions x {batches} batches, {sessions} variants "
+                      f"in all at {ASSUMED['ort_layer_session']} s + 14 runs of up to 5 ms", 0.16))
 
     if quick:
         head = ["--family", "conformer", "--tiny", *size, "--tune-budget", "10"]
@@ -173,10 +179,13 @@ def plan(provider: str, out: Path, quick: bool, models: Path | None = None) -> l
     else:
         zl_args = ["--network", *zoo.NETWORKS, "--batch", "64", "--precision", "float16", "--rounds", "10"]
         zl = len({layer for _, _, layer in zoo.layer_table(list(zoo.NETWORKS))})
-    steps.append(Step("layers-zoo", [PY, str(BENCH / "layers.py"), *common, *zl_args,
+    # the mobile networks' 3x3-7x7 layers: block-diagonal G only (their lowerings pay 10x-60x the
+    # arithmetic; auto still measures them in the zoo step)
+    per_layer = grid + 2 * 7 + 2
+    steps.append(Step("layers-zoo", [PY, str(BENCH / "layers.py"), *common, *zl_args, "--no-forms",
                                      "--out", str(out / f"layers-zoo-{provider}")],
-                      zl * sessions * (ASSUMED["ort_layer_session"] + 14 * ASSUMED["ort_layer_run_b64"]),
-                      f"{zl} layers x {sessions} variants", 0.08))
+                      zl * per_layer * (ASSUMED["ort_layer_session"] + 14 * ASSUMED["ort_layer_run_b64"]),
+                      f"{zl} layers x {per_layer} variants", 0.08))
 
     table = zoo.layer_table()
     if quick:

@@ -162,7 +162,7 @@ def test_models_folder_is_measured_as_the_files_are(tmp_path):
         shutil.copy(SAMPLES / f"{name}.onnx", folder)
     out = tmp_path / "r"
     code = networks.main(["--models", str(folder), "--precision", "float16", "float32-strict", "--batch", "2",
-                          "--rounds", "2", "--warmup", "0", "--policies", "auto", "4", "--tune-budget", "5",
+                          "--rounds", "2", "--warmup", "0", "--policies", "auto", "4", "conv2d", "--tune-budget", "5",
                           "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
     assert code == 0
     result = json.loads(out.with_suffix(".json").read_text())
@@ -173,7 +173,12 @@ def test_models_folder_is_measured_as_the_files_are(tmp_path):
         auto = row["decisions"]["auto"]
         assert auto["nodes"] and all({"node", "action", "form", "G"} <= set(n) for n in auto["nodes"])
         assert auto["tuning"] is not None
-        assert set(row["best_by_policy"]) <= {"auto", "4"}
+        assert set(row["best_by_policy"]) == {"auto", "4", "conv2d"}
+        lowered = row["decisions"]["conv2d"]["nodes"]
+        # conv2d runs a 1-D layer as a 2-D one: the conformer's depthwise conv takes it, the 2-D block's do not
+        assert {n["choice"] for n in lowered if n["action"] == "rewritten"} == (
+            {"conv2d"} if row["network"] == "conformer_conv1d" else set())
+        assert {n["choice"] for n in row["decisions"]["4"]["nodes"] if n["action"] == "rewritten"} == {"G=4"}
     text = out.with_suffix(".md").read_text()
     assert "x bound" in text and "vs ORT" in text
     assert "**On a CPU these absolute times mean something only relative to each other**" in text
@@ -192,8 +197,16 @@ def test_layers_table_has_pytorch_and_the_bound(tmp_path):
     check_row(row, has_torch())
     assert row["layer"] == {"channels": 512, "size": [256], "stride": 1, "kernel": 31, "multiplier": 1}
     assert row["bound"]["flops"] == 2 * 512 * 256 * 31
-    assert set(row["best_by_policy"]) == {"2", "4", "8", "16", "32", "64"}  # full is over the CPU FLOP budget
-    assert "bound ms" in out.with_suffix(".md").read_text()
+    forms = ["conv2d", *(f"polyphase:{b}{d}" for b in (4, 8, 16, 32, 64) for d in ("", ":2d"))]
+    # full is over the CPU FLOP budget; every lowering auto would measure is timed too
+    assert list(row["best_by_policy"]) == ["2", "4", "8", "16", "32", "64", *forms]
+    assert row["skipped_over_flop_budget"] == ["full"]
+    text = out.with_suffix(".md").read_text()
+    assert "bound ms" in text and "| every lowering vs ORT |" in text and " polyphase:64:2d:" in text
+    assert layers.main(["--network", "conformer", "--batch", "1", "--precision", "float32-strict", "--rounds", "1",
+                        "--warmup", "0", "--no-forms", "--max-gflop", "10", "--out", str(out)]) == 0
+    [row] = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert list(row["best_by_policy"]) == ["2", "4", "8", "16", "32", "64", "full"]
 
 
 def test_merge_puts_two_processes_side_by_side(tmp_path):
@@ -210,6 +223,7 @@ def test_merge_puts_two_processes_side_by_side(tmp_path):
     text = (tmp_path / "headline.md").read_text()
     assert "| net | 64 | float16 | 2.50x vs ORT" in text and "3.50x vs ORT" in text
     assert text.count("(slower than PyTorch)") == 2
+    assert "| network | batch | precision | run 1: G=auto | run 2: G=auto |" in text
 
 
 def test_bad_input_is_one_line(tmp_path):
