@@ -79,10 +79,7 @@ def parse_choice(value: int | str | Choice, parameter: str = "node_group_sizes")
     or 'conv2d'."""
     if isinstance(value, Choice):
         return value
-    number = _integer(value)
-    if number is not None and number >= 1:
-        return Choice(group_size=number)
-    text = str(value).strip().lower()
+    text = str(value).strip().lower()  # an integer of any kind reads as its digits
     if text.isdigit() and int(text) >= 1:
         return Choice(group_size=int(text))
     parts = text.split(":")
@@ -231,16 +228,16 @@ def parse_policy(value: Any, parameter: str = "group_size") -> Policy | Auto:
         if number < 1:
             raise DiagwiseError(f"{parameter} must be {POLICY_HELP}; got {number}", parameter)
         return GroupSize(number)
-    text = str(value).strip().lower() if isinstance(value, str) else None
+    text = str(value).strip().lower()
     named = {"paper": PAPER, "full": FULL, "auto": AUTO}
     if text in named:
         return named[text]
-    if text is not None and text.isdigit() and int(text) >= 1:
+    if text.isdigit() and int(text) >= 1:
         return GroupSize(int(text))
-    if text is not None and text.split(":")[0] in LOWERING_NAMES:
+    if text.split(":")[0] in LOWERING_NAMES:
         try:
-            return Lowered(parse_choice(text, parameter))
-        except DiagwiseError:
+            return Lowered(parse_choice(text))
+        except DiagwiseError:  # refused below, naming PARAMETER and every policy
             pass
     raise DiagwiseError(f"{parameter} must be {POLICY_HELP}; got {value!r}", parameter)
 
