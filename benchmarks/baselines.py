@@ -54,7 +54,9 @@ CUDA_CORE_PEAK_TFLOPS = [
     ("A10", (31.2, 31.2)),
 ]
 FP32_LANES_PER_SM = {(8, 0): 64, (7, 0): 64}  # compute capability -> FP32 lanes; 128 elsewhere
-DEFAULT_CPU_PEAK_GFLOPS_PER_CORE = 64.0  # stated: 2 AVX2 FMA units x 8 fp32 lanes x 2 FLOP x 2 GHz
+# Stated per core, by the widest vector unit the CPU reports: 2 FMA units x fp32 lanes x 2 FLOP x 2 GHz.
+CPU_PEAK_GFLOPS_PER_CORE = {"avx512f": (128.0, "AVX-512: 2 FMA x 16 fp32 lanes x 2 FLOP x 2 GHz"),
+                            "avx2": (64.0, "AVX2: 2 FMA x 8 fp32 lanes x 2 FLOP x 2 GHz")}
 
 
 def precision_dtype(precision: str) -> str:
@@ -378,12 +380,29 @@ def gpu_peaks(name: str) -> tuple[dict[str, float], str]:
         return {"float32": float("nan"), "float16": float("nan")}, "unknown GPU: no peak"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def default_cpu_peak(flags: set[str]) -> tuple[float, str]:
+    """GFLOP/s per core to state, and why: by the widest vector unit in FLAGS (AVX2 when none is known)."""
+    return next((CPU_PEAK_GFLOPS_PER_CORE[f] for f in CPU_PEAK_GFLOPS_PER_CORE if f in flags),
+                CPU_PEAK_GFLOPS_PER_CORE["avx2"])
+
+
 def cpu_peaks(gflops_per_core: float | None) -> tuple[dict[str, float], str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_core = gflops_per_core or DEFAULT_CPU_PEAK_GFLOPS_PER_CORE
+    per_core, why = (gflops_per_core, "--cpu-peak-gflops") if gflops_per_core else default_cpu_peak(cpu_flags())
     peak = cores * per_core / 1e3
     return {"float32": peak, "float16": peak}, \
-        f"stated, not measured: {cores} cores x {per_core:g} GFLOP/s (float16 taken as float32)"
+        f"stated, not measured: {cores} cores x {per_core:g} GFLOP/s ({why}; float16 taken as float32)"
 
 
 def copy_gbps_torch(device: str) -> float:

@@ -523,7 +523,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-torch", action="store_true", help="leave the PyTorch variants out")
     parser.add_argument("--cpu-peak-gflops", type=float, default=None,
                         help="CPU only: the stated peak per core for the bound (default "
-                             f"{baselines.DEFAULT_CPU_PEAK_GFLOPS_PER_CORE:g})")
+                             "128 with AVX-512, else 64)")
     parser.add_argument("--max-seconds", type=float, default=None, help="start no new measurement after this")
     parser.add_argument("--out", type=Path, required=False, default=None, help="writes OUT.json and OUT.md")
 

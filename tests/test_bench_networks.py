@@ -5,6 +5,7 @@ decisions, output comparison) is there; a user's folder of ONNX files is measure
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -63,7 +64,10 @@ def test_gpu_peaks_from_the_data_sheet_and_cpu_peaks_stated():
     assert peaks == {"float32": 66.9, "float16": 133.8} and "data sheet" in source
     assert baselines.gpu_peaks("NVIDIA H100 PCIe")[0]["float32"] == 51.2
     cpu, text = baselines.cpu_peaks(10.0)
-    assert text.startswith("stated, not measured") and cpu["float32"] > 0
+    assert text.startswith("stated, not measured") and "x 10 GFLOP/s (--cpu-peak-gflops;" in text
+    assert cpu["float32"] == pytest.approx(len(os.sched_getaffinity(0)) * 10.0 / 1e3)
+    assert baselines.default_cpu_peak({"fpu", "avx2", "avx512f"})[0] == 128.0
+    assert baselines.default_cpu_peak({"avx2"})[0] == baselines.default_cpu_peak(set())[0] == 64.0
 
 
 def test_interleave_runs_every_variant_every_round_in_changing_order():
