@@ -9,7 +9,7 @@ Each layer is a one-node model (input fixed at the layer's shape), measured as b
 measures a network, all in one interleaved benchmark: onnxruntime's original under every
 configuration a user could pick (on CUDA prefer_nhwc {0,1} x cudnn_conv_algo_search {EXHAUSTIVE,
 HEURISTIC}, x cudnn_conv1d_pad_to_nc1d {0,1} for 1-D), block-diagonal G in {2, 4, 8, 16, 32, 64, full}
-and every lowering `auto` would measure for the layer (toeplitz, polyphase:B[:2d], conv2d; --no-forms
+and every lowering `auto` would measure for the layer (toeplitz, polyphase:B[:2d][:fold], conv2d; --no-forms
 leaves them out) under the fastest original's configuration and its other layout, and PyTorch's own conv of the same
 weight (groups = C: its depthwise kernel) in NCHW and channels_last, cudnn.benchmark on.  Every time
 is also shown as "x of bound", bound = max(activation bytes / copy bandwidth measured in this run,
@@ -79,13 +79,12 @@ def group_sizes_for(channels: int) -> list[tuple[str, int]]:
 
 def forms_for(model: onnx.ModelProto) -> list[tuple[str, float]]:
     """(policy, arithmetic over the depthwise layer's) of every lowering `auto` would measure for
-    the one-layer MODEL: toeplitz, polyphase:B[:2d], conv2d, as lowerings.candidates offers them."""
+    the one-layer MODEL: toeplitz, polyphase:B[:2d][:fold], conv2d, as lowerings.candidates offers them."""
     [conv] = detect(model, infer_value_types(model)).candidates
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     forms = []
     for name, params in lowerings.candidates(conv, shape, opset=lowerings.opset_of(model)):
-        choice = Choice(name, block=params.get("block"), as_2d=params.get("as_2d", False))
-        forms.append((choice.spec, lowerings.cost(conv, name, params, shape).flops_factor))
+        forms.append((Choice.lowered(name, params).spec, lowerings.cost(conv, name, params, shape).flops_factor))
     return forms
 
 

@@ -140,8 +140,7 @@ def _decision(node) -> dict:
     out = {f: getattr(node, f, None) for f in fields}
     out["reason"] = str(out["reason"]) if out["reason"] is not None else None
     out["node"], out["G"] = out.pop("name"), out.pop("group_size")
-    params = out["lowering_params"] or {}
-    out["choice"] = (Choice(out["lowering"], block=params.get("block"), as_2d=params.get("as_2d", False)).label
+    out["choice"] = (Choice.lowered(out["lowering"], out["lowering_params"] or {}).label
                      if out["lowering"] else f"G={out['G']}" if out["G"] else None)
     return out
 
@@ -565,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="families at test size")
     parser.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES,
                         help="auto, paper, full, an integer G, or a lowering for every layer it applies to: "
-                             "toeplitz, polyphase:B[:2d], conv2d")
+                             "toeplitz, polyphase:B[:2d][:fold], conv2d")
     parser.add_argument("--tune-budget", type=float, default=None, help="seconds of tuning per model for auto")
     parser.add_argument("--cache-dir", type=Path, default=None, help="tuning cache for auto")
     parser.add_argument("--plans-dir", type=Path, default=None,

@@ -68,14 +68,14 @@ def tolerance(values: list[str], flag: str):
 
 
 def pinned(values: list[str]) -> dict[str, Any]:
-    """--node-group-size NAME=G or NAME=toeplitz / polyphase[:B][:2d] / conv2d (repeatable)."""
+    """--node-group-size NAME=G or NAME=toeplitz / polyphase[:B][:2d][:fold] / conv2d (repeatable)."""
     from .plan import parse_choice
 
     choices: dict[str, Any] = {}
     for value in values:
         name, sep, choice = value.rpartition("=")
         if not sep or not name:
-            raise DiagwiseError(f"--node-group-size expects NAME=G or NAME=FORM (toeplitz, polyphase[:B][:2d], "
+            raise DiagwiseError(f"--node-group-size expects NAME=G or NAME=FORM (toeplitz, polyphase[:B][:2d][:fold], "
                                 f"conv2d); got '{value}'")
         choices[name] = parse_choice(choice, "--node-group-size")
     return choices
@@ -224,7 +224,7 @@ class RewriteSelectArgs(SelectArgs):
     min_channels: _option(Optional[int], "--min-channels", metavar="N",
                           help="Leave nodes with fewer channels depthwise.") = None
     node_group_size: _option(list[str], "--node-group-size", metavar="NAME=G|FORM", help=(
-        "Exact G (must divide its C) or form (toeplitz, polyphase[:B][:2d], conv2d) for one node. "
+        "Exact G (must divide its C) or form (toeplitz, polyphase[:B][:2d][:fold], conv2d) for one node. "
         "Repeatable.")) = field(default_factory=list)
     skip_dynamic: _option(bool, "--skip-dynamic",
                           help="Leave nodes whose weight is a graph input or computed alone.") = False

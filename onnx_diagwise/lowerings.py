@@ -22,6 +22,11 @@ along them, s / d stride and dilation, p padding.
   out, and a Slice cuts the result back to L_out when B does not divide it (for a
   symbolic L, L_out is computed from Shape(x)).  With as_2d the Conv runs as a 2-D one
   on [N, C, 1, L] (kernel (1, K_p)).  Arithmetic about K_p / K.
+  With fold (1-D layers) the input's P = B*s phases become channels as well: Pad, then
+  Reshape [N, C, S, P] -> Transpose -> Reshape [N, C*P, S], and a grouped Conv with P inputs
+  and B outputs per group, kernel J = ceil(K_p / P), stride 1, weight
+  F[(o, r), p, j] = W[o, 0, k] where r*s + k*d = j*P + p: channels per group a tensor-core
+  GEMM can use, instead of one.  Arithmetic P*J / K (2.1x for K = 31, B = 32).
 * conv2d (1-D): Reshape [N, C, L] -> [N, C, 1, L], the same depthwise Conv with kernel
   (1, K), Reshape back.  Same arithmetic; the form of onnxruntime's own 1-D convolutions
   on CUDA, which may pick other kernels.
@@ -69,6 +74,9 @@ DTYPES = ("float32", "float16")
 SAME = ("SAME_UPPER", "SAME_LOWER")
 # ops with tensor inputs: Reshape from opset 5, Slice from opset 10
 MIN_OPSET = {"toeplitz": 5, "polyphase": 10, "conv2d": 5}
+FOLD_MIN_OPSET = 11  # Pad with its pads as an input
+FOLD_MIN_BLOCK = 8  # fold pays where P = B*s channels per group fill a tensor-core tile
+ANY_OPSET = max(*MIN_OPSET.values(), FOLD_MIN_OPSET)  # an opset every lowering takes
 AXES = "DHW"
 
 Dim = int | str | None
@@ -211,6 +219,18 @@ class _Toeplitz:
 
 
 @dataclass(frozen=True)
+class _Fold:
+    """The input side of polyphase with fold: Pad, a Slice to S*P when needed, phases to channels."""
+
+    period: int  # P = B*s: the input phases that become channels
+    taps: int  # J: the Conv's kernel, in steps of P
+    pad_begin: int
+    pad_end: int  # of the Pad; the Slice that follows cuts to S*P (for a symbolic L, at run time)
+    total: int | None  # S*P for a static L (None: symbolic)
+    slices: bool  # whether a Slice to S*P follows the Pad
+
+
+@dataclass(frozen=True)
 class _Polyphase:
     block: int
     as_2d: bool
@@ -221,6 +241,7 @@ class _Polyphase:
     blocks: int | None  # ceil(L_out / B)
     reshape_out: list[int]
     length_offset: int  # L_out = (L + length_offset) // s + 1
+    fold: _Fold | None = None
 
     @property
     def slices(self) -> bool:
@@ -232,7 +253,7 @@ def _params(lowering: str, params: Mapping[str, Any] | None) -> dict[str, Any] |
     if lowering not in LOWERINGS:
         return f"unknown lowering '{lowering}' (known: {', '.join(LOWERINGS)})"
     params = dict(params or {})
-    allowed = {"toeplitz": {}, "polyphase": {"block": None, "as_2d": False}, "conv2d": {}}[lowering]
+    allowed = {"toeplitz": {}, "polyphase": {"block": None, "as_2d": False, "fold": False}, "conv2d": {}}[lowering]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         return f"{lowering} takes no parameter {', '.join(unknown)}" + (
@@ -242,8 +263,11 @@ def _params(lowering: str, params: Mapping[str, Any] | None) -> dict[str, Any] |
         block = full["block"]
         if isinstance(block, bool) or not isinstance(block, int) or block < 2:
             return f"polyphase needs an integer block >= 2; got {block!r}"
-        if not isinstance(full["as_2d"], bool):
-            return f"polyphase as_2d must be true or false; got {full['as_2d']!r}"
+        for flag in ("as_2d", "fold"):
+            if not isinstance(full[flag], bool):
+                return f"polyphase {flag} must be true or false; got {full[flag]!r}"
+        if not full["fold"]:
+            del full["fold"]  # written only when set: markers, plans and caches of plain polyphase stay as they were
     return full
 
 
@@ -254,7 +278,9 @@ def _plan(layer: _Layer, lowering: str, params: dict[str, Any], opset: int) -> _
     if lowering == "toeplitz":
         return _plan_toeplitz(layer)
     if lowering == "polyphase":
-        return _plan_polyphase(layer, params["block"], params["as_2d"])
+        if params.get("fold") and opset < FOLD_MIN_OPSET:
+            return f"polyphase fold needs ai.onnx opset {FOLD_MIN_OPSET} or later; the model has {opset}"
+        return _plan_polyphase(layer, params["block"], params["as_2d"], params.get("fold", False))
     if layer.rank != 1:
         return f"conv2d runs 1-D layers as 2-D ones; this layer is {layer.rank}-D"
     return None
@@ -291,9 +317,12 @@ def _plan_toeplitz(layer: _Layer) -> _Toeplitz | str:
                      [0, layer.out_channels, rows_out, *reshape_out])
 
 
-def _plan_polyphase(layer: _Layer, block: int, as_2d: bool) -> _Polyphase | str:
+def _plan_polyphase(layer: _Layer, block: int, as_2d: bool, fold: bool = False) -> _Polyphase | str:
     if as_2d and layer.rank != 1:
         return f"polyphase as_2d runs 1-D layers as 2-D ones; this layer is {layer.rank}-D"
+    if fold and layer.rank != 1:
+        return (f"polyphase fold is built for 1-D layers; this layer is {layer.rank}-D (2-D and 3-D layers take "
+                "toeplitz or polyphase)")
     last = layer.rank - 1
     all_pads = [_pads(layer, a, layer.size(a)) for a in range(layer.rank)]
     problem = next((p for p in all_pads if isinstance(p, str)), None)
@@ -303,6 +332,7 @@ def _plan_polyphase(layer: _Layer, block: int, as_2d: bool) -> _Polyphase | str:
     span = (block - 1) * s + (k - 1) * d + 1
     (begin, end), length = all_pads[last], layer.size(last)
     offset = begin + end - (k - 1) * d - 1
+    layer_end = end
     if length is None:
         length_out = blocks = None
         end += (block - 1) * s  # enough for ceil(L_out / B) blocks whatever L is
@@ -316,9 +346,19 @@ def _plan_polyphase(layer: _Layer, block: int, as_2d: bool) -> _Polyphase | str:
     reshape_out = _reshape_tail(others + [None if blocks is None else blocks * block], "the output's spatial shape")
     if isinstance(reshape_out, str):
         return f"polyphase needs static sizes on all spatial axes but one: {reshape_out}"
+    folded = None
+    if fold:
+        period = block * s
+        taps = -(-span // period)
+        if length is None:  # padded past what any L needs, then cut to S*P at run time
+            folded = _Fold(period, taps, begin, max(0, layer_end + taps * period), None, True)
+        else:
+            total = (blocks + taps - 1) * period
+            pad_end = total - begin - length  # below 0 where a stride leaves the input's tail unread
+            folded = _Fold(period, taps, begin, max(0, pad_end), total, pad_end < 0)
     return _Polyphase(block, as_2d, span, [p[0] for p in all_pads[:last]] + [begin],
                       [p[1] for p in all_pads[:last]] + [end], length_out, blocks,
-                      [0, layer.out_channels, *reshape_out], offset)
+                      [0, layer.out_channels, *reshape_out], offset, folded)
 
 
 def _ranges(values: list[int]) -> str:
@@ -346,7 +386,13 @@ def _lowered_weight(layer: _Layer, plan) -> np.ndarray:
         p = np.zeros((layer.out_channels, plan.block) + w.shape[2:-1] + (plan.span,), w.dtype)
         for r in range(plan.block):
             p[:, r][..., r * s + np.arange(k) * d] = w[:, 0]  # p[:, r] is a view: this writes into p
-        p = p.reshape((layer.out_channels * plan.block, 1) + p.shape[2:])
+        if plan.fold:  # input u = j*P + p of the span: kernel step j of channel (phase) p
+            fold = plan.fold
+            p = np.pad(p, [(0, 0)] * (p.ndim - 1) + [(0, fold.taps * fold.period - plan.span)])
+            p = p.reshape(p.shape[:2] + (fold.taps, fold.period)).transpose(0, 1, 3, 2)
+            p = p.reshape((layer.out_channels * plan.block, fold.period, fold.taps))
+        else:
+            p = p.reshape((layer.out_channels * plan.block, 1) + p.shape[2:])
         return p[:, :, None] if plan.as_2d else p
     return w[:, :, None]  # conv2d: [C*M, 1, 1, K]
 
@@ -372,6 +418,10 @@ def _recover(layer: _Layer, plan, weight: np.ndarray, bias: np.ndarray | None
             first.setdefault(kh, (i, h))
         rows = np.stack([t[:, i, h] for i, h in (first[kh] for kh in range(layer.kernel[0]))], axis=1)
         return rows[:, None], (None if bias is None else bias[::plan.rows_out])
+    if plan.fold:  # back to [C*M, B, span]: the inverse of _lowered_weight's fold
+        fold = plan.fold
+        weight = weight.reshape(out, plan.block, fold.period, fold.taps).transpose(0, 1, 3, 2)
+        weight = weight.reshape(out, plan.block, fold.taps * fold.period)[..., :plan.span]
     p = weight.reshape((out, plan.block) + tuple(layer.kernel[:-1]) + (plan.span,))[:, 0]  # phase 0 has every tap
     taps = p[..., np.arange(layer.kernel[-1]) * layer.dilations[-1]]
     return taps[:, None], (None if bias is None else bias[::plan.block])
@@ -465,6 +515,8 @@ def candidates(conv: DepthwiseConv, input_shape: list[Dim] | None, *, opset: int
             continue  # a block past the whole length only computes padding
         for as_2d in (False, True):
             options.append(("polyphase", {"block": block, "as_2d": as_2d}))
+            if block >= FOLD_MIN_BLOCK:
+                options.append(("polyphase", {"block": block, "as_2d": as_2d, "fold": True}))
     return [(name, _params(name, params)) for name, params in options
             if why_not(conv, name, params, input_shape, opset=opset, reads=reads,
                        max_weight_bytes=max_weight_bytes) is None]
@@ -472,7 +524,7 @@ def candidates(conv: DepthwiseConv, input_shape: list[Dim] | None, *, opset: int
 
 def cost(conv: DepthwiseConv, lowering: str, params: Mapping[str, Any] | None, input_shape: list[Dim]) -> Cost:
     """Weight bytes and arithmetic of LOWERING for CONV (ValueError if it does not apply)."""
-    layer, _, plan = _checked(conv, lowering, params, input_shape, max(MIN_OPSET.values()))
+    layer, _, plan = _checked(conv, lowering, params, input_shape, ANY_OPSET)
     return _cost(layer, plan)
 
 
@@ -490,8 +542,9 @@ def _cost(layer: _Layer, plan) -> Cost:
         k = layer.kernel[-1]
         # padding outputs past L_out are work too; for a symbolic L they tend to nothing
         wasted = 1.0 if plan.length_out is None else plan.blocks * plan.block / plan.length_out
-        factor = plan.span / k * wasted
-        grown = out * plan.block * plan.span * math.prod(layer.kernel[:-1]) + bias * plan.block
+        reads = plan.span if plan.fold is None else plan.fold.period * plan.fold.taps  # weights per output
+        factor = reads / k * wasted
+        grown = out * plan.block * reads * math.prod(layer.kernel[:-1]) + bias * plan.block
     return Cost(before, grown * itemsize, factor)
 
 
@@ -571,8 +624,11 @@ def _emit_polyphase(emit: _Emitter, layer: _Layer, plan: _Polyphase, weight: np.
     block_stride = plan.block * layer.strides[-1]
     geometry = {"strides": layer.strides[:-1] + [block_stride], "dilations": layer.dilations[:-1] + [1],
                 "pads": plan.pads_begin + plan.pads_end}
-    source = x
-    if plan.as_2d:
+    source, length_out = x, None
+    if plan.fold:
+        source, length_out = _emit_fold(emit, layer, plan)
+        geometry = {}  # stride 1, no padding: the Pad before it did that
+    elif plan.as_2d:
         source = emit.op("Reshape", [x, emit.constant("2d_shape", [0, layer.channels, 1, -1])], "2d")
         geometry = {"strides": [1, block_stride], "dilations": [1, 1],
                     "pads": [0, plan.pads_begin[0], 0, plan.pads_end[0]]}
@@ -584,22 +640,49 @@ def _emit_polyphase(emit: _Emitter, layer: _Layer, plan: _Polyphase, weight: np.
         emit.op("Reshape", [interleaved, emit.constant("out_shape", plan.reshape_out)], "out", output=y)
         return
     full = emit.op("Reshape", [interleaved, emit.constant("full_shape", plan.reshape_out)], "full")
-    last_axis = rank + 1
     if plan.length_out is not None:
         end = emit.constant("end", [plan.length_out])
-    else:  # L_out = (L + offset) // s + 1, L read from the input at run time
-        length = emit.op("Slice", [emit.op("Shape", [x], "shape"), emit.constant("length_at", [last_axis]),
-                                   emit.constant("length_to", [last_axis + 1])], "length")
-        s = layer.strides[-1]
-        if s == 1:
-            end = length if plan.length_offset == -1 else emit.op(
-                "Add", [length, emit.constant("length_change", [plan.length_offset + 1])], "end")
-        else:
-            if plan.length_offset:
-                length = emit.op("Add", [length, emit.constant("length_offset", [plan.length_offset])], "offset")
-            strided = emit.op("Div", [length, emit.constant("stride", [s])], "strided")
-            end = emit.op("Add", [strided, emit.constant("one", [1])], "end")
-    emit.op("Slice", [full, emit.constant("start", [0]), end, emit.constant("axis", [last_axis])], "cut", output=y)
+    else:
+        end = length_out or _emit_length_out(emit, layer, plan)
+    emit.op("Slice", [full, emit.constant("start", [0]), end, emit.constant("axis", [rank + 1])], "cut", output=y)
+
+
+def _emit_length_out(emit: _Emitter, layer: _Layer, plan: _Polyphase) -> str:
+    """L_out = (L + offset) // s + 1, with L read from the input at run time."""
+    last_axis = layer.rank + 1
+    length = emit.op("Slice", [emit.op("Shape", [layer.node.input[0]], "shape"), emit.constant("length_at", [last_axis]),
+                               emit.constant("length_to", [last_axis + 1])], "length")
+    s = layer.strides[-1]
+    if s == 1:
+        return length if plan.length_offset == -1 else emit.op(
+            "Add", [length, emit.constant("length_change", [plan.length_offset + 1])], "end")
+    if plan.length_offset:
+        length = emit.op("Add", [length, emit.constant("length_offset", [plan.length_offset])], "offset")
+    strided = emit.op("Div", [length, emit.constant("stride", [s])], "strided")
+    return emit.op("Add", [strided, emit.constant("one", [1])], "end")
+
+
+def _emit_fold(emit: _Emitter, layer: _Layer, plan: _Polyphase) -> tuple[str, str | None]:
+    """x padded to S*P along L and its P phases made channels: [N, C*P, S] (or [N, C*P, 1, S]).
+    Returns it and L_out when that was computed at run time (for the Slice at the end)."""
+    fold, length_out = plan.fold, None
+    padded = emit.op("Pad", [layer.node.input[0], emit.constant("fold_pads", [0, 0, fold.pad_begin, 0, 0, fold.pad_end])],
+                     "padded")
+    if fold.slices:
+        if fold.total is not None:
+            total = emit.constant("fold_total", [fold.total])
+        else:  # S*P = (ceil(L_out / B) + J - 1) * P
+            length_out = _emit_length_out(emit, layer, plan)
+            blocks = emit.op("Div", [emit.op("Add", [length_out, emit.constant("round_up", [plan.block - 1])], "up"),
+                                     emit.constant("block", [plan.block])], "blocks")
+            steps = emit.op("Add", [blocks, emit.constant("more_steps", [fold.taps - 1])], "steps")
+            total = emit.op("Mul", [steps, emit.constant("period", [fold.period])], "total")
+        padded = emit.op("Slice", [padded, emit.constant("fold_start", [0]), total, emit.constant("fold_axis", [2])],
+                         "fold_cut")
+    steps = emit.op("Reshape", [padded, emit.constant("steps_shape", [0, layer.channels, -1, fold.period])], "by_step")
+    phases = emit.op("Transpose", [steps], "phases_first", perm=[0, 1, 3, 2])
+    shape = [0, layer.channels * fold.period] + ([1, -1] if plan.as_2d else [-1])
+    return emit.op("Reshape", [phases, emit.constant("folded_shape", shape)], "folded"), length_out
 
 
 class _Emitter:
@@ -658,9 +741,10 @@ def lower(model: ModelProto, conv: DepthwiseConv, lowering: str, params: Mapping
 
 
 def label(lowering: str, params: Mapping[str, Any]) -> str:
-    """toeplitz, polyphase B=16, polyphase B=16 2-D, conv2d."""
+    """toeplitz, polyphase B=16, polyphase B=16 2-D, polyphase B=16 folded, conv2d."""
     if lowering == "polyphase":
-        return f"polyphase B={params['block']}" + (" 2-D" if params.get("as_2d") else "")
+        return (f"polyphase B={params['block']}" + (" 2-D" if params.get("as_2d") else "")
+                + (" folded" if params.get("fold") else ""))
     return lowering
 
 
@@ -696,7 +780,7 @@ def match(scope: Scope, node: NodeProto) -> Match | str | None:
     try:
         shell = _layer_from_node(original, weight_shape[2:], input_shape, np.empty(weight_shape, lowered_weight.dtype),
                                  None if lowered_bias is None else np.empty(weight_shape[0], lowered_bias.dtype))
-        plan = _plan(shell, lowering, full, max(MIN_OPSET.values()))
+        plan = _plan(shell, lowering, full, ANY_OPSET)
         if isinstance(plan, str):
             return f"its marker describes a lowering that does not apply ({plan})"
         weight, bias = _recover(shell, plan, lowered_weight, lowered_bias)

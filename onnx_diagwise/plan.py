@@ -18,12 +18,12 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from .detect import DepthwiseConv, Detection, attribute
 from .errors import DiagwiseError
-from .lowerings import cost, why_not
+from .lowerings import cost, label, why_not
 from .reasons import Action, Leave, Reason
 from .report import NodeDecision
 from .tensors import tensor_nbytes
@@ -31,7 +31,7 @@ from .tensors import tensor_nbytes
 PAPER_GROUP_SIZE = 32
 BLOCK_DIAGONAL = "block-diagonal"
 LOWERING_NAMES = ("toeplitz", "polyphase", "conv2d")
-POLICY_HELP = "a positive integer, 'paper', 'full', 'auto', 'toeplitz', 'polyphase[:B][:2d]' or 'conv2d'"
+POLICY_HELP = "a positive integer, 'paper', 'full', 'auto', 'toeplitz', 'polyphase[:B][:2d][:fold]' or 'conv2d'"
 
 
 @dataclass(frozen=True)
@@ -43,31 +43,38 @@ class Choice:
     group_size: int = 1  # block-diagonal: channels per group (G)
     block: int | None = None  # polyphase: outputs per step
     as_2d: bool = False  # polyphase: run its Conv as a 2-D one
+    fold: bool = False  # polyphase: the input's phases become channels too
     how: str = ""
     code: Reason = Reason.POLICY
 
+    @classmethod
+    def lowered(cls, lowering: str, params: Mapping[str, Any], **fields) -> Choice:
+        """LOWERING with its PARAMS as onnx_diagwise.lowerings gives them."""
+        return cls(lowering, block=params.get("block"), as_2d=params.get("as_2d", False),
+                   fold=params.get("fold", False), **fields)
+
     @property
     def label(self) -> str:
-        """G=8, toeplitz, polyphase B=16, polyphase B=16 2-D, conv2d."""
+        """G=8, toeplitz, polyphase B=16, polyphase B=16 2-D, polyphase B=16 folded, conv2d."""
         if self.lowering == BLOCK_DIAGONAL:
             return f"G={self.group_size}"
-        if self.lowering == "polyphase":
-            return f"polyphase B={self.block}" + (" 2-D" if self.as_2d else "")
-        return self.lowering
+        return label(self.lowering, self.params)
 
     @property
     def spec(self) -> str:
-        """The choice as --node-group-size / parse_choice spell it: 8, toeplitz, polyphase:16:2d, conv2d."""
+        """The choice as --node-group-size / parse_choice spell it: 8, toeplitz, polyphase:16:2d:fold, conv2d."""
         if self.lowering == BLOCK_DIAGONAL:
             return str(self.group_size)
         if self.lowering == "polyphase":
-            return f"polyphase:{self.block}" + (":2d" if self.as_2d else "")
+            return f"polyphase:{self.block}" + (":2d" if self.as_2d else "") + (":fold" if self.fold else "")
         return self.lowering
 
     @property
     def params(self) -> dict[str, Any]:
-        """A lowering's parameters, as onnx_diagwise.lowerings takes them."""
-        return {"block": self.block, "as_2d": self.as_2d} if self.lowering == "polyphase" else {}
+        """A lowering's parameters, as onnx_diagwise.lowerings takes them (fold only when set)."""
+        if self.lowering != "polyphase":
+            return {}
+        return {"block": self.block, "as_2d": self.as_2d} | ({"fold": True} if self.fold else {})
 
 
 Decision = Choice | Leave
@@ -75,8 +82,8 @@ Policy = Callable[[DepthwiseConv], Decision]
 
 
 def parse_choice(value: int | str | Choice, parameter: str = "node_group_sizes") -> Choice:
-    """One node's choice: a positive integer G, 'toeplitz', 'polyphase[:B][:2d]' (B = 8 by default)
-    or 'conv2d'."""
+    """One node's choice: a positive integer G, 'toeplitz', 'polyphase[:B][:2d][:fold]' (B = 8 by
+    default) or 'conv2d'."""
     if isinstance(value, Choice):
         return value
     text = str(value).strip().lower()  # an integer of any kind reads as its digits
@@ -85,13 +92,13 @@ def parse_choice(value: int | str | Choice, parameter: str = "node_group_sizes")
     parts = text.split(":")
     if parts[0] in ("toeplitz", "conv2d") and len(parts) == 1:
         return Choice(parts[0])
-    if parts[0] == "polyphase" and len(parts) <= 3:
+    if parts[0] == "polyphase" and len(parts) <= 4:
         block = parts[1] if len(parts) > 1 else "8"
-        as_2d = parts[2] if len(parts) > 2 else ""
-        if block.isdigit() and int(block) >= 2 and as_2d in ("", "2d"):
-            return Choice("polyphase", block=int(block), as_2d=as_2d == "2d")
-    raise DiagwiseError(f"{parameter} takes a positive integer G, 'toeplitz', 'polyphase[:B][:2d]' (B >= 2) or "
-                        f"'conv2d'; got '{value}'", parameter)
+        flags = parts[2:]
+        if block.isdigit() and int(block) >= 2 and flags in ([], ["2d"], ["fold"], ["2d", "fold"]):
+            return Choice("polyphase", block=int(block), as_2d="2d" in flags, fold="fold" in flags)
+    raise DiagwiseError(f"{parameter} takes a positive integer G, 'toeplitz', 'polyphase[:B][:2d][:fold]' (B >= 2) "
+                        f"or 'conv2d'; got '{value}'", parameter)
 
 
 def _integer(value: Any) -> int | None:
@@ -185,8 +192,7 @@ class Lowered:
                          reads=conv.reads)
         if reason:
             return Leave(Reason.LOWERING_REFUSED, f"{self.choice.label} does not apply: {reason}")
-        return Choice(self.choice.lowering, block=self.choice.block, as_2d=self.choice.as_2d,
-                      how=f"group_size '{self.choice.spec}'")
+        return replace(self.choice, how=f"group_size '{self.choice.spec}'")
 
 
 @dataclass(frozen=True)
@@ -220,7 +226,7 @@ AUTO = Auto()
 
 def parse_policy(value: Any, parameter: str = "group_size") -> Policy | Auto:
     """A policy from what a user writes: an integer N, 'paper', 'full', 'auto', a lowering
-    ('toeplitz', 'polyphase[:B][:2d]', 'conv2d'), or a policy (any callable) as it is."""
+    ('toeplitz', 'polyphase[:B][:2d][:fold]', 'conv2d'), or a policy (any callable) as it is."""
     if isinstance(value, Auto) or (callable(value) and not isinstance(value, (str, numbers.Integral))):
         return value
     number = _integer(value)
@@ -310,8 +316,7 @@ class Selection:
         decision = Lowered(choice)(conv)
         if isinstance(decision, Leave):
             raise DiagwiseError(f"node_group_sizes {conv.name}={choice.spec}: {decision.text}", "node_group_sizes")
-        return Choice(choice.lowering, block=choice.block, as_2d=choice.as_2d, how="pinned by node_group_sizes",
-                      code=Reason.PINNED)
+        return replace(choice, how="pinned by node_group_sizes", code=Reason.PINNED)
 
 
 def choose(detection: Detection, policy: Policy, selection: Selection = Selection()) -> dict[str, Decision]:

@@ -12,6 +12,7 @@ from .detect import NODE_FORMS, Detection, detect, node_form
 from .reasons import Action, Reason
 from .shapes import infer_value_types
 from .graphs import iter_scopes
+from .lowerings import label
 from .tensors import iter_tensors, tensor_elements, weight_bytes
 
 
@@ -48,7 +49,7 @@ class NodeDecision:
     group_size: int | None = None  # block-diagonal: G
     groups_after: int | None = None
     lowering: str | None = None  # toeplitz, polyphase, conv2d (None: block-diagonal, or untouched)
-    lowering_params: dict[str, Any] | None = None  # polyphase: block, as_2d
+    lowering_params: dict[str, Any] | None = None  # polyphase: block, as_2d, fold (when set)
     weight_bytes_before: int | None = None
     weight_bytes_after: int | None = None
     flops_before: int | None = None  # per sample (batch 1); None when the output shape is unknown
@@ -64,10 +65,8 @@ class NodeDecision:
     @property
     def form_label(self) -> str | None:
         """How the node is (to be) computed: 'G=8', 'toeplitz', 'polyphase B=16', ..."""
-        if self.lowering == "polyphase" and self.lowering_params:
-            return f"polyphase B={self.lowering_params['block']}" + (" 2-D" if self.lowering_params["as_2d"] else "")
         if self.lowering:
-            return self.lowering
+            return label(self.lowering, self.lowering_params or {})
         return f"G={self.group_size}" if self.group_size else None
 
     def to_dict(self) -> dict[str, Any]:

@@ -201,7 +201,8 @@ def test_layers_table_has_pytorch_and_the_bound(tmp_path):
     check_row(row, has_torch())
     assert row["layer"] == {"channels": 512, "size": [256], "stride": 1, "kernel": 31, "multiplier": 1}
     assert row["bound"]["flops"] == 2 * 512 * 256 * 31
-    forms = ["conv2d", *(f"polyphase:{b}{d}" for b in (4, 8, 16, 32, 64) for d in ("", ":2d"))]
+    forms = ["conv2d", *(f"polyphase:{b}{d}{f}" for b in (4, 8, 16, 32, 64) for d in ("", ":2d")
+                         for f in (("", ":fold") if b >= 8 else ("",)))]
     # full is over the CPU FLOP budget; every lowering auto would measure is timed too
     assert list(row["best_by_policy"]) == ["2", "4", "8", "16", "32", "64", *forms]
     assert row["skipped_over_flop_budget"] == ["full"]

@@ -178,6 +178,8 @@ def polyphase_cases(draw):
     params = {"block": draw(st.sampled_from([2, 3, 4, 5, 8, 16, 32]))}
     if rank == 1:
         params["as_2d"] = draw(st.booleans())
+        if draw(st.booleans()):
+            params["fold"] = True
     # any one spatial size may be symbolic (the Reshape back infers one)
     symbolic = draw(st.sampled_from([None] + list(range(2, rank + 2))))
     return case, params, symbolic
@@ -203,6 +205,10 @@ def test_polyphase_is_exact_and_reverts(drawn):
     result = assert_round_trip(model, "polyphase", params, feeds(model, {"N": 2, "S": size}, case["seed"]))
     k, s, d, begin, end, out = geometry(case, rank - 1, case["spatial"][-1])
     taps = (params["block"] - 1) * s + (k - 1) * d + 1
+    if params.get("fold"):  # P = B*s phases as channels, a kernel of ceil(taps / P) steps
+        period = params["block"] * s
+        taps = period * math.ceil(taps / period)
+    event(f"fold: {params.get('fold', False)}")
     waste = 1 if symbolic == rank + 1 else math.ceil(out / params["block"]) * params["block"] / out
     assert result.cost.flops_factor == pytest.approx(taps / k * waste)
 
@@ -238,6 +244,9 @@ def test_conv2d_is_exact_and_reverts(drawn):
                                                      dtype="float16")),
     ("polyphase", {"block": 24}, dict(channels=64, kernel=(31,), spatial=(256,), pads=(15, 15))),
     ("conv2d", {}, dict(channels=512, kernel=(31,), spatial=(256,), pads=(15, 15))),
+    ("polyphase", {"block": 32, "fold": True}, dict(channels=512, kernel=(31,), spatial=(256,), pads=(15, 15))),
+    ("polyphase", {"block": 16, "as_2d": True, "fold": True}, dict(channels=512, kernel=(31,), spatial=(256,),
+                                                                  pads=(15, 15), dtype="float16")),
 ])
 def test_large_kernel_layers_at_their_real_sizes(lowering, params, case):
     model = depthwise_model(**case)
@@ -257,6 +266,59 @@ def test_polyphase_with_a_symbolic_length_runs_any_length():
     assert [n.op_type for n in result.nodes].count("Slice") == 2  # the length from Shape(x), and the cut
     for length in (9, 16, 17, 23, 40):
         assert_exact(model, low, feeds(model, {"N": 2, "L": length}, seed=length))
+
+
+@pytest.mark.parametrize("strides, pads", [((1,), (3, 3)), ((2,), (3, 1)), ((3,), (0, 0))])
+def test_polyphase_fold_with_a_symbolic_length_runs_any_length(strides, pads):
+    """Padded past what any length needs, cut to S*P at run time, folded, and cut back to L_out."""
+    case = dict(channels=4, multiplier=2, kernel=(7,), spatial=(20,), strides=strides, pads=pads, dilations=(2,))
+    model = with_symbolic(depthwise_model(**case), {2: "L"})
+    low, result = lowered(model, "polyphase", {"block": 8, "fold": True})
+    ops = [n.op_type for n in result.nodes if n.op_type != "Constant"]
+    assert ops[:2] == ["Pad", "Shape"] and ops.count("Slice") == 3  # L from Shape(x), to S*P, to L_out
+    for length in (13, 16, 17, 23, 40, 64):
+        assert_exact(model, low, feeds(model, {"N": 2, "L": length}, seed=length))
+    assert lowerings.revert(low) == [] and low.SerializeToString() == model.SerializeToString()
+
+
+def test_polyphase_fold_weight_holds_each_phase_of_the_span_as_a_channel():
+    weight = np.array([[[1, 2, 3]], [[4, 5, 6]]], dtype=np.float32)  # C=2, k=3
+    model = depthwise_model(channels=2, kernel=(3,), spatial=(8,), pads=(1, 1), bias=False)
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "w"))
+    low, result = lowered(model, "polyphase", {"block": 4, "fold": True})
+    f = result.tensors["w"]
+    # B = P = 4 outputs and input phases per channel; the span of 4 + 3 - 1 = 6 inputs takes J = 2 steps
+    assert f.shape == (8, 4, 2)
+    # output r of a block reads input u = j*P + p of the span with tap u - r
+    assert f[:4].transpose(0, 2, 1).reshape(4, 8).tolist() == [[1, 2, 3, 0, 0, 0, 0, 0], [0, 1, 2, 3, 0, 0, 0, 0],
+                                                                [0, 0, 1, 2, 3, 0, 0, 0], [0, 0, 0, 1, 2, 3, 0, 0]]
+    assert f[4:, :, 0].tolist()[0] == [4, 5, 6, 0]
+    conv = next(n for n in low.graph.node if n.op_type == "Conv")
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    assert attrs == {"group": 2, "kernel_shape": [2]}
+    # L_out = 8: 2 blocks, S = 2 + 2 - 1 = 3 steps of 4: the input is padded to 12 (1 before, 3 after)
+    pad = next(n for n in low.graph.node if n.op_type == "Pad")
+    pads = {n.output[0]: numpy_helper.to_array(n.attribute[0].t).tolist() for n in low.graph.node
+            if n.op_type == "Constant"}[pad.input[1]]
+    assert pads == [0, 0, 1, 0, 0, 3]
+    assert [n.op_type for n in low.graph.node if n.op_type != "Constant"] == [
+        "Pad", "Reshape", "Transpose", "Reshape", "Conv", "Reshape", "Transpose", "Reshape"]
+    assert_exact(model, low, feeds(model, {"N": 2}))
+
+
+def test_polyphase_fold_is_for_1d_layers_from_opset_11():
+    two_d = depthwise_model(channels=2, kernel=(3, 3), spatial=(8, 8), pads=(1,) * 4)
+    conv = detect(two_d).candidates[0]
+    assert lowerings.why_not(conv, "polyphase", {"block": 8, "fold": True}, input_shape(two_d), opset=17) == (
+        "polyphase fold is built for 1-D layers; this layer is 2-D (2-D and 3-D layers take toeplitz or polyphase)")
+    one_d = depthwise_model(channels=2, kernel=(3,), spatial=(8,), pads=(1, 1))
+    conv = detect(one_d).candidates[0]
+    assert lowerings.why_not(conv, "polyphase", {"block": 8, "fold": True}, input_shape(one_d), opset=10) == (
+        "polyphase fold needs ai.onnx opset 11 or later; the model has 10")
+    assert lowerings.why_not(conv, "polyphase", {"block": 8}, input_shape(one_d), opset=10) is None
+    assert lowerings.why_not(conv, "polyphase", {"block": 8, "fold": 1}, input_shape(one_d), opset=17) == (
+        "polyphase fold must be true or false; got 1")
+    assert lowerings.label("polyphase", {"block": 8, "as_2d": True, "fold": True}) == "polyphase B=8 2-D folded"
 
 
 def test_fp16_layers_keep_fp16_weights_bit_for_bit():
@@ -586,7 +648,7 @@ ONE_D = dict(channels=4, kernel=(5,), spatial=(12,), pads=(2, 2))
 @pytest.mark.parametrize("case, lowering, params, shape, reason", [
     (BASE, "winograd", {}, None, "unknown lowering 'winograd' (known: toeplitz, polyphase, conv2d)"),
     (BASE, "toeplitz", {"block": 4}, None, "toeplitz takes no parameter block"),
-    (ONE_D, "polyphase", {"blocks": 4}, None, "polyphase takes no parameter blocks (its parameters: block, as_2d)"),
+    (ONE_D, "polyphase", {"blocks": 4}, None, "polyphase takes no parameter blocks (its parameters: block, as_2d, fold)"),
     (ONE_D, "polyphase", {}, None, "polyphase needs an integer block >= 2; got None"),
     (ONE_D, "polyphase", {"block": 1}, None, "polyphase needs an integer block >= 2; got 1"),
     (ONE_D, "polyphase", {"block": True}, None, "polyphase needs an integer block >= 2; got True"),
@@ -678,20 +740,26 @@ def test_candidates():
     assert lowerings.candidates(conv, input_shape(model), opset=17) == [
         ("toeplitz", {})] + [("polyphase", {"block": b, "as_2d": False}) for b in (4, 8, 16, 32)]
     conv, model = conv_of(channels=8, kernel=(31,), spatial=(256,), pads=(15, 15))
+    # 1-D: fold as well from B = 8 on (P = B channels per group), each also as 2-D
     assert lowerings.candidates(conv, ["N", 8, "T"], opset=17) == [("conv2d", {})] + [
-        ("polyphase", {"block": b, "as_2d": a}) for b in (4, 8, 16, 32, 64) for a in (False, True)]
+        ("polyphase", {"block": b, "as_2d": a} | fold) for b in (4, 8, 16, 32, 64) for a in (False, True)
+        for fold in ([{}, {"fold": True}] if b >= 8 else [{}])]
     assert lowerings.candidates(conv, ["N", 8, 256], opset=9) == [("conv2d", {})]
-    # a weight limit keeps the blocks whose weight and bias fit: 8 * B * (B + 30) + 8 * B values
+    assert {"fold": True} not in [{k: v for k, v in p.items() if k == "fold"}
+                                  for _, p in lowerings.candidates(conv, ["N", 8, 256], opset=10)]
+    # a weight limit keeps the blocks whose weight and bias fit: 8 * B * (B + 30) + 8 * B values (folded:
+    # 8 * B * P * J, P = B and J = ceil((B + 30) / B): 16 * 3 = 48 > 46 for B = 16)
     limit = 8 * 16 * (16 + 30) * 4 + 8 * 16 * 4
-    assert [p["block"] for name, p in lowerings.candidates(conv, ["N", 8, 256], opset=17, max_weight_bytes=limit)
-            if name == "polyphase"] == [4, 4, 8, 8, 16, 16]
+    assert [(p["block"], p.get("fold", False)) for name, p in lowerings.candidates(
+        conv, ["N", 8, 256], opset=17, max_weight_bytes=limit) if name == "polyphase"] == [
+        (4, False), (4, False), (8, False), (8, True), (8, False), (8, True), (16, False), (16, False)]
     assert lowerings.why_not(conv, "polyphase", {"block": 32}, ["N", 8, 256], opset=17, max_weight_bytes=limit) == (
         f"the lowered weight and bias would take 0.1 MiB ({8 * 32 * 62 * 4 + 8 * 32 * 4} bytes), past the limit "
         f"of {limit} bytes")
     # a block as long as the input is one block; a longer one would only compute padding
     conv, model = conv_of(channels=8, kernel=(9,), spatial=(32,), pads=(4, 4))
     assert [p["block"] for name, p in lowerings.candidates(conv, input_shape(model), opset=17)
-            if name == "polyphase"] == [4, 4, 8, 8, 16, 16, 32, 32]
+            if name == "polyphase"] == [4, 4, 8, 8, 8, 8, 16, 16, 16, 16, 32, 32, 32, 32]
 
 
 # RepLKNet-31B's large-kernel layers and the conformer's: (C, kernel, size); fp32 bytes.

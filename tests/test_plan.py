@@ -197,18 +197,21 @@ def test_one_plan_applies_to_two_copies_and_stays_as_it_was():
                                            (" 12 ", Choice(group_size=12)), (" Toeplitz ", Choice("toeplitz")),
                                            ("CONV2D", Choice("conv2d")), ("polyphase:2", Choice("polyphase", block=2)),
                                            ("Polyphase:3:2D", Choice("polyphase", block=3, as_2d=True)),
+                                           ("polyphase:16:fold", Choice("polyphase", block=16, fold=True)),
+                                           ("polyphase:8:2d:fold", Choice("polyphase", block=8, as_2d=True, fold=True)),
                                            (Choice("conv2d", how="kept"), Choice("conv2d", how="kept"))])
 def test_parse_choice_accepts(value, choice):
     assert parse_choice(value) == choice
 
 
 @pytest.mark.parametrize("value", [0, -1, True, False, "0", "", "polyphase:8:2d:x", "polyphase::2d", "polyphase:x",
-                                   "conv2d:2d", "2d", "toeplitz:polyphase"])
+                                   "conv2d:2d", "2d", "toeplitz:polyphase", "polyphase:8:fold:2d", "polyphase:8:fold:fold",
+                                   "polyphase:8:2d:fold:x", "toeplitz:fold"])
 def test_parse_choice_refuses_naming_the_parameter(value):
     with pytest.raises(DiagwiseError) as refused:
         parse_choice(value, "pins")
-    assert str(refused.value) == (f"pins takes a positive integer G, 'toeplitz', 'polyphase[:B][:2d]' (B >= 2) or "
-                                  f"'conv2d'; got '{value}'")
+    assert str(refused.value) == (f"pins takes a positive integer G, 'toeplitz', 'polyphase[:B][:2d][:fold]' (B >= 2) "
+                                  f"or 'conv2d'; got '{value}'")
     assert refused.value.parameters == ("pins",)
 
 
@@ -230,7 +233,7 @@ def test_parse_policy_refuses_naming_the_parameter(value):
         parse_policy(value, "gs")
     shown = value if isinstance(value, int) and not isinstance(value, bool) else repr(value)
     assert str(refused.value) == (f"gs must be a positive integer, 'paper', 'full', 'auto', 'toeplitz', "
-                                  f"'polyphase[:B][:2d]' or 'conv2d'; got {shown}")
+                                  f"'polyphase[:B][:2d][:fold]' or 'conv2d'; got {shown}")
     assert refused.value.parameters == ("gs",)
 
 
@@ -251,7 +254,7 @@ def test_group_size_policy_refuses_a_bad_limit(limit):
     with pytest.raises(DiagwiseError) as refused:
         GroupSize(limit)
     assert str(refused.value) == (f"group_size must be a positive integer, 'paper', 'full', 'auto', 'toeplitz', "
-                                  f"'polyphase[:B][:2d]' or 'conv2d'; got {limit!r}")
+                                  f"'polyphase[:B][:2d][:fold]' or 'conv2d'; got {limit!r}")
     assert refused.value.parameters == ("group_size",)
     assert GroupSize(1).limit == 1
 

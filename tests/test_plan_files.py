@@ -467,8 +467,8 @@ def test_plan_files_from_elsewhere_are_read_with_defaults_and_refused_naming_wha
                                            {**layer, "name": "dw3", "choice": "Dense"}]}))
     with pytest.raises(DiagwiseError) as refused:
         TunedPlan.load(path)
-    assert str(refused.value) == ("node 'dw3': choice takes a positive integer G, 'toeplitz', 'polyphase[:B][:2d]' "
-                                  "(B >= 2) or 'conv2d'; got 'Dense'")
+    assert str(refused.value) == ("node 'dw3': choice takes a positive integer G, 'toeplitz', "
+                                  "'polyphase[:B][:2d][:fold]' (B >= 2) or 'conv2d'; got 'Dense'")
     assert refused.value.parameters == ("node 'dw3': choice",)
     (tmp_path / "binary.json").write_bytes(b"\xff\xfe{}")
     with pytest.raises(DiagwiseError) as refused:

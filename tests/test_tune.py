@@ -1086,8 +1086,10 @@ def test_layer_candidates_of_a_1d_layer_are_every_g_conv2d_and_each_polyphase_bl
 
     forms, skipped = _forms(depthwise_model(channels=8, kernel=(5,), spatial=(20,), pads=(2, 2)),
                             {"x": [1, 8, 20]})
-    polyphase = {f"polyphase:{b}" + (":2d" if as_2d else ""): Choice("polyphase", block=b, as_2d=as_2d)
-                 for b in (4, 8, 16) for as_2d in (False, True)}
+    # each block as 1-D and 2-D, and folded too from B = 8 on
+    polyphase = {f"polyphase:{b}" + (":2d" if as_2d else "") + (":fold" if fold else ""):
+                 Choice("polyphase", block=b, as_2d=as_2d, fold=fold)
+                 for b in (4, 8, 16) for as_2d in (False, True) for fold in ((False, True) if b >= 8 else (False,))}
     assert forms == {"2": Choice(group_size=2), "4": Choice(group_size=4), "8": Choice(group_size=8),
                      "conv2d": Choice("conv2d"), **polyphase}
     assert list(forms) == ["2", "4", "8", "conv2d", *polyphase]

@@ -83,7 +83,7 @@ def layer_candidates(base: ModelProto, signature: LayerSignature,
     limit = dict(max_weight_bytes=MAX_CANDIDATE_WEIGHT_BYTES)
     for lowering, params in lowering_candidates(layer, layer.input_shape, opset=layer.opset, **limit):
         if why_not(conv, lowering, params, conv.input_shape, opset=conv.opset, reads=conv.reads, **limit) is None:
-            choice = Choice(lowering, block=params.get("block"), as_2d=params.get("as_2d", False))
+            choice = Choice.lowered(lowering, params)
             forms[choice.spec] = choice
     skipped = {}
     for lowering in LOWERINGS:
