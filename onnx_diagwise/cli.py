@@ -55,7 +55,8 @@ GROUP_SIZE_HELP = ("The form of each depthwise layer: 'auto' (measure every cand
                    "lowering for every layer it applies to: 'toeplitz', 'polyphase[:B][:2d][:fold]', 'conv2d'.")
 INSPECT_GROUP_SIZE_HELP = ("The form of each depthwise layer: an integer N (block-diagonal, G = the largest divisor "
                            "of C <= N), 'paper' (N=32, the authors' choice), 'full' (G=C, one dense conv), or "
-                           "'toeplitz', 'polyphase[:B][:2d][:fold]', 'conv2d'. What 'auto' would do is measured: use tune.")
+                           "'toeplitz', 'polyphase[:B][:2d][:fold]', 'conv2d'. What 'auto' would do is measured: "
+                           "use tune.")
 # The library's default (api.DEFAULT_WARN_GROWTH), here so that help needs no onnx.
 WARN_GROWTH = 2.0
 

@@ -650,7 +650,8 @@ def _emit_polyphase(emit: _Emitter, layer: _Layer, plan: _Polyphase, weight: np.
 def _emit_length_out(emit: _Emitter, layer: _Layer, plan: _Polyphase) -> str:
     """L_out = (L + offset) // s + 1, with L read from the input at run time."""
     last_axis = layer.rank + 1
-    length = emit.op("Slice", [emit.op("Shape", [layer.node.input[0]], "shape"), emit.constant("length_at", [last_axis]),
+    shape = emit.op("Shape", [layer.node.input[0]], "shape")
+    length = emit.op("Slice", [shape, emit.constant("length_at", [last_axis]),
                                emit.constant("length_to", [last_axis + 1])], "length")
     s = layer.strides[-1]
     if s == 1:
@@ -666,8 +667,8 @@ def _emit_fold(emit: _Emitter, layer: _Layer, plan: _Polyphase) -> tuple[str, st
     """x padded to S*P along L and its P phases made channels: [N, C*P, S] (or [N, C*P, 1, S]).
     Returns it and L_out when that was computed at run time (for the Slice at the end)."""
     fold, length_out = plan.fold, None
-    padded = emit.op("Pad", [layer.node.input[0], emit.constant("fold_pads", [0, 0, fold.pad_begin, 0, 0, fold.pad_end])],
-                     "padded")
+    pads = emit.constant("fold_pads", [0, 0, fold.pad_begin, 0, 0, fold.pad_end])
+    padded = emit.op("Pad", [layer.node.input[0], pads], "padded")
     if fold.slices:
         if fold.total is not None:
             total = emit.constant("fold_total", [fold.total])
