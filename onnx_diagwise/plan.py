@@ -92,7 +92,7 @@ def parse_choice(value: int | str | Choice, parameter: str = "node_group_sizes")
     parts = text.split(":")
     if parts[0] in ("toeplitz", "conv2d") and len(parts) == 1:
         return Choice(parts[0])
-    if parts[0] == "polyphase" and len(parts) <= 4:
+    if parts[0] == "polyphase":
         block = parts[1] if len(parts) > 1 else "8"
         flags = parts[2:]
         if block.isdigit() and int(block) >= 2 and flags in ([], ["2d"], ["fold"], ["2d", "fold"]):

@@ -1097,6 +1097,23 @@ def test_layer_candidates_of_a_1d_layer_are_every_g_conv2d_and_each_polyphase_bl
                                    "channel); 1-D layers take polyphase"}
 
 
+def test_layer_candidates_leave_out_lowerings_whose_weights_pass_the_limit(monkeypatch):
+    import onnx_diagwise.tuning.layers as tuning_layers
+
+    # fp32, C=8, k=5: polyphase B weighs 8 * B * (B + 4) * 4 bytes (B=4: 1 KiB, B=8: 3 KiB), folded
+    # 8 * B * B * ceil((B + 4) / B) * 4 (B=8: 4 KiB); the depthwise weight 160 bytes
+    monkeypatch.setattr(tuning_layers, "MAX_CANDIDATE_WEIGHT_BYTES", 2000)
+    forms, skipped = _forms(depthwise_model(channels=8, kernel=(5,), spatial=(20,), pads=(2, 2), bias=False),
+                            {"x": [1, 8, 20]})
+    assert [spec for spec in forms if spec.startswith("polyphase")] == ["polyphase:4", "polyphase:4:2d"]
+    monkeypatch.setattr(tuning_layers, "MAX_CANDIDATE_WEIGHT_BYTES", 500)
+    forms, skipped = _forms(depthwise_model(channels=8, kernel=(5,), spatial=(20,), pads=(2, 2), bias=False),
+                            {"x": [1, 8, 20]})
+    assert "conv2d" in forms and not any(spec.startswith("polyphase") for spec in forms)
+    assert skipped["polyphase"] == ("the lowered weight and bias would take 0.0 MiB (3072 bytes), past the limit of "
+                                    "500 bytes")
+
+
 def test_layer_candidates_say_when_no_polyphase_block_fits():
     forms, skipped = _forms(depthwise_model(channels=4, kernel=(3,), spatial=(3,), pads=(1, 1)), {"x": [1, 4, 3]})
     assert list(forms) == ["2", "4", "conv2d"]

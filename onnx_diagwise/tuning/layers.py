@@ -81,7 +81,8 @@ def layer_candidates(base: ModelProto, signature: LayerSignature,
     [layer] = detect(base, infer_value_types(base)).candidates
     forms = {str(g): Choice(group_size=g) for g in signature.candidates()}
     limit = dict(max_weight_bytes=MAX_CANDIDATE_WEIGHT_BYTES)
-    for lowering, params in lowering_candidates(layer, layer.input_shape, opset=layer.opset, **limit):
+    for lowering, params in lowering_candidates(layer, layer.input_shape, opset=layer.opset):
+        # the same weights in both: the size limit is checked once, on CONV
         if why_not(conv, lowering, params, conv.input_shape, opset=conv.opset, reads=conv.reads, **limit) is None:
             choice = Choice.lowered(lowering, params)
             forms[choice.spec] = choice
