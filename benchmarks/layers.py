@@ -40,7 +40,7 @@ from onnx_diagwise import InputOptions, lowerings  # noqa: E402
 from onnx_diagwise.detect import detect  # noqa: E402
 from onnx_diagwise.dims import make_inputs  # noqa: E402
 from onnx_diagwise.model_io import BUILT_IR_VERSION  # noqa: E402
-from onnx_diagwise.plan import LOWERING_NAMES, Choice  # noqa: E402
+from onnx_diagwise.plan import LOWERING_NAMES, lowered_choice  # noqa: E402
 from onnx_diagwise.shapes import infer_value_types  # noqa: E402
 
 GROUP_SIZES = [2, 4, 8, 16, 32, 64, "full"]
@@ -84,7 +84,7 @@ def forms_for(model: onnx.ModelProto) -> list[tuple[str, float]]:
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     forms = []
     for name, params in lowerings.candidates(conv, shape, opset=lowerings.opset_of(model)):
-        forms.append((Choice.lowered(name, params).spec, lowerings.cost(conv, name, params, shape).flops_factor))
+        forms.append((lowered_choice(name, params).spec, lowerings.cost(conv, name, params, shape).flops_factor))
     return forms
 
 

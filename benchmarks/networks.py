@@ -56,7 +56,7 @@ from _common import md_table, write_result_files  # noqa: E402
 from onnx_diagwise import InputOptions, RuntimeConfig, TuneOptions, rewrite  # noqa: E402
 from onnx_diagwise.dims import make_inputs, with_input_shapes  # noqa: E402
 from onnx_diagwise.errors import DiagwiseError  # noqa: E402
-from onnx_diagwise.plan import LOWERING_NAMES, Choice, parse_policy  # noqa: E402
+from onnx_diagwise.plan import LOWERING_NAMES, lowered_choice, parse_policy  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / ".zoo"  # generated models, git-ignored
 DEFAULT_POLICIES = ["auto"]
@@ -140,7 +140,7 @@ def _decision(node) -> dict:
     out = {f: getattr(node, f, None) for f in fields}
     out["reason"] = str(out["reason"]) if out["reason"] is not None else None
     out["node"], out["G"] = out.pop("name"), out.pop("group_size")
-    out["choice"] = (Choice.lowered(out["lowering"], out["lowering_params"] or {}).label
+    out["choice"] = (lowered_choice(out["lowering"], out["lowering_params"] or {}).label
                      if out["lowering"] else f"G={out['G']}" if out["G"] else None)
     return out
 

@@ -47,12 +47,6 @@ class Choice:
     how: str = ""
     code: Reason = Reason.POLICY
 
-    @classmethod
-    def lowered(cls, lowering: str, params: Mapping[str, Any], **fields) -> Choice:
-        """LOWERING with its PARAMS as onnx_diagwise.lowerings gives them."""
-        return cls(lowering, block=params.get("block"), as_2d=params.get("as_2d", False),
-                   fold=params.get("fold", False), **fields)
-
     @property
     def label(self) -> str:
         """G=8, toeplitz, polyphase B=16, polyphase B=16 2-D, polyphase B=16 folded, conv2d."""
@@ -75,6 +69,12 @@ class Choice:
         if self.lowering != "polyphase":
             return {}
         return {"block": self.block, "as_2d": self.as_2d} | ({"fold": True} if self.fold else {})
+
+
+def lowered_choice(lowering: str, params: Mapping[str, Any]) -> Choice:
+    """LOWERING with its PARAMS as onnx_diagwise.lowerings gives them."""
+    return Choice(lowering, block=params.get("block"), as_2d=params.get("as_2d", False),
+                  fold=params.get("fold", False))
 
 
 Decision = Choice | Leave

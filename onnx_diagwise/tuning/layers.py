@@ -12,7 +12,7 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 from ..detect import DepthwiseConv, detect
 from ..lowerings import LOWERINGS, candidates as lowering_candidates, why_not
 from ..model_io import BUILT_IR_VERSION
-from ..plan import Choice
+from ..plan import Choice, lowered_choice
 from ..rewriter import apply_group_sizes
 from ..shapes import infer_value_types
 
@@ -84,7 +84,7 @@ def layer_candidates(base: ModelProto, signature: LayerSignature,
     for lowering, params in lowering_candidates(layer, layer.input_shape, opset=layer.opset):
         # the same weights in both: the size limit is checked once, on CONV
         if why_not(conv, lowering, params, conv.input_shape, opset=conv.opset, reads=conv.reads, **limit) is None:
-            choice = Choice.lowered(lowering, params)
+            choice = lowered_choice(lowering, params)
             forms[choice.spec] = choice
     skipped = {}
     for lowering in LOWERINGS:
