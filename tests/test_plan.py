@@ -204,6 +204,18 @@ def test_parse_choice_accepts(value, choice):
     assert parse_choice(value) == choice
 
 
+def test_a_lowering_s_parameters_make_its_choice():
+    from onnx_diagwise.plan import lowered_choice
+
+    assert lowered_choice("toeplitz", {}) == Choice("toeplitz")
+    assert lowered_choice("polyphase", {"block": 16, "as_2d": True}) == Choice("polyphase", block=16, as_2d=True)
+    folded = lowered_choice("polyphase", {"block": 8, "as_2d": False, "fold": True})
+    assert folded == Choice("polyphase", block=8, fold=True)
+    assert (folded.spec, folded.label, folded.params) == (
+        "polyphase:8:fold", "polyphase B=8 folded", {"block": 8, "as_2d": False, "fold": True})
+    assert Choice("polyphase", block=8).params == {"block": 8, "as_2d": False}  # fold written only when set
+
+
 @pytest.mark.parametrize("value", [0, -1, True, False, "0", "", "polyphase:8:2d:x", "polyphase::2d", "polyphase:x",
                                    "conv2d:2d", "2d", "toeplitz:polyphase", "polyphase:8:fold:2d", "polyphase:8:fold:fold",
                                    "polyphase:8:2d:fold:x", "toeplitz:fold"])
