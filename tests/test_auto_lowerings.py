@@ -97,6 +97,22 @@ def test_each_lowering_on_an_exported_network_with_a_symbolic_batch(tmp_path, po
     assert {n.name for n in inspect(result.model).nodes if n.code == Reason.LOWERED} == lowered
 
 
+@pytest.mark.parametrize("policy", ["polyphase:16:fold", "polyphase:8:2d:fold", "polyphase:4"])
+def test_polyphase_on_the_exported_conformer_with_a_symbolic_time(policy):
+    """The time axis is symbolic: padded, folded and cut at run time for any length."""
+    model = onnx.load(CONFORMER)
+    result = rewrite(model, policy)
+    assert [n.action for n in result.report.nodes] == ["rewritten"]
+    onnx.checker.check_model(result.model, full_check=True)
+    rng = np.random.default_rng(2)
+    for batch, time in ((1, 50), (2, 128), (3, 131)):
+        x = rng.standard_normal((batch, time, 144)).astype(np.float32)
+        assert_same_outputs(model, result.model, feeds={"input": x})
+    assert revert(result.model).model.SerializeToString() == model.SerializeToString()
+    [listed] = inspect(result.model).nodes
+    assert (listed.code, listed.form_label) == (Reason.LOWERED, result.report.nodes[0].form_label)
+
+
 def test_pins_choose_a_lowering_per_node(tmp_path):
     model = _exported(tmp_path)
     names = [n.name for n in inspect(model).nodes]
