@@ -483,3 +483,22 @@ def test_writing_over_the_inputs_external_data_is_refused(tmp_path, command):
     with pytest.raises(DiagwiseError, match="is the input's external data file '.*weights.bin'"):
         command(model, tmp_path / "weights.bin", check=False)
     assert (tmp_path / "weights.bin").read_bytes() == before
+
+
+@pytest.mark.parametrize("allow_tf32", [False, True])
+def test_validate_file_passes_allow_tf32_to_the_check(monkeypatch, allow_tf32):
+    """On CUDA (here its sessions run on the CPU): TF32 is off for the check unless allowed."""
+    import onnx_diagwise.validation as validation_module
+    from onnx_diagwise.runtime import create_session
+
+    seen = []
+
+    def on_cpu(model, config):
+        seen.append(dict(config.checked_options))
+        return create_session(model, RuntimeConfig("cpu"))
+
+    monkeypatch.setattr(validation_module, "create_session", on_cpu)
+    check = CheckOptions(runtime=RuntimeConfig("cuda"), runs=1, inputs=InputOptions(batch=1), allow_tf32=allow_tf32)
+    report = validate_file(SAMPLE, SAMPLE, check).report
+    assert report.tf32 is allow_tf32 and report.passed
+    assert seen and all(options == ({} if allow_tf32 else {"use_tf32": "0"}) for options in seen)
