@@ -94,8 +94,8 @@ def parse_choice(value: int | str | Choice, parameter: str = "node_group_sizes")
         return Choice(parts[0])
     if parts[0] == "polyphase":
         block = parts[1] if len(parts) > 1 else "8"
-        flags = parts[2:]
-        if block.isdigit() and int(block) >= 2 and flags in ([], ["2d"], ["fold"], ["2d", "fold"]):
+        flags = parts[2:]  # in either order, each once
+        if block.isdigit() and int(block) >= 2 and len(set(flags)) == len(flags) and set(flags) <= {"2d", "fold"}:
             return Choice("polyphase", block=int(block), as_2d="2d" in flags, fold="fold" in flags)
     raise DiagwiseError(f"{parameter} takes a positive integer G, 'toeplitz', 'polyphase[:B][:2d][:fold]' (B >= 2) "
                         f"or 'conv2d'; got '{value}'", parameter)

@@ -199,6 +199,7 @@ def test_one_plan_applies_to_two_copies_and_stays_as_it_was():
                                            ("Polyphase:3:2D", Choice("polyphase", block=3, as_2d=True)),
                                            ("polyphase:16:fold", Choice("polyphase", block=16, fold=True)),
                                            ("polyphase:8:2d:fold", Choice("polyphase", block=8, as_2d=True, fold=True)),
+                                           ("polyphase:8:fold:2d", Choice("polyphase", block=8, as_2d=True, fold=True)),
                                            (Choice("conv2d", how="kept"), Choice("conv2d", how="kept"))])
 def test_parse_choice_accepts(value, choice):
     assert parse_choice(value) == choice
@@ -217,7 +218,7 @@ def test_a_lowering_s_parameters_make_its_choice():
 
 
 @pytest.mark.parametrize("value", [0, -1, True, False, "0", "", "polyphase:8:2d:x", "polyphase::2d", "polyphase:x",
-                                   "conv2d:2d", "2d", "toeplitz:polyphase", "polyphase:8:fold:2d", "polyphase:8:fold:fold",
+                                   "conv2d:2d", "2d", "toeplitz:polyphase", "polyphase:8:2d:2d", "polyphase:8:fold:fold",
                                    "polyphase:8:2d:fold:x", "toeplitz:fold"])
 def test_parse_choice_refuses_naming_the_parameter(value):
     with pytest.raises(DiagwiseError) as refused:
