@@ -22,11 +22,12 @@ along them, s / d stride and dilation, p padding.
   out, and a Slice cuts the result back to L_out when B does not divide it (for a
   symbolic L, L_out is computed from Shape(x)).  With as_2d the Conv runs as a 2-D one
   on [N, C, 1, L] (kernel (1, K_p)).  Arithmetic about K_p / K.
-  With fold (1-D layers) the input's P = B*s phases become channels as well: Pad, then
-  Reshape [N, C, S, P] -> Transpose -> Reshape [N, C*P, S], and a grouped Conv with P inputs
-  and B outputs per group, kernel J = ceil(K_p / P), stride 1, weight
-  F[(o, r), p, j] = W[o, 0, k] where r*s + k*d = j*P + p: channels per group a tensor-core
-  GEMM can use, instead of one.  Arithmetic P*J / K (2.1x for K = 31, B = 32).
+  With fold (1-D and 2-D layers; a 2-D one needs a static H) the input's P = B*s phases
+  along L become channels as well: Pad, then Reshape [N, C, (H,) S, P] -> Transpose ->
+  Reshape [N, C*P, (H,) S], and a grouped Conv with P inputs and B outputs per group,
+  kernel ((K_h,) J), J = ceil(K_p / P), stride 1 along L, weight
+  F[(o, r), p, (kh,) j] = W[o, 0, (kh,) k] where r*s + k*d = j*P + p: channels per group a
+  tensor-core GEMM can use, instead of one.  Arithmetic P*J / K (2.1x for K = 31, B = 32).
 * conv2d (1-D): Reshape [N, C, L] -> [N, C, 1, L], the same depthwise Conv with kernel
   (1, K), Reshape back.  Same arithmetic; the form of onnxruntime's own 1-D convolutions
   on CUDA, which may pick other kernels.
@@ -320,9 +321,11 @@ def _plan_toeplitz(layer: _Layer) -> _Toeplitz | str:
 def _plan_polyphase(layer: _Layer, block: int, as_2d: bool, fold: bool = False) -> _Polyphase | str:
     if as_2d and layer.rank != 1:
         return f"polyphase as_2d runs 1-D layers as 2-D ones; this layer is {layer.rank}-D"
-    if fold and layer.rank != 1:
-        return (f"polyphase fold is built for 1-D layers; this layer is {layer.rank}-D (2-D and 3-D layers take "
-                "toeplitz or polyphase)")
+    if fold and layer.rank > 2:
+        return "polyphase fold is built for 1-D and 2-D layers; this layer is 3-D (it takes toeplitz or polyphase)"
+    if fold and layer.rank == 2 and layer.size(0) is None:
+        return (f"polyphase fold of a 2-D layer needs a static H (the input's dim 2 is "
+                f"{_dim_text(layer.shape[2])})")
     last = layer.rank - 1
     all_pads = [_pads(layer, a, layer.size(a)) for a in range(layer.rank)]
     problem = next((p for p in all_pads if isinstance(p, str)), None)
@@ -389,8 +392,9 @@ def _lowered_weight(layer: _Layer, plan) -> np.ndarray:
         if plan.fold:  # input u = j*P + p of the span: kernel step j of channel (phase) p
             fold = plan.fold
             p = np.pad(p, [(0, 0)] * (p.ndim - 1) + [(0, fold.taps * fold.period - plan.span)])
-            p = p.reshape(p.shape[:2] + (fold.taps, fold.period)).transpose(0, 1, 3, 2)
-            p = p.reshape((layer.out_channels * plan.block, fold.period, fold.taps))
+            p = p.reshape(p.shape[:-1] + (fold.taps, fold.period))  # [C*M, B, (K_h,) J, P]
+            p = np.moveaxis(p, -1, 2)  # [C*M, B, P, (K_h,) J]
+            p = p.reshape((layer.out_channels * plan.block,) + p.shape[2:])
         else:
             p = p.reshape((layer.out_channels * plan.block, 1) + p.shape[2:])
         return p[:, :, None] if plan.as_2d else p
@@ -418,10 +422,10 @@ def _recover(layer: _Layer, plan, weight: np.ndarray, bias: np.ndarray | None
             first.setdefault(kh, (i, h))
         rows = np.stack([t[:, i, h] for i, h in (first[kh] for kh in range(layer.kernel[0]))], axis=1)
         return rows[:, None], (None if bias is None else bias[::plan.rows_out])
-    if plan.fold:  # back to [C*M, B, span]: the inverse of _lowered_weight's fold
-        fold = plan.fold
-        weight = weight.reshape(out, plan.block, fold.period, fold.taps).transpose(0, 1, 3, 2)
-        weight = weight.reshape(out, plan.block, fold.taps * fold.period)[..., :plan.span]
+    if plan.fold:  # back to [C*M, B, (K_h,) span]: the inverse of _lowered_weight's fold
+        fold, rows = plan.fold, tuple(layer.kernel[:-1])
+        weight = np.moveaxis(weight.reshape((out, plan.block, fold.period) + rows + (fold.taps,)), 2, -1)
+        weight = weight.reshape((out, plan.block) + rows + (fold.taps * fold.period,))[..., :plan.span]
     p = weight.reshape((out, plan.block) + tuple(layer.kernel[:-1]) + (plan.span,))[:, 0]  # phase 0 has every tap
     taps = p[..., np.arange(layer.kernel[-1]) * layer.dilations[-1]]
     return taps[:, None], (None if bias is None else bias[::plan.block])
@@ -627,7 +631,10 @@ def _emit_polyphase(emit: _Emitter, layer: _Layer, plan: _Polyphase, weight: np.
     source, length_out = x, None
     if plan.fold:
         source, length_out = _emit_fold(emit, layer, plan)
-        geometry = {}  # stride 1, no padding: the Pad before it did that
+        geometry = {}  # along L stride 1, no padding: the Pad before it did that; H keeps its own
+        if rank == 2:
+            geometry = {"strides": [layer.strides[0], 1], "dilations": [layer.dilations[0], 1],
+                        "pads": [plan.pads_begin[0], 0, plan.pads_end[0], 0]}
     elif plan.as_2d:
         source = emit.op("Reshape", [x, emit.constant("2d_shape", [0, layer.channels, 1, -1])], "2d")
         geometry = {"strides": [1, block_stride], "dilations": [1, 1],
@@ -664,11 +671,13 @@ def _emit_length_out(emit: _Emitter, layer: _Layer, plan: _Polyphase) -> str:
 
 
 def _emit_fold(emit: _Emitter, layer: _Layer, plan: _Polyphase) -> tuple[str, str | None]:
-    """x padded to S*P along L and its P phases made channels: [N, C*P, S] (or [N, C*P, 1, S]).
+    """x padded to S*P along L and its P phases made channels: [N, C*P, (H,) S] (or [N, C*P, 1, S]).
     Returns it and L_out when that was computed at run time (for the Slice at the end)."""
-    fold, length_out = plan.fold, None
-    pads = emit.constant("fold_pads", [0, 0, fold.pad_begin, 0, 0, fold.pad_end])
-    padded = emit.op("Pad", [layer.node.input[0], pads], "padded")
+    fold, length_out, rank = plan.fold, None, layer.rank
+    rows = [layer.size(0)] if rank == 2 else []  # static: _plan_polyphase checked
+    pads = [0] * (2 * rank + 4)
+    pads[rank + 1], pads[2 * rank + 3] = fold.pad_begin, fold.pad_end  # along L only
+    padded = emit.op("Pad", [layer.node.input[0], emit.constant("fold_pads", pads)], "padded")
     if fold.slices:
         if fold.total is not None:
             total = emit.constant("fold_total", [fold.total])
@@ -678,11 +687,12 @@ def _emit_fold(emit: _Emitter, layer: _Layer, plan: _Polyphase) -> tuple[str, st
                                      emit.constant("block", [plan.block])], "blocks")
             steps = emit.op("Add", [blocks, emit.constant("more_steps", [fold.taps - 1])], "steps")
             total = emit.op("Mul", [steps, emit.constant("period", [fold.period])], "total")
-        padded = emit.op("Slice", [padded, emit.constant("fold_start", [0]), total, emit.constant("fold_axis", [2])],
-                         "fold_cut")
-    steps = emit.op("Reshape", [padded, emit.constant("steps_shape", [0, layer.channels, -1, fold.period])], "by_step")
-    phases = emit.op("Transpose", [steps], "phases_first", perm=[0, 1, 3, 2])
-    shape = [0, layer.channels * fold.period] + ([1, -1] if plan.as_2d else [-1])
+        padded = emit.op("Slice", [padded, emit.constant("fold_start", [0]), total,
+                                   emit.constant("fold_axis", [rank + 1])], "fold_cut")
+    steps_shape = [0, layer.channels, *rows, -1, fold.period]
+    steps = emit.op("Reshape", [padded, emit.constant("steps_shape", steps_shape)], "by_step")
+    phases = emit.op("Transpose", [steps], "phases_first", perm=[0, 1, rank + 2, *range(2, rank + 2)])
+    shape = [0, layer.channels * fold.period, *rows] + ([1, -1] if plan.as_2d else [-1])
     return emit.op("Reshape", [phases, emit.constant("folded_shape", shape)], "folded"), length_out
 
 

@@ -178,8 +178,8 @@ def polyphase_cases(draw):
     params = {"block": draw(st.sampled_from([2, 3, 4, 5, 8, 16, 32]))}
     if rank == 1:
         params["as_2d"] = draw(st.booleans())
-        if draw(st.booleans()):
-            params["fold"] = True
+    if rank <= 2 and draw(st.booleans()):
+        params["fold"] = True
     # any one spatial size may be symbolic (the Reshape back infers one)
     symbolic = draw(st.sampled_from([None] + list(range(2, rank + 2))))
     return case, params, symbolic
@@ -196,6 +196,8 @@ def test_polyphase_is_exact_and_reverts(drawn):
     reason = lowerings.why_not(conv, "polyphase", params, input_shape(model), opset=17)
     rank = len(case["kernel"])
     problem = same_problem(case, range(rank), symbolic)
+    if params.get("fold") and rank == 2 and symbolic == 2:  # checked before the padding
+        problem = "polyphase fold of a 2-D layer needs a static H"
     event(f"refused: {problem or 'no'}"[:40])
     if problem:
         assert reason is not None and reason.startswith(problem)
@@ -238,6 +240,9 @@ def test_conv2d_is_exact_and_reverts(drawn):
     ("toeplitz", {}, dict(channels=1024, kernel=(13, 13), spatial=(7, 7), pads=(6,) * 4)),
     ("toeplitz", {}, dict(channels=16, kernel=(29, 29), spatial=(28, 28), pads=(14,) * 4, dtype="float16")),
     ("polyphase", {"block": 16}, dict(channels=8, kernel=(31, 31), spatial=(56, 56), pads=(15,) * 4)),
+    ("polyphase", {"block": 16, "fold": True}, dict(channels=16, kernel=(27, 27), spatial=(14, 14), pads=(13,) * 4)),
+    ("polyphase", {"block": 8, "fold": True}, dict(channels=32, kernel=(13, 13), spatial=(7, 7), pads=(6,) * 4,
+                                                   dtype="float16")),
     # the conformer's k=31 convolution module
     ("polyphase", {"block": 16}, dict(channels=512, kernel=(31,), spatial=(256,), pads=(15, 15))),
     ("polyphase", {"block": 32, "as_2d": True}, dict(channels=512, kernel=(31,), spatial=(256,), pads=(15, 15),
@@ -281,6 +286,24 @@ def test_polyphase_fold_with_a_symbolic_length_runs_any_length(strides, pads):
     assert lowerings.revert(low) == [] and low.SerializeToString() == model.SerializeToString()
 
 
+def test_polyphase_fold_of_a_2d_layer_folds_along_w_and_keeps_h_on_the_conv():
+    model = depthwise_model(channels=3, kernel=(5, 9), spatial=(7, 30), pads=(2, 4, 2, 4), strides=(2, 1))
+    low, result = lowered(model, "polyphase", {"block": 8, "fold": True})
+    # W_out = 30: 4 blocks of 8, S = 4 + 2 - 1 = 5 steps: padded to 40 (4 before, 6 after), 32 cut to 30
+    assert [n.op_type for n in low.graph.node if n.op_type != "Constant"] == [
+        "Pad", "Reshape", "Transpose", "Reshape", "Conv", "Reshape", "Transpose", "Reshape", "Slice"]
+    conv = next(n for n in low.graph.node if n.op_type == "Conv")
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    # P = 8 phases of W as channels; kernel (5, ceil((8 + 8) / 8) = 2); H keeps stride 2 and pads 2/2
+    assert attrs == {"group": 3, "kernel_shape": [5, 2], "strides": [2, 1], "dilations": [1, 1], "pads": [2, 0, 2, 0]}
+    assert result.tensors["w"].shape == (3 * 8, 8, 5, 2)
+    transpose = next(n for n in low.graph.node if n.op_type == "Transpose")
+    assert helper.get_attribute_value(transpose.attribute[0]) == [0, 1, 4, 2, 3]
+    for batch in (1, 2):
+        assert_exact(model, low, feeds(model, {"N": batch}, seed=batch))
+    assert lowerings.revert(low) == [] and low.SerializeToString() == model.SerializeToString()
+
+
 def test_polyphase_fold_weight_holds_each_phase_of_the_span_as_a_channel():
     weight = np.array([[[1, 2, 3]], [[4, 5, 6]]], dtype=np.float32)  # C=2, k=3
     model = depthwise_model(channels=2, kernel=(3,), spatial=(8,), pads=(1, 1), bias=False)
@@ -306,11 +329,15 @@ def test_polyphase_fold_weight_holds_each_phase_of_the_span_as_a_channel():
     assert_exact(model, low, feeds(model, {"N": 2}))
 
 
-def test_polyphase_fold_is_for_1d_layers_from_opset_11():
-    two_d = depthwise_model(channels=2, kernel=(3, 3), spatial=(8, 8), pads=(1,) * 4)
+def test_polyphase_fold_is_for_1d_and_2d_layers_from_opset_11():
+    three_d = depthwise_model(channels=2, kernel=(3, 3, 3), spatial=(4, 5, 8))
+    conv = detect(three_d).candidates[0]
+    assert lowerings.why_not(conv, "polyphase", {"block": 8, "fold": True}, input_shape(three_d), opset=17) == (
+        "polyphase fold is built for 1-D and 2-D layers; this layer is 3-D (it takes toeplitz or polyphase)")
+    two_d = with_symbolic(depthwise_model(channels=2, kernel=(3, 3), spatial=(8, 8), pads=(1,) * 4), {2: "H"})
     conv = detect(two_d).candidates[0]
     assert lowerings.why_not(conv, "polyphase", {"block": 8, "fold": True}, input_shape(two_d), opset=17) == (
-        "polyphase fold is built for 1-D layers; this layer is 2-D (2-D and 3-D layers take toeplitz or polyphase)")
+        "polyphase fold of a 2-D layer needs a static H (the input's dim 2 is 'H')")
     one_d = depthwise_model(channels=2, kernel=(3,), spatial=(8,), pads=(1, 1))
     conv = detect(one_d).candidates[0]
     assert lowerings.why_not(conv, "polyphase", {"block": 8, "fold": True}, input_shape(one_d), opset=10) == (
@@ -737,8 +764,9 @@ def test_why_not_other_forms_and_biases():
 
 def test_candidates():
     conv, model = conv_of(channels=8, kernel=(31, 31), spatial=(56, 56), pads=(15,) * 4)
-    assert lowerings.candidates(conv, input_shape(model), opset=17) == [
-        ("toeplitz", {})] + [("polyphase", {"block": b, "as_2d": False}) for b in (4, 8, 16, 32)]
+    assert lowerings.candidates(conv, input_shape(model), opset=17) == [("toeplitz", {})] + [
+        ("polyphase", {"block": b, "as_2d": False} | fold) for b in (4, 8, 16, 32)
+        for fold in ([{}, {"fold": True}] if b >= 8 else [{}])]
     conv, model = conv_of(channels=8, kernel=(31,), spatial=(256,), pads=(15, 15))
     # 1-D: fold as well from B = 8 on (P = B channels per group), each also as 2-D
     assert lowerings.candidates(conv, ["N", 8, "T"], opset=17) == [("conv2d", {})] + [

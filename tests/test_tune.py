@@ -509,7 +509,8 @@ def test_decisions_at_the_margins_name_the_measured_times():
     dw7, dw5 = (next(layer for layer in report.layers if layer.node == n) for n in ("dw7", "dw5"))
     assert (dw7.choice, dw7.best, dw7.original_ms, dw7.best_ms, dw7.speedup) == ("4", "4", 1000.0, 800.0, 1.25)
     assert dw7.times_ms == {"2": 1500.0, "4": 800.0, "8": 1500.0, "16": 1500.0, "32": 1500.0, "64": 1500.0,
-                            "128": 1500.0, "toeplitz": 10000.0, "polyphase:4": 10000.0, "polyphase:8": 10000.0}
+                            "128": 1500.0, "toeplitz": 10000.0, "polyphase:4": 10000.0, "polyphase:8": 10000.0,
+                            "polyphase:8:fold": 10000.0}
     assert dw7.decision == "G=4: 1.25x faster than depthwise"
     assert dw5.choice == "1" and dw5.decision == "kept original: best G=2 only 1.00x faster (margin 1.25x)"
     assert (report.original_ms, report.tuned_ms) == (1000.0, pytest.approx(940.0))
@@ -637,15 +638,15 @@ class TickingClock:
 BRANCH_TIMES = {8: {"1": 0.5, "4": 0.25, "rest": 1.0}, 16: {"1": 1.0, "rest": 2.0}}
 SIG_A = LayerSignature(8, 1, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "NOTSET", (1, 8, 10, 10), "float32", True)
 SIG_C = LayerSignature(16, 1, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "NOTSET", (1, 16, 12, 12), "float32", False)
-FORMS_A = ["1", "2", "4", "8", "toeplitz", "polyphase:4", "polyphase:8"]
-FORMS_C = ["1", "2", "4", "8", "16", "toeplitz", "polyphase:4", "polyphase:8"]
+FORMS_A = ["1", "2", "4", "8", "toeplitz", "polyphase:4", "polyphase:8", "polyphase:8:fold"]
+FORMS_C = ["1", "2", "4", "8", "16", "toeplitz", "polyphase:4", "polyphase:8", "polyphase:8:fold"]
 NOT_2D = {"conv2d": "conv2d runs 1-D layers as 2-D ones; this layer is 2-D"}
 
 
 def _layer_a(**changes):
     fields = dict(node="a", graph="main", channels=8, kernel=[3, 3], input_shape=[1, 8, 10, 10], original_ms=500.0,
                   times_ms={"2": 1000.0, "4": 250.0, "8": 1000.0, "toeplitz": 1000.0, "polyphase:4": 1000.0,
-                            "polyphase:8": 1000.0},
+                            "polyphase:8": 1000.0, "polyphase:8:fold": 1000.0},
                   best="4", best_ms=250.0, speedup=2.0, choice="4", decision="G=4: 2.00x faster than depthwise",
                   parameters=(), cached=False, skipped_forms=NOT_2D)
     return LayerTuning(**{**fields, **changes})
@@ -654,7 +655,7 @@ def _layer_a(**changes):
 def _layer_c(**changes):
     fields = dict(node="c", graph="main", channels=16, kernel=[3, 3], input_shape=[1, 16, 12, 12], original_ms=1000.0,
                   times_ms={"2": 2000.0, "4": 2000.0, "8": 2000.0, "16": 2000.0, "toeplitz": 2000.0,
-                            "polyphase:4": 2000.0, "polyphase:8": 2000.0},
+                            "polyphase:4": 2000.0, "polyphase:8": 2000.0, "polyphase:8:fold": 2000.0},
                   best="2", best_ms=2000.0, speedup=0.5, choice="1",
                   decision="kept original: every candidate slower (best G=2: 0.50x)", parameters=(), cached=False,
                   skipped_forms=NOT_2D)
@@ -819,9 +820,10 @@ def test_the_cache_file_keeps_each_signatures_times_under_a_hash_of_context_laye
     with caplog.at_level("WARNING", logger="onnx_diagwise"):
         tune_layers(_branches(), RecordingTimer(BRANCH_TIMES), cache=TuneCache(tmp_path))
     assert json.loads((tmp_path / "tune-cache.json").read_text()) == {"version": 1, "entries": {
-        key_a: {"1": 0.5, "2": 1.0, "4": 0.25, "8": 1.0, "toeplitz": 1.0, "polyphase:4": 1.0, "polyphase:8": 1.0},
+        key_a: {"1": 0.5, "2": 1.0, "4": 0.25, "8": 1.0, "toeplitz": 1.0, "polyphase:4": 1.0, "polyphase:8": 1.0,
+                "polyphase:8:fold": 1.0},
         key_c: {"1": 1.0, "2": 2.0, "4": 2.0, "8": 2.0, "16": 2.0, "toeplitz": 2.0, "polyphase:4": 2.0,
-                "polyphase:8": 2.0}}}
+                "polyphase:8": 2.0, "polyphase:8:fold": 2.0}}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tune-cache.json"]
     timer = RecordingTimer(BRANCH_TIMES)
     with caplog.at_level("WARNING", logger="onnx_diagwise"):
