@@ -515,11 +515,14 @@ def candidates(conv: DepthwiseConv, input_shape: list[Dim] | None, *, opset: int
     options: list[tuple[str, dict[str, Any]]] = [("toeplitz", {}), ("conv2d", {})]
     length = input_shape[-1] if input_shape else None
     for block in BLOCKS:
-        if isinstance(length, int) and block > length:
-            continue  # a block past the whole length only computes padding
+        # a block past the whole length only computes padding; folded, the first such block can
+        # still pay: it gives the Conv B inputs and outputs per group, a tensor-core tile's size
+        past = isinstance(length, int) and block > length
+        first_past = past and block // 2 < length
         for as_2d in (False, True):
-            options.append(("polyphase", {"block": block, "as_2d": as_2d}))
-            if block >= FOLD_MIN_BLOCK:
+            if not past:
+                options.append(("polyphase", {"block": block, "as_2d": as_2d}))
+            if block >= FOLD_MIN_BLOCK and (not past or first_past):
                 options.append(("polyphase", {"block": block, "as_2d": as_2d, "fold": True}))
     return [(name, _params(name, params)) for name, params in options
             if why_not(conv, name, params, input_shape, opset=opset, reads=reads,

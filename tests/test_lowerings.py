@@ -764,9 +764,11 @@ def test_why_not_other_forms_and_biases():
 
 def test_candidates():
     conv, model = conv_of(channels=8, kernel=(31, 31), spatial=(56, 56), pads=(15,) * 4)
+    # W = 56: B = 64 is past it, but folded it is the first block that holds the whole row
     assert lowerings.candidates(conv, input_shape(model), opset=17) == [("toeplitz", {})] + [
         ("polyphase", {"block": b, "as_2d": False} | fold) for b in (4, 8, 16, 32)
-        for fold in ([{}, {"fold": True}] if b >= 8 else [{}])]
+        for fold in ([{}, {"fold": True}] if b >= 8 else [{}])] + [("polyphase", {"block": 64, "as_2d": False,
+                                                                                "fold": True})]
     conv, model = conv_of(channels=8, kernel=(31,), spatial=(256,), pads=(15, 15))
     # 1-D: fold as well from B = 8 on (P = B channels per group), each also as 2-D
     assert lowerings.candidates(conv, ["N", 8, "T"], opset=17) == [("conv2d", {})] + [
@@ -788,6 +790,10 @@ def test_candidates():
     conv, model = conv_of(channels=8, kernel=(9,), spatial=(32,), pads=(4, 4))
     assert [p["block"] for name, p in lowerings.candidates(conv, input_shape(model), opset=17)
             if name == "polyphase"] == [4, 4, 8, 8, 8, 8, 16, 16, 16, 16, 32, 32, 32, 32]
+    conv, model = conv_of(channels=8, kernel=(13, 13), spatial=(7, 7), pads=(6,) * 4)  # RepLKNet's 13x13 at 7x7
+    assert lowerings.candidates(conv, input_shape(model), opset=17) == [
+        ("toeplitz", {}), ("polyphase", {"block": 4, "as_2d": False}), ("polyphase", {"block": 8, "as_2d": False,
+                                                                                    "fold": True})]
 
 
 # RepLKNet-31B's large-kernel layers and the conformer's: (C, kernel, size); fp32 bytes.

@@ -347,7 +347,7 @@ def test_a_plan_records_every_layer_as_tuning_decided_it():
                                "G=4: 2.00x faster than depthwise",
                                {"2": 2000.0, "4": 500.0, "8": 2000.0, "16": 2000.0, "32": 2000.0, "64": 2000.0,
                                 "128": 2000.0, "toeplitz": 2000.0, "polyphase:4": 2000.0, "polyphase:8": 2000.0,
-                                "polyphase:8:fold": 2000.0},
+                                "polyphase:8:fold": 2000.0, "polyphase:16:fold": 2000.0},
                                1000.0)
     assert dw1.signature == {**MV1_SIGNATURE, "channels": 8, "strides": [1, 1]}
     assert plan.layers[1].signature == {**MV1_SIGNATURE, "channels": 16, "strides": [2, 2]}

@@ -510,7 +510,7 @@ def test_decisions_at_the_margins_name_the_measured_times():
     assert (dw7.choice, dw7.best, dw7.original_ms, dw7.best_ms, dw7.speedup) == ("4", "4", 1000.0, 800.0, 1.25)
     assert dw7.times_ms == {"2": 1500.0, "4": 800.0, "8": 1500.0, "16": 1500.0, "32": 1500.0, "64": 1500.0,
                             "128": 1500.0, "toeplitz": 10000.0, "polyphase:4": 10000.0, "polyphase:8": 10000.0,
-                            "polyphase:8:fold": 10000.0}
+                            "polyphase:8:fold": 10000.0, "polyphase:16:fold": 10000.0}
     assert dw7.decision == "G=4: 1.25x faster than depthwise"
     assert dw5.choice == "1" and dw5.decision == "kept original: best G=2 only 1.00x faster (margin 1.25x)"
     assert (report.original_ms, report.tuned_ms) == (1000.0, pytest.approx(940.0))
@@ -638,15 +638,17 @@ class TickingClock:
 BRANCH_TIMES = {8: {"1": 0.5, "4": 0.25, "rest": 1.0}, 16: {"1": 1.0, "rest": 2.0}}
 SIG_A = LayerSignature(8, 1, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "NOTSET", (1, 8, 10, 10), "float32", True)
 SIG_C = LayerSignature(16, 1, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "NOTSET", (1, 16, 12, 12), "float32", False)
-FORMS_A = ["1", "2", "4", "8", "toeplitz", "polyphase:4", "polyphase:8", "polyphase:8:fold"]
-FORMS_C = ["1", "2", "4", "8", "16", "toeplitz", "polyphase:4", "polyphase:8", "polyphase:8:fold"]
+FORMS_A = ["1", "2", "4", "8", "toeplitz", "polyphase:4", "polyphase:8", "polyphase:8:fold",
+           "polyphase:16:fold"]
+FORMS_C = ["1", "2", "4", "8", "16", "toeplitz", "polyphase:4", "polyphase:8", "polyphase:8:fold",
+           "polyphase:16:fold"]
 NOT_2D = {"conv2d": "conv2d runs 1-D layers as 2-D ones; this layer is 2-D"}
 
 
 def _layer_a(**changes):
     fields = dict(node="a", graph="main", channels=8, kernel=[3, 3], input_shape=[1, 8, 10, 10], original_ms=500.0,
                   times_ms={"2": 1000.0, "4": 250.0, "8": 1000.0, "toeplitz": 1000.0, "polyphase:4": 1000.0,
-                            "polyphase:8": 1000.0, "polyphase:8:fold": 1000.0},
+                            "polyphase:8": 1000.0, "polyphase:8:fold": 1000.0, "polyphase:16:fold": 1000.0},
                   best="4", best_ms=250.0, speedup=2.0, choice="4", decision="G=4: 2.00x faster than depthwise",
                   parameters=(), cached=False, skipped_forms=NOT_2D)
     return LayerTuning(**{**fields, **changes})
@@ -655,7 +657,8 @@ def _layer_a(**changes):
 def _layer_c(**changes):
     fields = dict(node="c", graph="main", channels=16, kernel=[3, 3], input_shape=[1, 16, 12, 12], original_ms=1000.0,
                   times_ms={"2": 2000.0, "4": 2000.0, "8": 2000.0, "16": 2000.0, "toeplitz": 2000.0,
-                            "polyphase:4": 2000.0, "polyphase:8": 2000.0, "polyphase:8:fold": 2000.0},
+                            "polyphase:4": 2000.0, "polyphase:8": 2000.0, "polyphase:8:fold": 2000.0,
+                            "polyphase:16:fold": 2000.0},
                   best="2", best_ms=2000.0, speedup=0.5, choice="1",
                   decision="kept original: every candidate slower (best G=2: 0.50x)", parameters=(), cached=False,
                   skipped_forms=NOT_2D)
@@ -821,9 +824,9 @@ def test_the_cache_file_keeps_each_signatures_times_under_a_hash_of_context_laye
         tune_layers(_branches(), RecordingTimer(BRANCH_TIMES), cache=TuneCache(tmp_path))
     assert json.loads((tmp_path / "tune-cache.json").read_text()) == {"version": 1, "entries": {
         key_a: {"1": 0.5, "2": 1.0, "4": 0.25, "8": 1.0, "toeplitz": 1.0, "polyphase:4": 1.0, "polyphase:8": 1.0,
-                "polyphase:8:fold": 1.0},
+                "polyphase:8:fold": 1.0, "polyphase:16:fold": 1.0},
         key_c: {"1": 1.0, "2": 2.0, "4": 2.0, "8": 2.0, "16": 2.0, "toeplitz": 2.0, "polyphase:4": 2.0,
-                "polyphase:8": 2.0, "polyphase:8:fold": 2.0}}}
+                "polyphase:8": 2.0, "polyphase:8:fold": 2.0, "polyphase:16:fold": 2.0}}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tune-cache.json"]
     timer = RecordingTimer(BRANCH_TIMES)
     with caplog.at_level("WARNING", logger="onnx_diagwise"):
@@ -1088,10 +1091,11 @@ def test_layer_candidates_of_a_1d_layer_are_every_g_conv2d_and_each_polyphase_bl
 
     forms, skipped = _forms(depthwise_model(channels=8, kernel=(5,), spatial=(20,), pads=(2, 2)),
                             {"x": [1, 8, 20]})
-    # each block as 1-D and 2-D, and folded too from B = 8 on
+    # each block up to L = 20 as 1-D and 2-D, folded too from B = 8 on; B = 32, the first past L, folded only
+    folds = {4: (False,), 8: (False, True), 16: (False, True), 32: (True,)}
     polyphase = {f"polyphase:{b}" + (":2d" if as_2d else "") + (":fold" if fold else ""):
                  Choice("polyphase", block=b, as_2d=as_2d, fold=fold)
-                 for b in (4, 8, 16) for as_2d in (False, True) for fold in ((False, True) if b >= 8 else (False,))}
+                 for b in (4, 8, 16, 32) for as_2d in (False, True) for fold in folds[b]}
     assert forms == {"2": Choice(group_size=2), "4": Choice(group_size=4), "8": Choice(group_size=8),
                      "conv2d": Choice("conv2d"), **polyphase}
     assert list(forms) == ["2", "4", "8", "conv2d", *polyphase]
