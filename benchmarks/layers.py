@@ -9,9 +9,10 @@ Each layer is a one-node model (input fixed at the layer's shape), measured as b
 measures a network, all in one interleaved benchmark: onnxruntime's original under every
 configuration a user could pick (on CUDA prefer_nhwc {0,1} x cudnn_conv_algo_search {EXHAUSTIVE,
 HEURISTIC}, x cudnn_conv1d_pad_to_nc1d {0,1} for 1-D), block-diagonal G in {2, 4, 8, 16, 32, 64, full}
-and every lowering `auto` would measure for the layer (toeplitz, polyphase:B[:2d][:fold], conv2d; --no-forms
-leaves them out) under the fastest original's configuration and its other layout, and PyTorch's own conv of the same
-weight (groups = C: its depthwise kernel) in NCHW and channels_last, cudnn.benchmark on.  Every time
+and every lowering `auto` would measure for the layer (toeplitz, polyphase:B[:2d][:fold], conv2d;
+--no-forms leaves them out) under the fastest original's configuration and its other layout, and
+PyTorch's own conv of the same weight (groups = C: its depthwise kernel) in NCHW and channels_last,
+cudnn.benchmark on.  Every time
 is also shown as "x of bound", bound = max(activation bytes / copy bandwidth measured in this run,
 depthwise FLOPs / the CUDA-core peak of the dtype).  The outputs of all timed sessions are compared
 with the fastest original's.  A layer that appears several times is timed once.  Results are
@@ -40,7 +41,7 @@ from onnx_diagwise import InputOptions, lowerings  # noqa: E402
 from onnx_diagwise.detect import detect  # noqa: E402
 from onnx_diagwise.dims import make_inputs  # noqa: E402
 from onnx_diagwise.model_io import BUILT_IR_VERSION  # noqa: E402
-from onnx_diagwise.plan import LOWERING_NAMES, lowered_choice  # noqa: E402
+from onnx_diagwise.plan import lowered_choice  # noqa: E402
 from onnx_diagwise.shapes import infer_value_types  # noqa: E402
 
 GROUP_SIZES = [2, 4, 8, 16, 32, 64, "full"]
@@ -109,10 +110,6 @@ def run_layer(layer: zoo.Layer, batch: int, precision: str, args, device, max_gf
     return row
 
 
-def is_lowering(policy: str) -> bool:
-    return policy.split(":")[0] in LOWERING_NAMES
-
-
 def markdown(result: dict) -> list[str]:
     lines = networks.legend(result)
     for key in dict.fromkeys((r["batch"], r["precision"]) for r in result["rows"]):
@@ -130,7 +127,7 @@ def markdown(result: dict) -> list[str]:
 
             def speedups(lowered: bool) -> str:
                 return " ".join(f"{p}:{e['vs_best_original']:.2f}" for p, e in rewrites.items()
-                                if is_lowering(p) == lowered) or "-"
+                                if networks.is_lowering(p) == lowered) or "-"
             table.append([
                 f"{r['table']} #{r['index']}" + (f" (also {', '.join(r['same_as'])})" if r["same_as"] else ""),
                 r["layer"]["channels"], size, r["layer"]["stride"], r["layer"]["kernel"],

@@ -128,9 +128,13 @@ def model_dtype(model: onnx.ModelProto) -> str:
 # ---------------------------------------------------------------- one measurement
 
 
+def is_lowering(policy: str) -> bool:
+    return policy.split(":")[0] in LOWERING_NAMES
+
+
 def title(policy: str) -> str:
     """How a policy is shown: G=8, G=full, G=auto; a lowering as it is spelled (toeplitz, polyphase:16:2d)."""
-    return policy if policy.split(":")[0] in LOWERING_NAMES else f"G={policy}"
+    return policy if is_lowering(policy) else f"G={policy}"
 
 
 def _decision(node) -> dict:
