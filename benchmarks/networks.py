@@ -179,8 +179,9 @@ def measure(name: str, model: onnx.ModelProto, torch_factory, feeds: dict[str, n
     def add_ort(name: str, candidate, cfg, **info) -> None:
         try:
             variants.append(baselines.ort_variant(name, candidate, cfg, feeds, memory, warmup=args.warmup, **info))
-        except DiagwiseError as exc:  # one configuration onnxruntime refuses: say so, measure the rest
-            notes.append(f"{name}: not run: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a session or a warm-up run onnxruntime refuses (cuDNN,
+            # memory): say so, measure the rest
+            notes.append(f"{name}: not run: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
 
     for label, cfg in grid.items():
         add_ort(f"onnxruntime original {label}", model, cfg, ort_config=label, policy="original")

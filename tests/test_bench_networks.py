@@ -214,6 +214,27 @@ def test_layers_table_has_pytorch_and_the_bound(tmp_path):
     assert list(row["best_by_policy"]) == ["2", "4", "8", "16", "32", "64", "full"]
 
 
+def test_a_variant_onnxruntime_cannot_run_is_noted_and_the_rest_measured(tmp_path, monkeypatch):
+    import baselines
+    import layers
+
+    made = baselines.ort_variant
+
+    def refusing(name, *args, **kw):
+        if name.startswith("onnxruntime polyphase:8 "):
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDNN_STATUS_NOT_SUPPORTED\nstack")
+        return made(name, *args, **kw)
+
+    monkeypatch.setattr(baselines, "ort_variant", refusing)
+    out = tmp_path / "l"
+    assert layers.main(["--network", "conformer", "--batch", "1", "--precision", "float32-strict", "--rounds", "1",
+                        "--warmup", "0", "--no-torch", "--out", str(out)]) == 0
+    [row] = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert row["notes"] == ["onnxruntime polyphase:8 default: not run: [ONNXRuntimeError] : 1 : FAIL : "
+                            "CUDNN_STATUS_NOT_SUPPORTED"]
+    assert "polyphase:8" not in row["best_by_policy"] and "polyphase:8:fold" in row["best_by_policy"]
+
+
 def test_merge_puts_two_processes_side_by_side(tmp_path):
     runs = []
     for index in (1, 2):

@@ -420,6 +420,54 @@ def test_ort_timer_times_the_original_layer_first_and_each_form_once_at_the_laye
     assert (call["warmup"], call["iterations"], call["seed"]) == (2, 7, 0)
 
 
+def test_ort_timer_leaves_out_a_form_the_provider_does_not_run_and_says_why(monkeypatch):
+    forms = {spec: onnx.ModelProto(doc_string=spec) for spec in ("1", "8", "toeplitz")}
+    ms = {"1": 4.0, "8": 2.0, "toeplitz": 3.0}
+
+    def samples(model, seed):
+        if model.doc_string == "toeplitz":
+            raise DiagwiseError("CUDNN_STATUS_NOT_SUPPORTED\nmore lines")
+        return [ms[model.doc_string]] * 5
+
+    timer, bench, config = _ort_timer(monkeypatch, samples)
+    assert timer.layer(None, forms) == {"1": pytest.approx(0.004), "8": pytest.approx(0.002),
+                                        "toeplitz": "does not run on CPUExecutionProvider: CUDNN_STATUS_NOT_SUPPORTED"}
+    # all together, then each alone (one call, one run), then the ones that run together again
+    assert [[m.doc_string for m in c["models"]] for c in bench.calls] == [
+        ["1", "8", "toeplitz"], ["1"], ["8"], ["toeplitz"], ["1", "8"]]
+    assert [(c["warmup"], c["iterations"]) for c in bench.calls[1:4]] == [(0, 1)] * 3
+
+
+@pytest.mark.parametrize("failing", [["1"], []])
+def test_ort_timer_raises_when_the_layer_itself_fails_or_no_form_alone_does(monkeypatch, failing):
+    forms = {spec: onnx.ModelProto(doc_string=spec) for spec in ("1", "8")}
+    calls = []
+
+    def samples(model, seed):
+        calls.append(model.doc_string)
+        if model.doc_string in failing or (not failing and len(calls) == 1):  # only the first, joint run fails
+            raise DiagwiseError("it failed")
+        return [1.0] * 5
+
+    timer, _, _ = _ort_timer(monkeypatch, samples)
+    with pytest.raises(DiagwiseError, match="it failed"):
+        timer.layer(None, forms)
+
+
+def test_a_form_that_does_not_run_is_listed_with_why_and_the_others_decide():
+    class Refusing(FakeTimer):
+        def layer(self, signature, models):
+            times = super().layer(signature, models)
+            return {**times, **{spec: "does not run on fake: out of memory" for spec in times if spec == "4"}}
+
+    fastest_4 = {c: {**table, 4: 0.5, 8: 0.7} for c, table in _mv1_times().items()}  # G=4 best, then G=8
+    assert {layer.best for layer in tune(MV1, _options(FakeTimer(fastest_4))).layers} == {"4"}
+    report = tune(MV1, _options(Refusing(fastest_4)))
+    assert {layer.best for layer in report.layers} == {"8"}
+    for layer in report.layers:
+        assert "4" not in layer.times_ms and layer.skipped_forms["4"] == "does not run on fake: out of memory"
+
+
 def test_ort_timer_times_whole_models_with_the_users_inputs(monkeypatch):
     models = [onnx.ModelProto(doc_string="original"), onnx.ModelProto(doc_string="tuned")]
     ms = {"original": 10.0, "tuned": 8.0}
@@ -564,7 +612,8 @@ def test_a_layer_measured_without_candidates_keeps_the_original_and_says_why():
             return {"1": 1.0}
 
     report = tune(MV1, _options(OriginalOnly({})))
-    assert all(layer.decision == "kept original: no candidate fits (weights too large)" and layer.best is None
+    assert all(layer.decision == "kept original: no candidate to time (weights too large, or none runs on the "
+               "provider)" and layer.best is None
                and layer.original_ms == 1000.0 for layer in report.layers)
     assert report.summary == "kept the original: no layer was faster rewritten"
 

@@ -42,7 +42,7 @@ class LayerTuning:
     decision: str = ""
     parameters: tuple[str, ...] = ()  # library parameters the decision names
     cached: bool = False
-    skipped_forms: dict[str, str] = field(default_factory=dict)  # lowering -> why it was not a candidate
+    skipped_forms: dict[str, str] = field(default_factory=dict)  # lowering or form -> why it was not timed
 
     @property
     def rewritten(self) -> bool:
@@ -129,7 +129,7 @@ def tune(
     untuned = [c for c in convs if c.form != "float"]
     convs = [c for c in convs if c.form == "float"]
     layers: list[LayerTuning] = []
-    measured: dict[LayerSignature, list[tuple[dict[str, float], bool]]] = {}  # (times by spec, cached)
+    measured: dict[LayerSignature, list[tuple[dict[str, float | str], bool]]] = {}  # (times by spec, cached)
     for index, conv in enumerate(convs):
         signature = signature_of(conv, shapes)
         layer = LayerTuning(conv.name, conv.graph, conv.channels, conv.kernel,
@@ -160,8 +160,9 @@ def tune(
             earlier = (times, cached)
             measured.setdefault(signature, []).append(earlier)
         times, layer.cached = earlier
-        layer.skipped_forms = skipped
-        _decide(layer, {spec: t for spec, t in times.items() if spec == "1" or spec in candidates}, min_speedup)
+        times = {spec: t for spec, t in times.items() if spec == "1" or spec in candidates}
+        layer.skipped_forms = skipped | {spec: why for spec, why in times.items() if isinstance(why, str)}
+        _decide(layer, {spec: t for spec, t in times.items() if not isinstance(t, str)}, min_speedup)
     if progress:
         progress(len(convs), len(convs), "")
     cache.save()
@@ -190,7 +191,7 @@ def _decide(layer: LayerTuning, times: dict[str, float], min_speedup: float) -> 
     layer.times_ms = {spec: t * 1000 for spec, t in times.items() if spec != "1"}
     candidates = {spec: t for spec, t in times.items() if spec != "1"}
     if not candidates:
-        layer.decision = "kept original: no candidate fits (weights too large)"
+        layer.decision = "kept original: no candidate to time (weights too large, or none runs on the provider)"
         return
     best = min(candidates, key=candidates.get)
     label = parse_choice(best).label

@@ -12,11 +12,13 @@ from ..providers import import_ort
 from ..runtime import InputOptions, RuntimeConfig
 from .layers import LayerSignature
 
+
 class Timer(Protocol):
     """How tuning measures.  Times are seconds per run (medians)."""
 
-    def layer(self, signature: LayerSignature, models: dict[str, ModelProto]) -> dict[str, float]:
-        """Time one-node models keyed by form ('1' = the original depthwise layer, '8', 'toeplitz', ...)."""
+    def layer(self, signature: LayerSignature, models: dict[str, ModelProto]) -> dict[str, float | str]:
+        """Time one-node models keyed by form ('1' = the original depthwise layer, '8', 'toeplitz', ...);
+        a form that does not run on the provider maps to why (a str) instead of a time."""
 
     def models(self, models: list[ModelProto]) -> list[float]:
         """Time whole models side by side."""
@@ -37,9 +39,25 @@ class OrtTimer:
         self.warmup, self.iterations, self.model_iterations = warmup, iterations, model_iterations
         self.max_batches = max_batches
 
-    def layer(self, signature: LayerSignature, models: dict[str, ModelProto]) -> dict[str, float]:
+    def layer(self, signature: LayerSignature, models: dict[str, ModelProto]) -> dict[str, float | str]:
         order = ["1"] + [spec for spec in models if spec != "1"]  # the original layer first
-        return dict(zip(order, self._medians([models[g] for g in order], InputOptions(), self.iterations)))
+        try:
+            return dict(zip(order, self._medians([models[g] for g in order], InputOptions(), self.iterations)))
+        except Exception:  # noqa: BLE001 - one form the provider refuses (cuDNN, memory) must not end auto
+            failed = {spec: why for spec in order if (why := self._why_not_runs(models[spec]))}
+            if "1" in failed or not failed:
+                raise  # the layer itself does not run, or no single form is to blame
+        kept = [spec for spec in order if spec not in failed]
+        times = dict(zip(kept, self._medians([models[g] for g in kept], InputOptions(), self.iterations)))
+        return {**times, **failed}
+
+    def _why_not_runs(self, model: ModelProto) -> str | None:
+        """None when MODEL runs on the provider, else the first line of why not."""
+        try:
+            benchmark([model], self.config, InputOptions(), warmup=0, iterations=1)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own errors are not DiagwiseErrors
+            return f"does not run on {self.config.provider_full}: {(str(exc).strip().splitlines() or [''])[0]}"
+        return None
 
     def models(self, models: list[ModelProto]) -> list[float]:
         return self._medians(models, self.inputs, self.model_iterations)
