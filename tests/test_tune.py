@@ -421,21 +421,25 @@ def test_ort_timer_times_the_original_layer_first_and_each_form_once_at_the_laye
 
 
 def test_ort_timer_leaves_out_a_form_the_provider_does_not_run_and_says_why(monkeypatch):
-    forms = {spec: onnx.ModelProto(doc_string=spec) for spec in ("1", "8", "toeplitz")}
-    ms = {"1": 4.0, "8": 2.0, "toeplitz": 3.0}
+    forms = {spec: onnx.ModelProto(doc_string=spec) for spec in ("1", "8", "toeplitz", "16")}
+    ms = {"1": 4.0, "8": 2.0, "toeplitz": 3.0, "16": 1.0}
 
     def samples(model, seed):
         if model.doc_string == "toeplitz":
             raise DiagwiseError("CUDNN_STATUS_NOT_SUPPORTED\nmore lines")
+        if model.doc_string == "16":
+            raise RuntimeError("")  # onnxruntime's own errors, even without a message
         return [ms[model.doc_string]] * 5
 
-    timer, bench, config = _ort_timer(monkeypatch, samples)
+    timer, bench, config = _ort_timer(monkeypatch, samples, warmup=2, iterations=7)
     assert timer.layer(None, forms) == {"1": pytest.approx(0.004), "8": pytest.approx(0.002),
-                                        "toeplitz": "does not run on CPUExecutionProvider: CUDNN_STATUS_NOT_SUPPORTED"}
+                                        "toeplitz": "does not run on CPUExecutionProvider: CUDNN_STATUS_NOT_SUPPORTED",
+                                        "16": "does not run on CPUExecutionProvider: "}
     # all together, then each alone (one call, one run), then the ones that run together again
     assert [[m.doc_string for m in c["models"]] for c in bench.calls] == [
-        ["1", "8", "toeplitz"], ["1"], ["8"], ["toeplitz"], ["1", "8"]]
-    assert [(c["warmup"], c["iterations"]) for c in bench.calls[1:4]] == [(0, 1)] * 3
+        ["1", "8", "toeplitz", "16"], ["1"], ["8"], ["toeplitz"], ["16"], ["1", "8"]]
+    assert all(c["config"] is config and c["inputs"] == InputOptions() for c in bench.calls)
+    assert [(c["warmup"], c["iterations"]) for c in bench.calls] == [(2, 7)] + [(0, 1)] * 4 + [(2, 7)]
 
 
 @pytest.mark.parametrize("failing", [["1"], []])
