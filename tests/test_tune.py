@@ -159,8 +159,10 @@ def test_time_budget_is_respected():
 
     report = tune_layers(onnx.load(MV1), timer, time_budget=15.0, clock=clock)
     assert timer.layer_calls == 2  # at t=0 and t=10; at t=20 the budget is spent
+    # the budget went where the time is: the five C=128 layers at 14x14 (dw7-dw11), then dw1 (C=8 at 112x112)
     untuned = [layer for layer in report.layers if "not tuned, time_budget 15s spent" in layer.decision]
-    assert [layer.node for layer in untuned] == [f"dw{i}" for i in range(3, 14)]
+    assert [layer.node for layer in untuned] == ["dw2", "dw3", "dw4", "dw5", "dw6", "dw12", "dw13"]
+    assert [layer.node for layer in report.layers] == [f"dw{i}" for i in range(1, 14)]  # the graph's order
     assert all(not layer.rewritten and layer.parameters == ("time_budget",) for layer in untuned)
 
 
@@ -376,10 +378,14 @@ def test_a_layer_signature_labels_channels_kernel_strides_shape_and_dtype():
     class Labelling(FakeTimer):
         def layer(self, signature, models):
             labels.append(signature.label())
+            work.append(signature.work())
             return super().layer(signature, models)
 
+    work = []
     tune(MV1, _options(Labelling(_mv1_times())))
-    assert labels[:2] == ["C=8 k=3x3 s=1x1 in=[1, 8, 112, 112] float32", "C=16 k=3x3 s=2x2 in=[1, 16, 112, 112] float32"]
+    # measured where the model spends its time first: a signature's work times its nodes (C=128: 5 nodes)
+    assert labels[:2] == ["C=128 k=3x3 s=1x1 in=[1, 128, 14, 14] float32", "C=8 k=3x3 s=1x1 in=[1, 8, 112, 112] float32"]
+    assert work[:4] == [128 * 9 * 14 * 14, 8 * 9 * 112 * 112, 32 * 9 * 56 * 56, 16 * 9 * 56 * 56]
 
 
 class FakeBenchmark:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
@@ -128,15 +130,22 @@ def tune(
     convs = [c for c in found.candidates if c.name in chosen]
     untuned = [c for c in convs if c.form != "float"]
     convs = [c for c in convs if c.form == "float"]
-    layers: list[LayerTuning] = []
+    signatures = [signature_of(conv, shapes) for conv in convs]
+    # Where the model spends its time first (a signature's work times its nodes), so that a time
+    # budget goes to the layers that matter; the report keeps the graph's order.
+    work = Counter()
+    for signature in signatures:
+        work[signature] += signature.work() if signature else 0
+    order = sorted(range(len(convs)), key=lambda i: -work[signatures[i]])
+    layers: list[LayerTuning] = [None] * len(convs)  # type: ignore[list-item]
     measured: dict[LayerSignature, list[tuple[dict[str, float | str], bool]]] = {}  # (times by spec, cached)
-    for index, conv in enumerate(convs):
-        signature = signature_of(conv, shapes)
+    for step, index in enumerate(order):
+        conv, signature = convs[index], signatures[index]
         layer = LayerTuning(conv.name, conv.graph, conv.channels, conv.kernel,
                             list(signature.input_shape) if signature else None)
-        layers.append(layer)
+        layers[index] = layer
         if progress:
-            progress(index, len(convs), conv.name)
+            progress(step, len(convs), conv.name)
         if signature is None:
             layer.decision = "kept original: input shape unknown (size it with InputOptions.dims or InputOptions.shapes)"
             layer.parameters = ("InputOptions.dims", "InputOptions.shapes")

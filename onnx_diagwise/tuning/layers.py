@@ -44,6 +44,11 @@ class LayerSignature:
         s = "x".join(map(str, self.strides))
         return f"C={self.channels} k={k} s={s} in={list(self.input_shape)} {self.dtype}"
 
+    def work(self) -> int:
+        """Multiply-adds of one such layer: C*M outputs per position, kernel taps each (for ordering)."""
+        positions = math.prod(size // stride for size, stride in zip(self.input_shape[2:], self.strides))
+        return self.input_shape[0] * self.channels * self.multiplier * math.prod(self.kernel) * max(1, positions)
+
     def candidates(self) -> list[int]:
         itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(_ELEM[self.dtype])).itemsize
         per_g = self.channels * self.multiplier * math.prod(self.kernel) * itemsize
