@@ -812,6 +812,33 @@ def test_tune_sizes_inputs_given_as_data_by_their_arrays():
     assert report.plan.input_shapes == {"x1": [2, 8, 10, 10], "x2": [3, 8, 10, 10], "x3": [3, 16, 12, 12]}
 
 
+def test_every_node_of_unknown_shape_is_listed_after_those_measured_first():
+    """Nodes without a signature come last in the measuring order; each is still listed, in place."""
+    model = depthwise_model(channels=8)
+    model.graph.node[0].input[0] = "r"
+    model.graph.node.insert(0, helper.make_node("Foo", ["x"], ["r"], domain="custom", name="foo"))
+    w = next(t for t in model.graph.initializer if t.name == "w")
+    model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(w), "w2"))
+    model.graph.node.append(helper.make_node("Conv", ["y", "w2"], ["z"], name="dw2", group=8, pads=[1, 1, 1, 1]))
+    model.graph.output[0].name = "z"
+    model.opset_import.append(helper.make_opsetid("custom", 1))
+    del model.graph.value_info[:]
+    report = tune_layers(model, RecordingTimer({}))
+    assert [(layer.node, layer.decision) for layer in report.layers] == [
+        (name, "kept original: input shape unknown (size it with InputOptions.dims or InputOptions.shapes)")
+        for name in ("dw", "dw2")]
+
+
+def test_a_signatures_work_is_its_multiply_adds():
+    signature = LayerSignature(channels=8, multiplier=2, kernel=(3, 5), strides=(2, 1), dilations=(1, 1),
+                               pads=None, auto_pad="NOTSET", input_shape=(4, 8, 9, 7), dtype="float32",
+                               has_bias=False)
+    assert signature.work() == 4 * 8 * 2 * 15 * 4 * 7 and type(signature.work()) is int  # 9 // 2 = 4 rows out
+    one_d = LayerSignature(channels=3, multiplier=1, kernel=(31,), strides=(2,), dilations=(1,), pads=None,
+                           auto_pad="NOTSET", input_shape=(1, 3, 1), dtype="float16", has_bias=True)
+    assert one_d.work() == 3 * 31  # 1 // 2 positions: counted as one
+
+
 def test_tune_ignores_pinned_choices_and_measures_every_node():
     report = tune_layers(_branches(), RecordingTimer(BRANCH_TIMES), selection=Selection(node_group_sizes={"a": 1}))
     assert report.layers[0] == _layer_a()
