@@ -55,7 +55,7 @@ from _common import md_table, write_result_files  # noqa: E402
 
 from onnx_diagwise import InputOptions, RuntimeConfig, TuneOptions, rewrite  # noqa: E402
 from onnx_diagwise.dims import make_inputs, with_input_shapes  # noqa: E402
-from onnx_diagwise.errors import DiagwiseError  # noqa: E402
+from onnx_diagwise.errors import DiagwiseError, first_line  # noqa: E402
 from onnx_diagwise.plan import LOWERING_NAMES, lowered_choice, parse_policy  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / ".zoo"  # generated models, git-ignored
@@ -181,7 +181,7 @@ def measure(name: str, model: onnx.ModelProto, torch_factory, feeds: dict[str, n
             variants.append(baselines.ort_variant(name, candidate, cfg, feeds, memory, warmup=args.warmup, **info))
         except Exception as exc:  # noqa: BLE001 - a session or a warm-up run onnxruntime refuses (cuDNN,
             # memory): say so, measure the rest
-            notes.append(f"{name}: not run: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
+            notes.append(f"{name}: not run: {first_line(exc)}")
 
     for label, cfg in grid.items():
         add_ort(f"onnxruntime original {label}", model, cfg, ort_config=label, policy="original")

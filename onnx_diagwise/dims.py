@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
-from .errors import DiagwiseError, UnsizedDims
+from .errors import DiagwiseError, UnsizedDims, first_line
 from .runtime import (InputOptions, InputSpec, RuntimeConfig, create_session, import_ort, input_specs,
                       random_tensor)
 
@@ -191,7 +191,7 @@ def _runs(session, specs: list[InputSpec], shapes: dict[str, list[int]], data: d
     try:
         session.run(None, feeds, quiet)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; the next size may run
-        log.info("  does not run with %s: %s", shapes, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+        log.info("  does not run with %s: %s", shapes, first_line(exc, ""))
         return False
     return True
 

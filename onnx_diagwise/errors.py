@@ -1,6 +1,15 @@
 """Error types that map to the CLI's exit codes."""
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of EXC's message (onnxruntime's run to many lines); DEFAULT, else the
+    exception's type name, when it has none."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if default is None else default
+
+
 class DiagwiseError(Exception):
     """Bad input or usage: a file, model, node or flag the user must fix (exit 2).
 

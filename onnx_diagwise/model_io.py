@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx import ModelProto, TensorProto
 
 from .commit import Staging, data_name, same_file
-from .errors import DiagwiseError
+from .errors import DiagwiseError, first_line
 from .tensors import iter_tensors, read_external, skeleton, tensor_nbytes, weight_bytes
 
 # onnxruntime guarantees opset 7 and later, yet runs older models (Conv means the same since
@@ -87,8 +87,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise DiagwiseError(f"'{path}' is not a valid ONNX model: a name or string in it is not UTF-8 "
                             "(a damaged file?)") from None
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
-        raise DiagwiseError(f"'{path}' is not a valid ONNX model: {first}") from None
+        raise DiagwiseError(f"'{path}' is not a valid ONNX model: {first_line(exc, 'validation failed')}") from None
 
     external_files: list[Path] = []
     for tensor in iter_tensors(model):

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 from onnx import ModelProto, helper
 
-from .errors import DiagwiseError
+from .errors import DiagwiseError, first_line
 from .model_io import PROTOBUF_LIMIT, save_model
 from .providers import Provider, find_provider, import_ort
 from .tensors import weight_bytes
@@ -115,8 +115,7 @@ def create_session(model: ModelProto | str | os.PathLike, config: RuntimeConfig,
         try:
             session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DiagwiseError(f"onnxruntime could not create a {family.name} session: {first}") from None
+            raise DiagwiseError(f"onnxruntime could not create a {family.name} session: {first_line(exc)}") from None
     got = session.get_providers()
     if not got or got[0] != family.name:
         raise DiagwiseError(
@@ -132,10 +131,9 @@ def run_session(session, feeds: dict, what: str):
         return session.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         shapes = ", ".join(f"'{k}' {getattr(v, 'dtype', '?')}{list(getattr(v, 'shape', []))}" for k, v in feeds.items())
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         expected = ", ".join(f"'{i.name}' {i.type}{i.shape}" for i in session.get_inputs())
         raise DiagwiseError(f"onnxruntime could not run {what} with inputs {shapes} (it expects {expected}): "
-                            f"{first}") from None
+                            f"{first_line(exc)}") from None
 
 
 class _model_source:

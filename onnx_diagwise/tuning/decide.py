@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import time
+from collections import Counter
 from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable

@@ -8,6 +8,7 @@ import numpy as np
 from onnx import ModelProto
 
 from ..bench import benchmark
+from ..errors import first_line
 from ..providers import import_ort
 from ..runtime import InputOptions, RuntimeConfig
 from .layers import LayerSignature
@@ -41,22 +42,24 @@ class OrtTimer:
 
     def layer(self, signature: LayerSignature, models: dict[str, ModelProto]) -> dict[str, float | str]:
         order = ["1"] + [spec for spec in models if spec != "1"]  # the original layer first
+
+        def timed(specs: list[str]) -> dict[str, float]:
+            return dict(zip(specs, self._medians([models[s] for s in specs], InputOptions(), self.iterations)))
+
         try:
-            return dict(zip(order, self._medians([models[g] for g in order], InputOptions(), self.iterations)))
+            return timed(order)
         except Exception:  # noqa: BLE001 - one form the provider refuses (cuDNN, memory) must not end auto
             failed = {spec: why for spec in order if (why := self._why_not_runs(models[spec]))}
             if "1" in failed or not failed:
                 raise  # the layer itself does not run, or no single form is to blame
-        kept = [spec for spec in order if spec not in failed]
-        times = dict(zip(kept, self._medians([models[g] for g in kept], InputOptions(), self.iterations)))
-        return {**times, **failed}
+        return {**timed([spec for spec in order if spec not in failed]), **failed}
 
     def _why_not_runs(self, model: ModelProto) -> str | None:
         """None when MODEL runs on the provider, else the first line of why not."""
         try:
             benchmark([model], self.config, InputOptions(), warmup=0, iterations=1)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own errors are not DiagwiseErrors
-            return f"does not run on {self.config.provider_full}: {(str(exc).strip().splitlines() or [''])[0]}"
+            return f"does not run on {self.config.provider_full}: {first_line(exc, '')}"
         return None
 
     def models(self, models: list[ModelProto]) -> list[float]:
