@@ -529,20 +529,21 @@ def _placed(record) -> None:
     assert record.graph in ("main", "function local.DwBlock")
 
 
-def _candidate(model: onnx.ModelProto, types: bool = True):
+def _only(model: onnx.ModelProto, types: bool, kind: str, other: str):
+    """The one record detect makes of MODEL's one grouped conv, which must be of KIND (and none OTHER)."""
     found = _detected(model, types)
-    assert found.skipped == []
-    [conv] = found.candidates
-    _placed(conv)
-    return conv
+    assert getattr(found, other) == []
+    [record] = getattr(found, kind)
+    _placed(record)
+    return record
+
+
+def _candidate(model: onnx.ModelProto, types: bool = True):
+    return _only(model, types, "candidates", "skipped")
 
 
 def _skipped(model: onnx.ModelProto, types: bool = True):
-    found = _detected(model, types)
-    assert found.candidates == []
-    [skipped] = found.skipped
-    _placed(skipped)
-    return skipped
+    return _only(model, types, "skipped", "candidates")
 
 
 def _fields(skipped) -> tuple:
