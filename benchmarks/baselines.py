@@ -382,13 +382,9 @@ def gpu_peaks(name: str) -> tuple[dict[str, float], str]:
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    from onnx_diagwise.providers import cpuinfo
+
+    return set((cpuinfo("flags") or "").split())
 
 
 def default_cpu_peak(flags: set[str]) -> tuple[float, str]:

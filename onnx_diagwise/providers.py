@@ -203,14 +203,19 @@ class TensorrtProvider(NvidiaProvider):
         return True
 
 
-def cpu_name() -> str:
+def cpuinfo(field: str) -> str | None:
+    """The first value of FIELD in Linux's /proc/cpuinfo ('model name', 'flags'), or None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def nvidia_gpu_name() -> str:
